@@ -95,7 +95,7 @@ EVENT_SCHEMA = pa.schema(
     ]
 )
 EVENT_COLUMNS: tuple[str, ...] = tuple(EVENT_SCHEMA.names)
-assert EVENT_COLUMNS == tuple(Event.model_fields), "Arrow schema and pydantic model drifted apart"
+assert tuple(Event.model_fields) == EVENT_COLUMNS, "Arrow schema and pydantic model drifted apart"
 
 
 def events_to_table(events: list[Event]) -> pa.Table:
