@@ -32,6 +32,8 @@ test: $(STAMP) tools
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/bandit -q -c pyproject.toml -r reco serving dags
+	$(BIN)/pip-audit --progress-spinner off --skip-editable || echo "pip-audit: see docs/reliability.md (triage; needs PyPI's JSON API)"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/quality_ml100k.py
