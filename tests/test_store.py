@@ -1,0 +1,187 @@
+"""RedisStore against the real Redis at 127.0.0.1:6379 (a private key prefix per test)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+import redis
+
+from reco.data.events import Event
+from reco.store import RedisStore, StoreUnavailable, connect
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(redis_url: str, redis_prefix: str):
+    client = connect(redis_url)
+    yield RedisStore(client, redis_prefix, session_max=3)
+    client.close()
+
+
+def ev(event_id: str, event_type: str, item: str, **kw) -> Event:
+    base = {"ts": datetime.now(UTC), "user_id": "u1", "session_id": "s1"}
+    return Event(event_id=event_id, event_type=event_type, item_id=item, **{**base, **kw})
+
+
+def test_ingest_dedups_and_appends_each_event_once(store: RedisStore) -> None:
+    events = [ev(f"e{i}", "view", f"i{i}") for i in range(4)]
+    assert store.ingest(events).accepted == 4
+    again = store.ingest([*events[:2], ev("e9", "click", "i9")])
+    assert (again.accepted, again.duplicates) == (1, 2)
+    assert store.stream_length() == 5
+    # duplicates inside one batch count once too
+    assert store.ingest([ev("d", "view", "x"), ev("d", "view", "x")]).duplicates == 1
+
+
+def test_session_history_is_bounded_chronological_and_expires(store: RedisStore) -> None:
+    store.ingest([ev(f"e{i}", "view", f"i{i}") for i in range(5)] + [ev("imp", "impression", "zz")])
+    assert store.session_items("s1") == ["i2", "i3", "i4"]  # session_max=3, impressions excluded
+    assert store.user_items("u1") == ["i0", "i1", "i2", "i3", "i4"]
+    ttl = store.client.ttl(store.key("session", "s1"))
+    assert 0 < ttl <= store.session_ttl_s
+    profile = store.user_profile("u1")
+    assert profile["n:view"] == "5" and profile["n:impression"] == "1"
+
+
+def test_trending_decays_with_half_life(store: RedisStore) -> None:
+    store.trending_half_life_s = 100.0
+    store.ingest([ev("a1", "view", "a"), ev("a2", "click", "a"), ev("b1", "view", "b")])
+    now = time.time()
+    top = store.trending(5, now=now)
+    assert [i for i, _ in top] == ["a", "b"]
+    assert top[0][1] == pytest.approx(2.0, rel=1e-2)
+    later = dict(store.trending(5, now=now + 100.0))  # one half-life later
+    assert later["a"] == pytest.approx(1.0, rel=1e-2)
+    assert store.popular(1) == [("a", 2.0)]
+
+
+def test_old_events_count_less_in_trending(store: RedisStore) -> None:
+    store.trending_half_life_s = 60.0
+    old = datetime.fromtimestamp(time.time() - 120, UTC)  # two half-lives ago
+    store.ingest([ev("o", "view", "old", ts=old), ev("n", "view", "new")])
+    scores = dict(store.trending(2))
+    assert scores["old"] == pytest.approx(scores["new"] / 4, rel=2e-2)
+
+
+def test_trending_epoch_rebase_keeps_scores(store: RedisStore) -> None:
+    store.trending_half_life_s = 10.0
+    now = time.time()
+    store.client.set(store.key("trending", "epoch"), repr(now - 400.0))  # 40 half-lives ago
+    store.client.zadd(store.key("trending"), {"x": 3.0 * 2.0**40})  # 3 events counted just now
+    store.ingest([ev("v", "view", "y")])  # rebases: exponents stay small
+    assert float(store.client.get(store.key("trending", "epoch"))) > now - 20.0
+    scores = dict(store.trending(2))
+    assert scores["x"] == pytest.approx(3.0, rel=1e-2) and scores["y"] == pytest.approx(1.0, rel=1e-2)
+
+
+def test_thompson_counts_impressions_as_failures_and_first_click_as_success(store: RedisStore) -> None:
+    store.put_item_features({"i2": {"category": "comedy"}})
+    imps = [ev(f"imp{i}", "impression", f"i{i}", request_id="r1", arm="control", position=i + 1) for i in range(3)]
+    store.log_impressions(imps, categories={"i0": "drama", "i1": "drama"})  # i2 falls back to P:item
+    assert store.thompson_stats("control", ["drama", "comedy", "horror"]) == {
+        "drama": (0.0, 2.0),
+        "comedy": (0.0, 1.0),
+        "horror": (0.0, 0.0),
+    }
+    # click, then purchase on the same impression, and a click on an item never served in r1
+    store.ingest(
+        [
+            ev("c1", "click", "i0", request_id="r1"),
+            ev("p1", "purchase", "i0", request_id="r1", value=9.5),
+            ev("c2", "click", "i7", request_id="r1"),
+        ]
+    )
+    assert store.thompson_stats("control", ["drama"]) == {"drama": (1.0, 1.0)}
+    assert store.interactions("control") == 1
+    assert store.thompson_stats("treatment", ["drama"]) == {"drama": (0.0, 0.0)}
+
+
+def test_log_impressions_rejects_other_types(store: RedisStore) -> None:
+    with pytest.raises(ValueError, match="impressions only"):
+        store.log_impressions([ev("x", "click", "i")])
+
+
+def test_request_context_reads_everything_in_one_round_trip(store: RedisStore) -> None:
+    store.put_item_features({"i1": {"category": "drama", "title": "One"}})
+    store.put_user_profile("u1", {"segment": "new"})
+    store.ingest([ev("v1", "view", "i1"), ev("i", "impression", "i1", request_id="r", arm="control")])
+    calls: list[str] = []
+    pipeline, execute_command = store.client.pipeline, store.client.execute_command
+
+    def counting_pipeline(*args, **kwargs):
+        calls.append("pipeline")
+        return pipeline(*args, **kwargs)
+
+    def counting_command(*args, **kwargs):
+        calls.append(str(args[0]))
+        return execute_command(*args, **kwargs)
+
+    # count round trips on the real client: direct commands and pipelines
+    store.client.pipeline, store.client.execute_command = counting_pipeline, counting_command
+    try:
+        ctx = store.request_context("u1", "s1", ["i1", "i2"], "control", ["drama", "comedy"])
+    finally:
+        store.client.pipeline, store.client.execute_command = pipeline, execute_command
+    assert calls == ["pipeline"]
+    assert ctx.session_items == ["i1"] and ctx.user_items == ["i1"]
+    assert ctx.user_profile["segment"] == "new"
+    assert ctx.item_features == {"i1": {"category": "drama", "title": "One"}, "i2": {}}
+    assert ctx.trending["i1"] == pytest.approx(1.0, rel=1e-2) and ctx.trending["i2"] == 0.0
+    assert ctx.thompson == {"drama": (0.0, 1.0), "comedy": (0.0, 0.0)}
+    lean = store.request_context("u1", "s1", ["i1"], "control", [], item_features=False)
+    assert lean.item_features == {"i1": {}} and lean.trending["i1"] == pytest.approx(1.0, rel=1e-2)
+
+
+def test_request_context_for_unknown_user_is_empty(store: RedisStore) -> None:
+    ctx = store.request_context("nobody", None, [], None, [])
+    assert (ctx.session_items, ctx.user_items, ctx.user_profile, ctx.trending, ctx.thompson) == ([], [], {}, {}, {})
+
+
+def test_weights_snapshots_are_versioned_and_pruned(store: RedisStore) -> None:
+    assert store.latest_weights_version("control") is None and store.get_weights("control") is None
+    versions = [store.put_weights("control", bytes([v]) * 10, {"step": v}) for v in range(1, 5)]
+    assert versions == [1, 2, 3, 4]
+    latest = store.get_weights("control")
+    assert (latest.version, latest.meta, latest.blob) == (4, {"step": 4}, b"\x04" * 10)
+    assert store.get_weights("control", 2).blob == b"\x02" * 10
+    assert store.get_weights("control", 1) is None  # keep_weights=3
+    assert store.latest_weights_version("treatment") is None
+
+
+def test_redis_down_raises_store_unavailable(redis_prefix: str) -> None:
+    store = RedisStore(connect("redis://127.0.0.1:1/0", connect_timeout=0.2), redis_prefix)
+    for call in (
+        lambda: store.ingest([ev("e", "view", "i")]),
+        lambda: store.request_context("u", "s", ["i"], "control", ["c"]),
+        lambda: store.trending(5),
+        lambda: store.get_weights("control"),
+    ):
+        with pytest.raises(StoreUnavailable):
+            call()
+    assert issubclass(StoreUnavailable, RuntimeError) and not issubclass(StoreUnavailable, redis.RedisError)
+
+
+def test_concurrent_ingest_of_overlapping_batches_accepts_each_event_once(redis_url: str, redis_prefix: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    events = [ev(f"c{i}", "view", f"i{i % 9}") for i in range(300)]
+    orders = [events, events[::-1], events[100:] + events[:100], events[::2] + events[1::2]]
+
+    def worker(batch: list[Event]) -> int:
+        client = connect(redis_url)  # one connection per worker, like separate API processes
+        try:
+            store = RedisStore(client, redis_prefix)
+            return sum(store.ingest(batch[k : k + 50]).accepted for k in range(0, len(batch), 50))
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        accepted = sum(pool.map(worker, orders))
+    client = connect(redis_url)
+    store = RedisStore(client, redis_prefix)
+    assert accepted == 300 == store.stream_length()
+    assert store.popular(9)[0][1] == pytest.approx(34.0)  # 300 views over 9 items: 34, 34, 34, 33, ...
+    client.close()
