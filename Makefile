@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools demo test lint bench clean
+.PHONY: install tools demo up down status test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (reco needs Python 3.11)"; exit 1; }
@@ -25,6 +25,16 @@ tools:
 
 demo: $(STAMP)
 	$(BIN)/reco demo
+
+# Long-running local stack for the UIs (MLflow :5000, Airflow :8080, API :8000); logs in $${RECO_HOME:-.reco}/logs.
+up: $(STAMP)
+	$(BIN)/reco up
+
+down: $(STAMP)
+	$(BIN)/reco down
+
+status: $(STAMP)
+	$(BIN)/reco status
 
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q

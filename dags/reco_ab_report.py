@@ -1,0 +1,63 @@
+"""reco_ab_report (daily, or manual with a date range): the A/B significance report of an experiment.
+
+Reads the lake for the experiment's whole window (start .. the last complete day), writes JSON + HTML to
+`<reports>/<experiment>/<date>.*`, logs both to MLflow (one run per experiment per day), and fails
+loudly, after writing, when the sample ratio is off. One task, one `reco.pipeline.ab_report` call.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+
+@dag(
+    dag_id="reco_ab_report",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=2), "execution_timeout": timedelta(minutes=20)},
+    params={
+        "experiment": Param("default", type="string", minLength=1),
+        "control": Param("control", type="string", minLength=1),
+        "start": Param(None, type=["null", "string"], format="date", description="first day; empty = lake's first"),
+        "end": Param(None, type=["null", "string"], format="date", description="last day; empty = day before run"),
+        "traffic": Param(None, type=["null", "object"], description='configured shares, e.g. {"control": 0.5}'),
+        "min_days": Param(14, type="integer", minimum=1),
+        "lake_dir": Param(None, type=["null", "string"], description="empty = RECO_HOME/lake"),
+        "reports_dir": Param(None, type=["null", "string"], description="empty = RECO_HOME/reports"),
+        "tracking_uri": Param(None, type=["null", "string"], description="empty = RECO_MLFLOW_TRACKING_URI"),
+    },
+    tags=["reco", "experiments"],
+    doc_md=__doc__,
+)
+def reco_ab_report() -> None:
+    @task
+    def report() -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from reco.experiments.report import ReportError
+        from reco.pipeline.ab_report import SRMFlagged, run_ab_report
+        from reco.settings import RecoSettings
+
+        ctx = get_current_context()
+        p, s = ctx["params"], RecoSettings()
+        # the last complete day before the run: deterministic per run (never now())
+        end = p.get("end") or (ctx["dag_run"].run_after - timedelta(days=1)).date().isoformat()
+        try:
+            return run_ab_report(
+                experiment=p["experiment"], control=p["control"], start=p.get("start"), end=end,
+                lake_dir=p.get("lake_dir") or s.lake_dir, reports_dir=p.get("reports_dir") or s.reports_dir,
+                tracking_uri=p.get("tracking_uri") or s.tracking_uri, traffic=p.get("traffic"),
+                min_days=p["min_days"],
+            )  # fmt: skip
+        except (SRMFlagged, ReportError) as e:  # retrying cannot fix either
+            raise AirflowFailException(str(e)) from e
+
+    report()
+
+
+ab_report_dag = reco_ab_report()

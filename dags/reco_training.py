@@ -1,0 +1,159 @@
+"""reco_training: ingest -> validate/quarantine -> training set -> warm-start train -> evaluate ->
+gate -> register -> promote to `arm-<target>` (and `champion` when there is none).
+
+Thin wiring: every task calls one `reco.pipeline.training` function (imported inside the task, so
+parsing this file imports neither torch, mlflow nor great_expectations). XCom carries small dicts of
+paths and ids. Daily schedule (the run's data interval, one day) or a manual trigger with the form below.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+VALIDATED_EVENTS = Asset(name="reco_validated_events", uri="file:///reco/validated")
+
+DEFAULT_ARGS = {
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+    "execution_timeout": timedelta(minutes=30),
+}
+
+PARAMS = {
+    "start": Param(None, type=["null", "string"], format="date", description="first day (UTC); empty = run's day"),
+    "end": Param(None, type=["null", "string"], format="date", description="last day, inclusive; empty = start"),
+    "source": Param("files", type="string", enum=["files", "stream", "lake"],
+                    description="MovieLens files, the Redis stream, or the lake as it is"),
+    "arm": Param("treatment", type="string", pattern="^[a-z0-9_-]{1,40}$", description="target experiment arm"),
+    "epochs": Param(5, type="integer", minimum=1, maximum=200),
+    "gate_tolerance": Param(0.01, type="number", minimum=0, maximum=1, description="allowed NDCG@10 drop"),
+    "bad_row_threshold": Param(0.05, type="number", minimum=0, maximum=1, description="max quarantined fraction"),
+    "data_dir": Param(None, type=["null", "string"], description="MovieLens folder; empty = RECO_DATA_DIR"),
+    "home": Param(None, type=["null", "string"], description="reco state folder; empty = RECO_HOME"),
+    "tracking_uri": Param(None, type=["null", "string"], description="MLflow URI; empty = RECO_MLFLOW_TRACKING_URI"),
+}
+
+
+def _job() -> dict[str, Any]:
+    """The run's resolved settings (params over RECO_* environment), computed at run time, never at parse."""
+    from reco.settings import RecoSettings
+
+    ctx = get_current_context()
+    p = ctx["params"]
+    settings = RecoSettings()
+    run_day = ctx.get("data_interval_start") or ctx.get("logical_date") or datetime.now() - timedelta(days=1)
+    start = p.get("start") or run_day.date().isoformat()
+    return {
+        "home": str(p.get("home") or settings.home),
+        "tracking_uri": p.get("tracking_uri") or settings.tracking_uri,
+        "model_name": settings.registered_model,
+        "data_dir": str(p.get("data_dir") or settings.movielens_dir),
+        "redis_url": settings.redis_url,
+        "redis_prefix": settings.redis_prefix,
+        "start": start,
+        "end": p.get("end") or start,
+        "source": p["source"],
+        "arm": p["arm"],
+        "epochs": int(p["epochs"]),
+        "gate_tolerance": float(p["gate_tolerance"]),
+        "threshold": float(p["bad_row_threshold"]),
+    }
+
+
+@dag(
+    dag_id="reco_training",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    params=PARAMS,
+    tags=["reco", "training"],
+    doc_md=__doc__,
+)
+def reco_training() -> None:
+    @task(execution_timeout=timedelta(minutes=5))
+    def resolve() -> dict[str, Any]:
+        return _job()
+
+    @task
+    def ingest(job: dict[str, Any]) -> dict[str, Any]:
+        from reco.pipeline.training import ingest
+
+        return ingest(job["home"], job["start"], job["end"], job["source"], job["data_dir"], job["redis_url"],
+                      job["redis_prefix"])  # fmt: skip
+
+    @task(outlets=[VALIDATED_EVENTS])
+    def validate(job: dict[str, Any], _ingested: dict[str, Any]) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from reco.data.validation import SchemaMismatch, ValidationFailed
+        from reco.pipeline.training import validate
+
+        try:
+            out = validate(job["home"], job["start"], job["end"], job["threshold"])
+        except (ValidationFailed, SchemaMismatch) as e:  # bad data: retrying cannot help
+            raise AirflowFailException(str(e)) from e
+        get_current_context()["outlet_events"][VALIDATED_EVENTS].extra = {
+            "start": job["start"], "end": job["end"], "validation_id": out["validation_id"]
+        }  # fmt: skip
+        return out
+
+    @task
+    def build_training_set(job: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
+        from reco.pipeline.training import build_training_set
+
+        return build_training_set(job["home"], job["start"], job["end"], job["arm"], validation)
+
+    @task(execution_timeout=timedelta(hours=2))
+    def train(job: dict[str, Any], training_set: dict[str, Any]) -> dict[str, Any]:
+        from reco.pipeline.training import train
+
+        return train(job["tracking_uri"], job["model_name"], job["arm"], training_set, job["epochs"])
+
+    @task
+    def evaluate(job: dict[str, Any], training_set: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
+        from reco.pipeline.training import evaluate
+
+        return evaluate(job["tracking_uri"], job["model_name"], training_set, candidate)
+
+    @task
+    def gate(job: dict[str, Any], candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+        from reco.pipeline.training import gate
+
+        return gate(candidate, evaluation, job["gate_tolerance"])
+
+    @task
+    def register(
+        job: dict[str, Any],
+        training_set: dict[str, Any],
+        candidate: dict[str, Any],
+        evaluation: dict[str, Any],
+        verdict: dict[str, Any],
+        validation: dict[str, Any],
+    ) -> dict[str, Any]:
+        from reco.pipeline.training import register
+
+        return register(job["tracking_uri"], job["model_name"], training_set, candidate, evaluation, verdict,
+                        validation)  # fmt: skip
+
+    @task
+    def promote(job: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any]:
+        from reco.pipeline.training import promote_candidate
+
+        return promote_candidate(job["tracking_uri"], job["model_name"], job["arm"], registered)
+
+    job = resolve()
+    validation = validate(job, ingest(job))
+    tset = build_training_set(job, validation)
+    candidate = train(job, tset)
+    evaluation = evaluate(job, tset, candidate)
+    verdict = gate(job, candidate, evaluation)
+    promote(job, register(job, tset, candidate, evaluation, verdict, validation))
+
+
+training_dag = reco_training()

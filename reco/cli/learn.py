@@ -1,0 +1,133 @@
+"""`reco learn`: the online learner (single writer of online weights); `reco simulate`: the click simulator
+against a running API."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from datetime import date
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("learn")(learn)
+    app.command("simulate")(simulate)
+
+
+def _fail(msg: str) -> typer.Exit:
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    return typer.Exit(2)
+
+
+def learn(
+    arms: str | None = typer.Option(
+        None, help="comma-separated arms to learn (default: every arm of the experiment config)"
+    ),
+    window_s: float = typer.Option(1800.0, min=1.0, help="reward window in event time (seconds)"),
+    update_every: int = typer.Option(512, min=1, help="labelled examples per update (per arm)"),
+    batch_size: int = typer.Option(512, min=1, help="newest fresh examples in each mini-batch"),
+    replay: int = typer.Option(128, min=0, help="replay-buffer rows added to each mini-batch"),
+    lr: float = typer.Option(1e-3, min=0.0, help="Adam learning rate"),
+    grad_clip: float = typer.Option(1.0, min=0.0, help="gradient-norm clip"),
+    ips: bool = typer.Option(False, help="inverse-propensity weighting with the logged propensities"),
+    ips_clip: float = typer.Option(10.0, min=1.0, help="largest IPS weight"),
+    margin: float = typer.Option(0.01, help="holdout log-loss margin over the base before a strike"),
+    patience: int = typer.Option(3, min=1, help="consecutive strikes before reverting to the base"),
+    publish_every_s: float = typer.Option(1.0, min=0.0, help="minimum seconds between publications"),
+    checkpoint_every_s: float = typer.Option(300.0, min=1.0, help="seconds between MLflow checkpoints"),
+    no_checkpoint: bool = typer.Option(False, "--no-checkpoint", help="do not checkpoint to MLflow"),
+    metrics_file: Path | None = typer.Option(None, help="Prometheus text file (default <home>/metrics/online.prom)"),
+    consumer: str = typer.Option("learner-1", help="consumer name in the group (stable across restarts)"),
+    threads: int = typer.Option(2, min=1, max=64, help="torch threads"),
+    max_seconds: float | None = typer.Option(None, min=1.0, help="stop after this many seconds (bounded run)"),
+    seed: int = typer.Option(0, help="seed of the holdout split and replay sampling"),
+) -> None:
+    """Consume the event stream, learn online per arm under guardrails, publish weight snapshots."""
+    import torch
+
+    from reco.experiments.assignment import load_config
+    from reco.online import ArmLearner, OnlineLearner, from_bundle
+    from reco.online.handoff import MlflowCheckpointer
+    from reco.redis_server import resolve_url
+    from reco.registry import RegistryError, client_for, load_bundle
+    from reco.settings import RecoSettings
+    from reco.store import RedisStore, StoreUnavailable, connect
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(threads)
+    settings = RecoSettings()
+    try:
+        aliases = load_config(settings.experiments_path).aliases
+    except Exception as exc:  # ConfigError and friends: a clear message, no traceback
+        raise _fail(str(exc)) from None
+    names = [a.strip() for a in arms.split(",") if a.strip()] if arms else list(aliases)
+    unknown = [a for a in names if a not in aliases]
+    if unknown:
+        raise _fail(f"unknown arm(s) {unknown}; the experiment config has {sorted(aliases)}")
+    client = client_for(settings.tracking_uri)
+    learners = {}
+    for arm in names:
+        try:
+            bundle, mv = load_bundle(client, settings.registered_model, aliases[arm])
+        except RegistryError as exc:
+            raise _fail(f"arm {arm!r}: {exc} (train and promote a model first)") from None
+        learners[arm] = ArmLearner(
+            from_bundle(bundle, str(mv.version)), lr=lr, update_every=update_every, batch_size=batch_size,
+            replay=replay, grad_clip=grad_clip, ips=ips, ips_clip=ips_clip, margin=margin, patience=patience,
+            max_session=bundle.model.config.max_session_len, seed=seed,
+        )  # fmt: skip
+        typer.echo(f"arm {arm}: base version {mv.version} ({aliases[arm]})")
+    url, _server = resolve_url(settings.redis_url, settings.home)
+    store = RedisStore(connect(url, socket_timeout=5.0), settings.redis_prefix)
+    metrics = metrics_file or settings.home / "metrics" / "online.prom"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    learner = OnlineLearner(
+        store, learners, consumer=consumer, window_s=window_s, publish_every_s=publish_every_s,
+        checkpoint=None if no_checkpoint else MlflowCheckpointer(settings.tracking_uri, settings.registered_model),
+        checkpoint_every_s=checkpoint_every_s, metrics_path=str(metrics),
+    )  # fmt: skip
+    stopping = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    try:
+        learner.start()
+        learner.run(stop=lambda: stopping["now"] or (deadline is not None and time.monotonic() > deadline))
+    except KeyboardInterrupt:
+        learner.maybe_publish(force=True)
+    except StoreUnavailable as exc:
+        raise _fail(f"redis unavailable at {url}: {exc}") from None
+    typer.echo(f"stopped: {learner.stats.read} events read, {learner.stats.publications} publications")
+
+
+def simulate(
+    api_url: str = typer.Option("http://127.0.0.1:8000", help="base URL of the API"),
+    api_key: str | None = typer.Option(None, envvar="RECO_SIM_API_KEY", help="X-API-Key for /v1/events"),
+    users: int = typer.Option(100, min=1, help="simulated users"),
+    days: int = typer.Option(3, min=1, help="simulated days (compressed)"),
+    start_day: str = typer.Option("1998-04-23", help="first simulated day (YYYY-MM-DD)"),
+    sessions_per_user_day: float = typer.Option(0.5, min=0.0, help="sessions per user per day"),
+    seed: int = typer.Option(0, help="seed of users, sessions and clicks"),
+    data_dir: Path | None = typer.Option(None, help="MovieLens-100k files (default RECO_DATA_DIR)"),
+) -> None:
+    """Simulated users browse the API over HTTP; prints CTR per arm."""
+    from reco.settings import RecoSettings
+    from reco.sim import replay
+    from reco.sim.client import ApiError
+
+    try:
+        first = date.fromisoformat(start_day)
+    except ValueError:
+        raise _fail(f"--start-day must be YYYY-MM-DD, got {start_day!r}") from None
+    directory = data_dir or RecoSettings().movielens_dir
+    try:
+        stats = replay(api_url=api_url, data_dir=directory, users=users, days=days, start_day=first,
+                       sessions_per_user_day=sessions_per_user_day, seed=seed, api_key=api_key)  # fmt: skip
+    except (FileNotFoundError, ApiError) as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot reach the API at {api_url}: {exc}") from None
+    for arm, t in sorted(stats.arms.items()):
+        typer.echo(f"{arm}: {t.requests} requests, {t.impressions} impressions, {t.clicks} clicks, CTR {t.ctr:.4f}")

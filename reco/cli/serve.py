@@ -1,0 +1,45 @@
+"""`reco serve`: run the personalization API (uvicorn). Settings come from the environment (`RECO_*`,
+see serving/settings.py and docs/api.md); the flags override host, port and worker count."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    host: str | None = typer.Option(None, help="bind address (default RECO_HOST or 127.0.0.1)"),
+    port: int | None = typer.Option(None, min=1, max=65535, help="port (default RECO_PORT or 8000)"),
+    workers: int | None = typer.Option(None, min=1, max=64, help="worker processes (default RECO_WORKERS or 1)"),
+) -> None:
+    """Serve /v1/recommendations, /v1/events, /healthz, /readyz, /metrics and the OpenAPI docs."""
+    from pydantic import ValidationError
+
+    try:
+        from serving.settings import Settings
+
+        settings = Settings()
+    except ValidationError as exc:
+        raise typer.BadParameter(f"invalid RECO_* settings: {exc}") from None
+    # Keep the allocator from returning the forward's buffers to the OS after every request (NOTES.md);
+    # set before uvicorn starts so worker processes inherit it.
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "16777216")
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "67108864")
+    # BLAS thread pools busy-wait on a small, shared machine; the similarity products are tiny.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import uvicorn
+
+    uvicorn.run(
+        "serving.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+        log_level="info",
+        access_log=False,
+    )

@@ -1,0 +1,77 @@
+"""Human-readable reasons for served items.
+
+* Session-based items: "Because you viewed <title>", naming the session item that contributes most to the
+  candidate: the largest product of the encoder's attention weight on that session position and the
+  cosine similarity between that session item and the candidate. Without attention weights the
+  similarity alone decides (and for a retrieval anchor, the anchor itself).
+* Context-item similar: "Similar to <title>".
+* Trending: "Trending now". Popular: "Popular in <genre>" (or "Popular right now" without a genre).
+* Exploration picks say so: "Something different: ..." in front of the source reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from reco.candidates import Source
+
+EXPLORATION_PREFIX = "Something new for you"
+
+
+def anchors_by_attention(
+    similarity: np.ndarray, attention: Sequence[float] | None, session_items: Sequence[str]
+) -> list[str | None]:
+    """For each candidate row of `similarity` (candidates x session items), the session item with the
+    largest attention x similarity; None when no session item is similar at all.
+
+    >>> sims = np.array([[0.9, 0.1], [0.2, 0.8]])
+    >>> anchors_by_attention(sims, [0.5, 0.5], ["a", "b"])
+    ['a', 'b']
+    >>> anchors_by_attention(sims, [0.05, 0.95], ["a", "b"])
+    ['b', 'b']
+    """
+    if similarity.size == 0 or not session_items:
+        return [None] * similarity.shape[0]
+    sims = np.clip(similarity, 0.0, None)
+    if attention is not None and len(attention) == len(session_items):
+        sims = sims * np.asarray(attention, dtype=sims.dtype)[None, :]
+    best = sims.argmax(axis=1)
+    return [session_items[j] if sims[i, j] > 0 else None for i, j in enumerate(best)]
+
+
+def reason(
+    source: Source | str,
+    *,
+    is_exploration: bool = False,
+    anchor: str | None = None,
+    title_of: Callable[[str], str | None] = lambda _: None,
+    genre: str | None = None,
+) -> str:
+    """The reason string for one served item.
+
+    >>> reason("session_similar", anchor="1", title_of={"1": "Toy Story (1995)"}.get)
+    'Because you viewed Toy Story (1995)'
+    >>> reason("context_similar", anchor="1", title_of={"1": "Heat"}.get)
+    'Similar to Heat'
+    >>> reason("trending"), reason("popular", genre="Drama"), reason("popular")
+    ('Trending now', 'Popular in Drama', 'Popular right now')
+    >>> reason("trending", is_exploration=True)
+    'Something new for you: Trending now'
+    """
+    base = _base_reason(Source(source), anchor, title_of, genre)
+    return f"{EXPLORATION_PREFIX}: {base}" if is_exploration else base
+
+
+def _base_reason(source: Source, anchor: str | None, title_of: Callable[[str], str | None], genre: str | None) -> str:
+    title = title_of(anchor) if anchor else None
+    if source == Source.session_similar and title:
+        return f"Because you viewed {title}"
+    if source == Source.context_similar and title:
+        return f"Similar to {title}"
+    if source == Source.trending:
+        return "Trending now"
+    if genre and genre != "unknown":
+        return f"Popular in {genre}"
+    return "Popular right now"

@@ -1,0 +1,355 @@
+"""`OnlineLearner`: the single writer of online weights. Stream -> reward join -> per-arm updates ->
+versioned snapshots in Redis, with acknowledgements that make a restart lose nothing.
+
+Delivery contract. The learner reads the event stream through a consumer group. An entry is
+acknowledged (XACK) only once it is fully used: a view or unrelated event right after it is read; an
+impression and its feedback only after the update that trained on them was *published* (or the example was
+routed to the holdout / dropped, and the publication after that went out). A learner killed at any point
+restarts from its pending entries (XREADGROUP id 0, then XAUTOCLAIM from any dead consumer of the group),
+rebuilding the reward join from them, and resumes from the last published snapshot. So no event is lost,
+and an event is trained on twice only if the process dies between a publication and the XACK that follows
+it (one publication's worth of examples: the documented at-least-once window).
+
+Snapshots. Each publication is `store.put_weights(arm, torch.save(state_dict), meta)` with meta naming
+`base_version`, `snapshot` (accepted updates since the base), `steps`, `examples`, holdout log-losses and
+`reverted`. The API adopts a newer version between requests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from reco.online.arm import ArmLearner, StepReport
+from reco.online.control import paused_arms, read_request_contexts, reverts_key, stats_key
+from reco.online.examples import encode
+from reco.online.history import HistoryTracker
+from reco.online.join import Labelled, RewardJoiner
+from reco.online.model import ArmModel, state_from_bytes, state_to_bytes
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "reco-learner"
+
+
+def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> dict[str, Any] | None:
+    """A stream entry (`e` = Event JSON, see reco.store) -> a flat dict with `ts` as epoch seconds.
+
+    >>> decode_entry("1-0", {b"e": b'{"event_id": "x", "ts": "2026-01-01T00:00:00Z", "event_type": "view",'
+    ...                             b' "user_id": "u", "item_id": "i"}'})["ts"]
+    1767225600.0
+    >>> decode_entry("1-1", {b"e": b"not json"}) is None
+    True
+    """
+    raw = fields.get(b"e", fields.get("e"))
+    try:
+        ev = json.loads(raw)
+        ev["ts"] = datetime.fromisoformat(ev["ts"]).timestamp()
+        ev["event_type"] = str(ev["event_type"])
+        ev["item_id"] = str(ev["item_id"])
+    except (TypeError, ValueError, KeyError):
+        return None
+    ev["sid"] = entry_id
+    return ev
+
+
+@dataclass
+class LearnerStats:
+    read: int = 0
+    undecodable: int = 0
+    acked: int = 0
+    acked_examples: int = 0  # labelled impressions whose entries were acknowledged after use
+    publications: int = 0
+    dropped_unknown: int = 0  # labelled impressions of an arm not learned here, or items outside the vocabulary
+    paused_examples: int = 0
+    reports: list[StepReport] = field(default_factory=list)
+
+
+class OnlineLearner:
+    """Consumes the event stream and keeps the online weights of `arms` (arm -> ArmLearner).
+
+    `store` is a `reco.store.RedisStore`. `checkpoint(arm, blob, meta)` (optional, e.g. the MLflow
+    hand-off) is called with the last good snapshot at most every `checkpoint_every_s` seconds of wall time.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        arms: Mapping[str, ArmLearner],
+        *,
+        group: str = DEFAULT_GROUP,
+        consumer: str = "learner-1",
+        window_s: float = 1800.0,
+        read_count: int = 5000,
+        publish_every_s: float = 1.0,
+        checkpoint: Callable[[str, bytes, dict[str, Any]], None] | None = None,
+        checkpoint_every_s: float = 300.0,
+        metrics_path: str | None = None,
+        keep_reports: int = 1000,
+    ):
+        self.store = store
+        self.arms = dict(arms)
+        self.group = group
+        self.consumer = consumer
+        self.window_s = window_s
+        self.read_count = read_count
+        self.publish_every_s = publish_every_s
+        self.checkpoint = checkpoint
+        self.checkpoint_every_s = checkpoint_every_s
+        self.metrics_path = metrics_path
+        self.stats = LearnerStats()
+        self.joiner = RewardJoiner(window_s=window_s)
+        self.history = HistoryTracker()
+        self._keep_reports = keep_reports
+        self._tag = 0
+        self._unacked: dict[str, deque[tuple[int, list[str]]]] = {a: deque() for a in self.arms}
+        self._dirty: set[str] = set()
+        self._last_publish = 0.0
+        self._last_checkpoint = time.monotonic()
+        self._versions: dict[str, int | None] = {}
+        self._recovered = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the group if needed, resume each arm from its last published snapshot on the same base,
+        and replay this group's pending entries (what a previous run read but did not finish)."""
+        self.store.ensure_group(self.group, start_id="0")
+        for arm, learner in self.arms.items():
+            self._resume_weights(arm, learner)
+        self._recover_pending()
+
+    def _resume_weights(self, arm: str, learner: ArmLearner) -> None:
+        snap = self.store.get_weights(arm)
+        if snap is None or str(snap.meta.get("base_version")) != learner.model.base_version:
+            return
+        learner.resume_from(state_from_bytes(snap.blob), int(snap.meta.get("snapshot", 0)))
+        self._versions[arm] = snap.version
+        log.info("arm %s resumes from snapshot version %s", arm, snap.version)
+
+    def _recover_pending(self) -> None:
+        client, key = self.store.client, self.store.stream_key
+        cursor = "0-0"
+        while True:  # take over what other (dead) consumers of the group left pending
+            cursor, *_ = client.xautoclaim(key, self.group, self.consumer, 0, start_id=cursor, count=self.read_count)
+            cursor = cursor.decode() if isinstance(cursor, bytes) else cursor
+            if cursor == "0-0":
+                break
+        start = "0-0"
+        while True:  # this consumer's pending entries, oldest first
+            res = client.xreadgroup(self.group, self.consumer, {key: start}, count=self.read_count)
+            rows = res[0][1] if res else []
+            if not rows:
+                break
+            self._process(rows)
+            start = rows[-1][0]
+        self._recovered = True
+
+    def poll(self, block_ms: int | None = 200) -> int:
+        """Read, join and learn from one batch of new entries; publish and acknowledge what is due.
+        Returns the number of entries read."""
+        if not self._recovered:
+            self.start()
+        res = self.store.client.xreadgroup(
+            self.group, self.consumer, {self.store.stream_key: ">"}, count=self.read_count, block=block_ms
+        )
+        rows = res[0][1] if res else []
+        self._process(rows)
+        self.maybe_publish()
+        return len(rows)
+
+    def run(self, stop: Callable[[], bool] = lambda: False, idle_exit_s: float | None = None) -> None:
+        """Poll until `stop()` is true (or nothing arrived for `idle_exit_s`); publish what is left."""
+        idle_since = time.monotonic()
+        while not stop():
+            if self.poll():
+                idle_since = time.monotonic()
+            elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                break
+        self.maybe_publish(force=True)
+
+    # -- one batch ---------------------------------------------------------------------------------------
+    def _process(self, rows: list[tuple[Any, Any]]) -> None:
+        events, done = [], []
+        for entry_id, fields in rows:
+            sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            ev = decode_entry(sid, fields or {})
+            if ev is None:  # unparseable or trimmed while pending: nothing to learn, do not keep it pending
+                self.stats.undecodable += 1
+                done.append(sid)
+                continue
+            if ev["event_type"] == "impression":
+                ev["context"] = self.history.context(ev)
+            else:
+                self.history.observe(ev)
+            events.append(ev)
+        self.stats.read += len(rows)
+        labelled, finished = self.joiner.add(events)
+        done += finished
+        self._learn(labelled, done)
+        self._ack(done)
+
+    def _learn(self, labelled: list[Labelled], done: list[str]) -> None:
+        by_arm: dict[str, list[Labelled]] = {}
+        for x in labelled:
+            if x.imp.arm in self.arms:
+                by_arm.setdefault(x.imp.arm, []).append(x)
+            else:
+                self.stats.dropped_unknown += 1
+                self.stats.acked_examples += 1
+                done.extend(x.sids)
+        if not by_arm:
+            return
+        contexts = read_request_contexts(
+            self.store.client, self.store.prefix, (x.imp.request_id for xs in by_arm.values() for x in xs)
+        )
+        paused = paused_arms(self.store, list(by_arm))
+        for arm, xs in by_arm.items():
+            if arm in paused:  # consumed and acknowledged, not learned: lag stays flat while paused
+                self.stats.paused_examples += len(xs)
+                self.stats.acked_examples += len(xs)
+                done.extend(s for x in xs for s in x.sids)
+                continue
+            self._learn_arm(arm, xs, contexts)
+
+    def _learn_arm(self, arm: str, xs: list[Labelled], contexts: Mapping[str, tuple[str, ...]]) -> None:
+        learner = self.arms[arm]
+        model: ArmModel = learner.model
+        ctx = {x.imp.request_id: contexts.get(x.imp.request_id, x.imp.context) for x in xs}
+        ex, kept = encode(xs, ctx, model.index_of, learner.max_session, model.context_index, model.min_session)
+        tags = range(self._tag, self._tag + len(xs))
+        self._tag += len(xs)
+        ex.tag[:] = [t for t, k in zip(tags, kept, strict=True) if k]
+        self.stats.dropped_unknown += int((~kept).sum())
+        queue = self._unacked[arm]
+        queue.extend((t, x.sids) for t, x in zip(tags, xs, strict=True))
+        reports = learner.learn_many(ex)
+        if reports:
+            self.stats.reports.extend(reports)
+            del self.stats.reports[: -self._keep_reports]
+            self._dirty.add(arm)
+            for r in reports:
+                if r.outcome == "reverted":
+                    self._on_revert(arm, r)
+
+    def _on_revert(self, arm: str, report: StepReport) -> None:
+        self.store.client.incr(reverts_key(self.store.prefix, arm))
+        log.warning(
+            "arm %s reverted to base %s: holdout log-loss %.4f vs base %.4f",
+            arm, self.arms[arm].model.base_version, report.holdout_after, report.holdout_base,
+        )  # fmt: skip
+
+    # -- publication and acknowledgement -----------------------------------------------------------------
+    def maybe_publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_publish < self.publish_every_s:
+            return
+        self._last_publish = now
+        for arm in sorted(self._dirty):
+            self._publish(arm)
+        self._dirty.clear()
+        # Whatever is older than each arm's oldest unstepped example is used and published: acknowledge it.
+        done: list[str] = []
+        for arm, queue in self._unacked.items():
+            floor = self.arms[arm].oldest_fresh_tag()
+            while queue and (floor is None or queue[0][0] < floor):
+                done.extend(queue.popleft()[1])
+                self.stats.acked_examples += 1
+        self._ack(done)
+        self._write_stats()
+        if self.checkpoint is not None and (force or now - self._last_checkpoint >= self.checkpoint_every_s):
+            self._last_checkpoint = now
+            for arm, learner in self.arms.items():
+                if learner.snapshot_step > 0:
+                    self.checkpoint(arm, state_to_bytes(learner.good_state()), self._meta(arm))
+
+    def _meta(self, arm: str) -> dict[str, Any]:
+        learner = self.arms[arm]
+        online, base = learner.holdout_losses()
+        c = learner.counters
+        return {
+            "base_version": learner.model.base_version,
+            "snapshot": learner.snapshot_step,
+            "steps": c.steps,
+            "examples": c.examples,
+            "reverts": c.reverts,
+            "holdout_logloss": None if math.isnan(online) else round(online, 6),
+            "base_logloss": None if math.isnan(base) else round(base, 6),
+            "published_at": time.time(),
+        }
+
+    def _publish(self, arm: str) -> None:
+        learner = self.arms[arm]
+        self._versions[arm] = self.store.put_weights(arm, state_to_bytes(learner.good_state()), self._meta(arm))
+        self.stats.publications += 1
+
+    def held_entries(self) -> int:
+        """Stream entries of labelled examples kept pending until a publication covers them."""
+        return sum(len(sids) for q in self._unacked.values() for _, sids in q)
+
+    def published_version(self, arm: str) -> int | None:
+        return self._versions.get(arm)
+
+    def _ack(self, sids: list[str]) -> None:
+        if sids:
+            self.stats.acked += int(self.store.client.xack(self.store.stream_key, self.group, *sids))
+
+    # -- observability -----------------------------------------------------------------------------------
+    def lag(self) -> dict[str, int]:
+        """Entries not yet delivered to the group (`lag`) and delivered but not acknowledged (`pending`)."""
+        for g in self.store.client.xinfo_groups(self.store.stream_key):
+            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+            if name == self.group:
+                return {"lag": int(g.get("lag") or 0), "pending": int(g["pending"])}
+        return {"lag": 0, "pending": 0}
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metrics (Prometheus-style names; `{arm}` labels inlined)."""
+        m: dict[str, float] = {
+            "reco_online_events_read_total": self.stats.read,
+            "reco_online_events_acked_total": self.stats.acked,
+            "reco_online_publications_total": self.stats.publications,
+            "reco_online_pending_impressions": self.joiner.n_pending,
+        }
+        for k, v in self.joiner.counters.items():
+            m[f"reco_online_join_{k}_total"] = v
+        for arm, learner in self.arms.items():
+            c = learner.counters
+            lbl = f'{{arm="{arm}"}}'
+            m[f"reco_online_examples_total{lbl}"] = c.examples
+            m[f"reco_online_steps_total{lbl}"] = c.steps
+            m[f"reco_online_skipped_nonfinite_total{lbl}"] = c.skipped_nonfinite
+            m[f"reco_online_restored_total{lbl}"] = c.restored
+            m[f"reco_online_reverts_total{lbl}"] = c.reverts
+            m[f"reco_online_snapshot{lbl}"] = learner.snapshot_step
+        return m
+
+    def _write_stats(self) -> None:
+        pipe = self.store.client.pipeline(transaction=False)
+        for arm, learner in self.arms.items():
+            c = learner.counters
+            pipe.hset(
+                stats_key(self.store.prefix, arm),
+                mapping={"snapshot": learner.snapshot_step, "steps": c.steps, "examples": c.examples,
+                         "reverts": c.reverts, "version": self._versions.get(arm) or 0},
+            )  # fmt: skip
+        pipe.execute()
+        if self.metrics_path:
+            write_prometheus(self.metrics_path, self.metrics())
+
+
+def write_prometheus(path: str, metrics: Mapping[str, float]) -> None:
+    """Write metrics in the Prometheus text format (node-exporter textfile collector), atomically."""
+    import os
+
+    lines = [f"{k} {float(v)!r}" for k, v in sorted(metrics.items())]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)

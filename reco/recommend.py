@@ -1,0 +1,493 @@
+"""The recommendation request pipeline, as a library (no HTTP here).
+
+    assignment -> candidates (sources concurrently, per-source timeout) -> features (one Redis round trip)
+    -> rank (the arm's model) -> business rules -> exploration -> explanations -> impression events
+
+Everything with side effects is passed in: the Redis store, a model lookup per arm, the experiment
+assignment and the exploration policy factory. A part that fails (Redis down, a slow source, an arm
+without a model) degrades the answer and is named in `RecoResult.degraded`; it never fails the request.
+Only "no model at all" is an error (`NoModelAvailable`), which the API maps to 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from time import perf_counter
+from typing import Any, Protocol
+
+import numpy as np
+
+from reco.candidates import (
+    Candidate,
+    CandidateConfig,
+    EmbeddingIndex,
+    PopularIndex,
+    Source,
+    SourceFn,
+    gather,
+    trending_candidates,
+)
+from reco.data.events import Event, EventType, PageType
+from reco.explain import anchors_by_attention, reason
+from reco.rules import RuleConfig, apply_rules
+
+log = logging.getLogger(__name__)
+
+#: Longest session prefix fed to the encoder (the most recent items).
+MAX_SESSION = 50
+
+
+class NoModelAvailable(RuntimeError):
+    """No arm has a model loaded yet (the API answers 503 until the model manager is ready)."""
+
+
+# --- what the pipeline needs from its collaborators (structural, so tests pass small real objects) ---
+
+
+class Store(Protocol):
+    def session_items(self, session_id: str) -> list[str]: ...
+    def trending(self, n: int) -> Sequence[tuple[str, float]]: ...
+    def request_context(
+        self, user_id: str, session_id: str | None, item_ids: Sequence[str], arm: str, categories: Sequence[str]
+    ) -> Any: ...
+    def log_impressions(self, events: Sequence[Event], *, categories: Mapping[str, str] | None = None) -> Any: ...
+
+
+class Selection(Protocol):
+    item: Any
+    is_exploration: bool
+    propensity: float
+
+
+class Explorer(Protocol):
+    def select(self, ranked: Sequence[Any], n: int) -> Sequence[Selection]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """A scored candidate. `category` feeds the diversity rule and Thompson sampling."""
+
+    item_id: str
+    score: float
+    source: Source
+    category: str
+    anchor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Greedy:
+    """No exploration: the top `n`, each chosen with probability 1."""
+
+    item: Ranked
+    is_exploration: bool = False
+    propensity: float = 1.0
+
+
+class GreedyExplorer:
+    """The policy for arms configured without exploration.
+
+    >>> r = [Ranked("a", 0.9, Source.popular, "x"), Ranked("b", 0.5, Source.popular, "y")]
+    >>> [(s.item.item_id, s.propensity) for s in GreedyExplorer().select(r, 1)]
+    [('a', 1.0)]
+    """
+
+    def select(self, ranked: Sequence[Ranked], n: int) -> list[Greedy]:
+        return [Greedy(r) for r in ranked[:n]]
+
+
+class ArmPolicies:
+    """One long-lived exploration policy per arm, built from the arm's `ExplorationConfig`.
+
+    Epsilon-greedy keeps its decay state across requests (`set_interactions` adopts the shared count
+    from the store); Thompson sampling takes the per-request Beta evidence read with the features.
+    With no evidence (Redis down) Thompson samples its prior, still a valid policy with propensities.
+
+    >>> from types import SimpleNamespace as S
+    >>> pol = ArmPolicies(seed=0)
+    >>> a = S(arm="c", exploration=S(strategy="none", rate=0.0))
+    >>> type(pol.explorer(a, {})).__name__
+    'GreedyExplorer'
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+        self._eps: dict[str, Any] = {}
+        self._ts: dict[str, Any] = {}
+
+    def explorer(self, assignment: Any, thompson: Mapping[str, tuple[float, float]]) -> Explorer:
+        from reco.bandits import EpsilonGreedy, ThompsonSampling
+
+        cfg, arm = assignment.exploration, assignment.arm
+        if cfg.strategy == "epsilon_greedy" and cfg.rate > 0:
+            if arm not in self._eps:
+                self._eps[arm] = EpsilonGreedy(epsilon=cfg.rate, seed=self.seed)
+            return self._eps[arm]
+        if cfg.strategy == "thompson" and cfg.rate > 0:
+            if arm not in self._ts:
+                self._ts[arm] = ThompsonSampling(weight=cfg.rate, seed=self.seed)
+            return _WithStats(self._ts[arm], thompson)
+        return GreedyExplorer()
+
+    def set_interactions(self, arm: str, n: int) -> None:
+        if arm in self._eps:
+            self._eps[arm].set_interactions(n)
+
+
+@dataclass(frozen=True)
+class _WithStats:
+    policy: Any
+    stats: Mapping[str, tuple[float, float]]
+
+    def select(self, ranked: Sequence[Ranked], n: int) -> Sequence[Selection]:
+        return self.policy.select(ranked, n, self.stats)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded model version with what serving precomputes for it (built off the request path).
+
+    Requests take a reference to one `ServedModel` at the start and use it to the end, so a hot swap
+    (a new object put in place by the model manager) never changes the model under a running request.
+    """
+
+    bundle: Any  # reco.models.bundle.ModelBundle
+    version: str
+    index: EmbeddingIndex
+    popular: PopularIndex
+    online_snapshot: int | None = None
+    categories: tuple[str, ...] = ()  # every catalogue category (Thompson evidence is read for all)
+
+    @classmethod
+    def build(
+        cls,
+        bundle: Any,
+        version: str,
+        *,
+        popularity: Mapping[str, float] | None = None,
+        online_snapshot: int | None = None,
+    ) -> ServedModel:
+        """Precompute the normalised embedding matrix and the popular lists of `bundle`.
+
+        `popularity` (item -> count) defaults to the bundle's `meta["popularity"]`, then to catalogue order.
+        """
+        emb = bundle.item_embeddings()
+        emb = emb.detach().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
+        index = EmbeddingIndex(list(bundle.item_ids), emb)
+        catalog = bundle.catalog
+        counts = popularity or (getattr(bundle, "meta", None) or {}).get("popularity")
+        if not counts:
+            ids = [i for i in bundle.item_ids if i in index]
+            counts = {iid: float(len(ids) - k) for k, iid in enumerate(ids)}
+        counts = {iid: c for iid, c in counts.items() if iid in index}
+        category_of = dict(zip(counts, catalog.categories_of(counts), strict=True))
+        popular = PopularIndex(counts, category_of)
+        return cls(bundle, str(version), index, popular, online_snapshot, tuple(catalog.categories))
+
+
+@dataclass(frozen=True)
+class RecoRequest:
+    user_id: str
+    page_type: PageType = PageType.home
+    context_item_id: str | None = None
+    session_id: str | None = None
+    device: str = "unknown"
+    limit: int = 20
+
+
+@dataclass(frozen=True)
+class RecoItem:
+    item_id: str
+    score: float
+    reason: str
+    source: str
+    position: int
+    is_exploration: bool
+    propensity: float
+    category: str = "unknown"
+
+
+@dataclass
+class RecoResult:
+    request_id: str
+    user_id: str
+    items: list[RecoItem]
+    model_version: str
+    online_snapshot: int | None
+    latency_ms: float
+    experiment_group: str
+    alias: str
+    degraded: list[str]
+    candidates_per_source: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    rules: RuleConfig = field(default_factory=RuleConfig)
+    features_timeout_s: float = 0.05
+
+
+class Recommender:
+    """Runs one request end to end. Thread-safe: per-request state lives on the stack.
+
+    `models(arm)` returns the arm's current `ServedModel` (None when it has none); `fallback_model()`
+    any loaded model (used, flagged as degraded "model", when the arm has none). `explorer_for(assignment,
+    thompson)` builds the arm's exploration policy for this request. `log_executor` runs impression
+    logging off the request path (None: inline); `on_log_error` sees every failed impression write.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store | None,
+        assign: Callable[[str], Any],
+        models: Callable[[str], ServedModel | None],
+        fallback_model: Callable[[], ServedModel | None] = lambda: None,
+        explorer_for: Callable[[Any, Mapping[str, tuple[float, float]]], Explorer] = lambda a, t: GreedyExplorer(),
+        config: PipelineConfig = PipelineConfig(),
+        executor: Executor | None = None,
+        log_executor: Executor | None = None,
+        on_log_error: Callable[[Exception], None] = lambda exc: None,
+    ) -> None:
+        self.store = store
+        self.assign = assign
+        self.models = models
+        self.fallback_model = fallback_model
+        self.explorer_for = explorer_for
+        self.config = config
+        self._executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="reco-src")
+        self._log_executor = log_executor
+        self._on_log_error = on_log_error
+
+    def recommend(self, req: RecoRequest) -> RecoResult:
+        t0 = perf_counter()
+        request_id = uuid.uuid4().hex
+        degraded: list[str] = []
+        assignment = self.assign(req.user_id)
+        model = self.models(assignment.arm)
+        if model is None:
+            model = self.fallback_model()
+            if model is None:
+                raise NoModelAvailable(f"no model loaded for arm {assignment.arm!r}")
+            degraded.append("model")
+
+        # Redis first, both round trips at once: the request's features (session, user history, Thompson
+        # evidence of every category) and the trending list; the in-process sources need the session.
+        store = self.store
+        categories_all = model.categories
+        cfg = self.config.candidates
+        features_f = trending_f = None
+        if store is not None:
+            features_f = self._executor.submit(
+                store.request_context, req.user_id, req.session_id, [], assignment.arm, categories_all
+            )
+            trending_f = self._executor.submit(lambda: trending_candidates(store.trending(cfg.trending_k)))
+        features = self._features(features_f)
+        if features is None:
+            degraded.append("features")
+        session = _session_for_model(features, model.index)
+        cands = self._candidates(req, model, session, trending_f)
+        degraded += [f"candidates:{s}" for s in cands.failed]
+        ids = [c.item_id for c in cands.candidates]
+        categories = model.bundle.catalog.categories_of(ids)
+        ranked, attention = self._rank(model, req, session.items, cands.candidates, categories, degraded)
+        ranked = apply_rules(
+            ranked,
+            page_type=req.page_type,
+            context_item_id=req.context_item_id,
+            consumed=session.consumed,
+            category_of=dict(zip(ids, categories, strict=True)).__getitem__,
+            window=req.limit,
+            config=self.config.rules,
+        )
+        thompson = dict(features.thompson) if features is not None else {}
+        chosen = self.explorer_for(assignment, thompson).select(ranked, req.limit)
+        items = self._explain(model, chosen, session.items, attention)
+        if self.store is None:
+            degraded.append("impressions")
+        else:
+            self._log(req, request_id, assignment.arm, model.version, items)
+            if features is None:
+                degraded.append("impressions")  # Redis is failing: the write will most likely fail too
+        return RecoResult(
+            request_id=request_id,
+            user_id=req.user_id,
+            items=items,
+            model_version=model.version,
+            online_snapshot=model.online_snapshot,
+            latency_ms=round((perf_counter() - t0) * 1000, 3),
+            experiment_group=assignment.arm,
+            alias=assignment.alias,
+            degraded=degraded,
+            candidates_per_source=cands.per_source,
+        )
+
+    # --- steps ---
+
+    def _candidates(self, req: RecoRequest, model: ServedModel, session: _Session, trending: Future | None):
+        cfg = self.config.candidates
+        index = model.index
+        sources: dict[Source, SourceFn | Future] = {}
+        if session.items:
+            recent = session.items[-MAX_SESSION:]
+            sources[Source.session_similar] = lambda: index.similar(recent, cfg.session_k)
+        if req.page_type == PageType.product and req.context_item_id in index:
+            ctx = str(req.context_item_id)
+            sources[Source.context_similar] = lambda: index.similar([ctx], cfg.context_k, source=Source.context_similar)
+        if trending is not None:
+            sources[Source.trending] = trending
+        exclude = {req.context_item_id} if req.page_type == PageType.product and req.context_item_id else set()
+        return gather(
+            sources,
+            lambda: model.popular.top(cfg.popular_k),
+            config=cfg,
+            exclude=exclude,
+            valid=index.__contains__,
+        )
+
+    def _features(self, fut: Future | None) -> Any | None:
+        if fut is None:
+            return None
+        try:
+            return fut.result(timeout=self.config.features_timeout_s)
+        except FutureTimeout:
+            fut.cancel()
+            log.warning("request features ran past %.0f ms", self.config.features_timeout_s * 1000)
+        except Exception as exc:  # Redis down: rank without online features
+            log.warning("request features unavailable: %s", exc)
+        return None
+
+    def _rank(
+        self,
+        model: ServedModel,
+        req: RecoRequest,
+        session: list[str],
+        cands: list[Candidate],
+        categories: list[str],
+        degraded: list[str],
+    ) -> tuple[list[Ranked], np.ndarray | None]:
+        """Score every candidate with the arm's model (one forward); best first, plus the session attention."""
+        if not cands:
+            return [], None
+        result = model.bundle.score(session, [c.item_id for c in cands], str(req.page_type), req.device)
+        scores = _as_numpy(result.scores).reshape(-1).astype(np.float64)
+        attention = getattr(result, "attention", None)
+        attention = None if attention is None else _as_numpy(attention).reshape(-1)
+        if not np.all(np.isfinite(scores)):
+            # A broken forward (NaN/inf) must not reach users: keep the retrieval order instead.
+            log.warning("model %s produced non-finite scores; serving retrieval order", model.version)
+            degraded.append("ranker")
+            scores = np.linspace(1.0, 0.0, num=len(cands), endpoint=False)
+            attention = None
+        order = np.argsort(-scores, kind="stable")
+        ranked = [
+            Ranked(cands[i].item_id, float(scores[i]), cands[i].source, categories[i], cands[i].anchor) for i in order
+        ]
+        return ranked, attention
+
+    def _explain(
+        self, model: ServedModel, chosen: Sequence[Selection], session: list[str], attention: np.ndarray | None
+    ) -> list[RecoItem]:
+        ranked: list[Ranked] = [s.item for s in chosen]
+        anchors: list[str | None] = [r.anchor for r in ranked]
+        if session and ranked:
+            # Name the session item behind each session-based pick: attention x similarity (explain.py).
+            sims = model.index.similarity([r.item_id for r in ranked], session)
+            att = attention if attention is not None and len(attention) == len(session) else None
+            by_attention = anchors_by_attention(sims, att, session)
+            anchors = [
+                (a or r.anchor) if r.source == Source.session_similar else r.anchor
+                for r, a in zip(ranked, by_attention, strict=True)
+            ]
+        title_of = model.bundle.catalog.title
+        return [
+            RecoItem(
+                item_id=r.item_id,
+                score=round(r.score, 6),
+                reason=reason(r.source, is_exploration=s.is_exploration, anchor=a, title_of=title_of, genre=r.category),
+                source=str(r.source),
+                position=pos,
+                is_exploration=bool(s.is_exploration),
+                propensity=float(s.propensity),
+                category=r.category,
+            )
+            for pos, (s, r, a) in enumerate(zip(chosen, ranked, anchors, strict=True), start=1)
+        ]
+
+    def _log(self, req: RecoRequest, request_id: str, arm: str, version: str, items: list[RecoItem]) -> None:
+        events = impression_events(req, request_id, arm, version, items)
+        if not events:
+            return
+        # The category of each served item drives the arm's Thompson statistics in the store.
+        categories = {it.item_id: it.category for it in items}
+        if self._log_executor is None:
+            self._write_impressions(events, categories)
+        else:
+            self._log_executor.submit(self._write_impressions, events, categories)
+
+    def _write_impressions(self, events: list[Event], categories: dict[str, str]) -> None:
+        assert self.store is not None
+        try:
+            self.store.log_impressions(events, categories=categories)
+        except Exception as exc:  # counted by the caller's hook; the response has already been decided
+            log.warning("impression log failed for %d events: %s", len(events), exc)
+            self._on_log_error(exc)
+
+
+@dataclass(frozen=True)
+class _Session:
+    items: list[str]  # what the encoder sees (known items, most recent last)
+    consumed: frozenset[str]  # what the rules drop
+
+
+def _session_for_model(features: Any | None, index: EmbeddingIndex) -> _Session:
+    """The session from the features round trip. A user without a current session is ranked (and gets
+    candidates) from their recent history (`user_items`), which is not dropped as consumed."""
+    items = list(features.session_items) if features is not None else []
+    consumed = frozenset(items)
+    if not items and features is not None:
+        items = list(getattr(features, "user_items", []) or [])
+    known = [i for i in items if i in index]
+    return _Session(known[-MAX_SESSION:], consumed)
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def impression_events(
+    req: RecoRequest, request_id: str, arm: str, model_version: str, items: Sequence[RecoItem]
+) -> list[Event]:
+    """One `impression` event per served item; `event_id` is derived from request and position, so a
+    retried write is deduplicated by the store.
+
+    >>> it = RecoItem("i1", 0.5, "Trending now", "trending", 1, False, 1.0)
+    >>> [e.event_id for e in impression_events(RecoRequest("u"), "r1", "control", "3", [it])]
+    ['r1:1']
+    """
+    now = datetime.now(UTC)
+    return [
+        Event(
+            event_id=f"{request_id}:{it.position}",
+            ts=now,
+            user_id=req.user_id,
+            session_id=req.session_id,
+            item_id=it.item_id,
+            event_type=EventType.impression,
+            request_id=request_id,
+            position=it.position,
+            arm=arm,
+            model_version=model_version,
+            propensity=min(1.0, max(it.propensity, 1e-9)),
+            is_exploration=it.is_exploration,
+            page_type=PageType(req.page_type),
+            device=req.device[:32] if req.device else None,
+        )
+        for it in items
+    ]

@@ -1,0 +1,362 @@
+"""MLflow registry glue: log, register, find, load and alias `ModelBundle`s.
+
+One registered model holds the ranker (name from `RecoSettings.registered_model`). A version's
+artifact is an MLflow pyfunc model whose `artifacts/bundle/` is the saved `ModelBundle` directory
+(config.json, weights.pt state_dict, items.json, catalog.parquet, meta.json) plus
+`item_embeddings.npy`; loading downloads that directory and calls `ModelBundle.load` (torch
+`weights_only=True`): model weights are never unpickled. The pyfunc wrapper's class is referenced
+by module path, so `mlflow models serve` can run a version too.
+
+Aliases, not stages: `champion` and `arm-<name>`. Every move records who/why/previous version on the
+version and appends to the registered model tag `alias-history.<alias>` (JSON list), which is what
+`rollback` reads. Each version carries lineage tags (see `Lineage`) and a `fingerprint` tag: the hash
+of data snapshot + training config + parent version, so a rerun finds its version instead of adding one.
+
+Every function takes an `MlflowClient` (or builds one from a URI with `client_for`); nothing touches
+MLflow's global tracking URI, so the same code runs against a tracking server and a `sqlite:///` URI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+    from reco.models.bundle import ModelBundle
+
+CHAMPION = "champion"
+ARTIFACT_PATH = "model"
+BUNDLE_ARTIFACT = "bundle"
+HISTORY_TAG = "alias-history.{alias}"
+HISTORY_LIMIT = 50  # entries kept per alias (tag values are bounded in size)
+
+
+class RegistryError(LookupError):
+    """A model version or alias that does not exist, or an alias that cannot be moved."""
+
+
+def arm_alias(arm: str) -> str:
+    """Alias of an experiment arm.
+
+    >>> arm_alias("treatment")
+    'arm-treatment'
+    """
+    return f"arm-{arm}"
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def code_revision(repo: Path | None = None) -> str:
+    """The git commit of the code (or "unknown" outside a checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo or Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def fingerprint(snapshot_id: str, config: Mapping[str, Any], parent_version: str | None) -> str:
+    """Identity of a training job: same data + config + warm-start parent -> same fingerprint.
+
+    >>> fingerprint("s1", {"epochs": 1}, None) == fingerprint("s1", {"epochs": 1}, None)
+    True
+    >>> fingerprint("s1", {"epochs": 1}, None) == fingerprint("s1", {"epochs": 1}, "3")
+    False
+    """
+    blob = json.dumps({"snapshot": snapshot_id, "config": config, "parent": parent_version}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What every registered version says about where it came from."""
+
+    data_snapshot_id: str
+    data_rows: int
+    validation_id: str
+    validation_bad_rows: int
+    parent_version: str | None
+    metrics: Mapping[str, float]
+    train_config: Mapping[str, Any]
+    code_revision: str = "unknown"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.data_snapshot_id, self.train_config, self.parent_version)
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            "data_snapshot_id": self.data_snapshot_id,
+            "data_rows": str(self.data_rows),
+            "validation_id": self.validation_id,
+            "validation_bad_rows": str(self.validation_bad_rows),
+            "parent_version": self.parent_version or "none",
+            "code_revision": self.code_revision,
+            "train_config": json.dumps(dict(self.train_config), sort_keys=True, default=str),
+            "metrics": json.dumps({k: float(v) for k, v in self.metrics.items()}, sort_keys=True),
+            "fingerprint": self.fingerprint,
+        }
+        tags.update({f"metric.{metric_name(k)}": _num(v) for k, v in self.metrics.items()})
+        tags.update(self.extra)
+        return tags
+
+
+def metric_name(key: str) -> str:
+    """MLflow metric names allow no "@".
+
+    >>> metric_name("ndcg@10")
+    'ndcg_at_10'
+    """
+    return key.replace("@", "_at_")
+
+
+def _num(v: float) -> str:
+    return "nan" if v != v else f"{float(v):.6g}"
+
+
+LINEAGE_TAGS = (
+    "data_snapshot_id",
+    "data_rows",
+    "validation_id",
+    "validation_bad_rows",
+    "parent_version",
+    "code_revision",
+    "train_config",
+    "metrics",
+    "fingerprint",
+)
+
+
+# --------------------------------------------------------------------------- pyfunc wrapper
+
+
+class RankerPyfunc(mlflow.pyfunc.PythonModel):
+    """pyfunc face of a bundle: one row per request (session items, candidates) -> candidate scores."""
+
+    def load_context(self, context: Any) -> None:
+        from reco.models.bundle import ModelBundle
+
+        self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        out = []
+        for row in model_input.to_dict("records"):
+            page = row.get("page_type") or "home"
+            device = row.get("device") or "desktop"
+            res = self.bundle.score(list(row["session_item_ids"]), list(row["candidate_item_ids"]), page, device)
+            out.append([float(s) for s in res.scores])
+        return pd.DataFrame({"scores": out})
+
+
+def _signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    inputs = Schema(
+        [
+            ColSpec(Array(DataType.string), "session_item_ids"),
+            ColSpec(Array(DataType.string), "candidate_item_ids"),
+            ColSpec(DataType.string, "page_type", required=False),
+            ColSpec(DataType.string, "device", required=False),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(Array(DataType.double), "scores")]))
+
+
+# --------------------------------------------------------------------------- logging / registering
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else client.create_experiment(name)
+
+
+def ensure_registered_model(client: MlflowClient, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(name, description="reco session-aware ranker")
+        except MlflowException:  # created concurrently
+            client.get_registered_model(name)
+
+
+def find_by_fingerprint(client: MlflowClient, name: str, fp: str) -> ModelVersion | None:
+    """The oldest version of `name` whose `fingerprint` tag is `fp` (None when there is none)."""
+    ensure_registered_model(client, name)
+    found = client.search_model_versions(f"name='{name}' and tags.fingerprint='{fp}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def log_bundle(
+    client: MlflowClient,
+    name: str,
+    bundle: ModelBundle,
+    lineage: Lineage,
+    *,
+    run_id: str,
+    rejected_reason: str | None = None,
+) -> ModelVersion:
+    """Log `bundle` as a pyfunc model under run `run_id` and register it as a new version of `name`,
+    tagged with its lineage (and `rejected=<reason>` for a candidate that failed the gate).
+
+    Idempotent: when a version with the same fingerprint exists it is returned and nothing is logged.
+    """
+    existing = find_by_fingerprint(client, name, lineage.fingerprint)
+    if existing is not None:
+        return existing
+    with tempfile.TemporaryDirectory(prefix="reco-bundle-") as tmp:
+        bundle_dir = Path(tmp) / BUNDLE_ARTIFACT
+        bundle.save(bundle_dir)
+        # Embeddings travel with the artifact so consumers (retrieval indexes) need no torch forward.
+        np.save(bundle_dir / "item_embeddings.npy", bundle.item_embeddings(), allow_pickle=False)
+        model_dir = Path(tmp) / ARTIFACT_PATH
+        mlflow.pyfunc.save_model(
+            path=str(model_dir),
+            python_model=RankerPyfunc(),
+            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+            signature=_signature(),
+            pip_requirements=["reco"],
+        )
+        client.log_artifacts(run_id, str(model_dir), ARTIFACT_PATH)
+    for k, v in lineage.metrics.items():
+        if v == v:  # MLflow rejects NaN metrics on some backends; the tag still records "nan"
+            client.log_metric(run_id, metric_name(k), float(v))
+    source = f"{client.get_run(run_id).info.artifact_uri}/{ARTIFACT_PATH}"
+    tags = lineage.tags()
+    if rejected_reason:
+        tags["rejected"] = rejected_reason
+    ensure_registered_model(client, name)
+    return client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+
+
+def get_version(client: MlflowClient, name: str, ref: str | int) -> ModelVersion:
+    """A version by number (`"3"`, 3) or alias (`"champion"`, `"arm-treatment"`)."""
+    from mlflow.exceptions import MlflowException
+
+    ref = str(ref)
+    try:
+        if ref.isdigit():
+            return client.get_model_version(name, ref)
+        return client.get_model_version_by_alias(name, ref)
+    except MlflowException as e:
+        raise RegistryError(f"model {name!r} has no version or alias {ref!r}") from e
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version `alias` points at, or None."""
+    try:
+        return get_version(client, name, alias)
+    except RegistryError:
+        return None
+
+
+def load_bundle(
+    client: MlflowClient, name: str, ref: str | int, dst: Path | None = None
+) -> tuple[ModelBundle, ModelVersion]:
+    """Download a version's bundle directory (by number or alias) and load it without unpickling."""
+    import mlflow.artifacts
+
+    from reco.models.bundle import ModelBundle
+
+    mv = get_version(client, name, ref)
+    dst = Path(dst or tempfile.mkdtemp(prefix="reco-model-"))
+    uri = f"{mv.source.rstrip('/')}/artifacts/{BUNDLE_ARTIFACT}"
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=client.tracking_uri)
+    bundle = ModelBundle.load(local)
+    bundle.meta = {**bundle.meta, "version": mv.version, "registered_model": name}
+    return bundle, mv
+
+
+# --------------------------------------------------------------------------- aliases
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    alias: str
+    version: str
+    previous: str | None
+    who: str
+    reason: str
+    action: str  # promote | rollback
+    at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def alias_history(client: MlflowClient, name: str, alias: str) -> list[dict[str, Any]]:
+    """Moves of `alias`, oldest first."""
+    raw = client.get_registered_model(name).tags.get(HISTORY_TAG.format(alias=alias))
+    return json.loads(raw) if raw else []
+
+
+def _move(client: MlflowClient, name: str, alias: str, version: str, who: str, reason: str, action: str) -> AliasMove:
+    prev = alias_version(client, name, alias)
+    mv = get_version(client, name, version)
+    move = AliasMove(
+        alias=alias,
+        version=str(mv.version),
+        previous=None if prev is None else str(prev.version),
+        who=who,
+        reason=reason,
+        action=action,
+        at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    client.set_registered_model_alias(name, alias, mv.version)
+    for k, v in {"promoted_by": who, "promote_reason": reason, "previous_version": move.previous or "none",
+                 "promoted_at": move.at}.items():  # fmt: skip
+        client.set_model_version_tag(name, mv.version, f"{alias}.{k}", v)
+    history = [*alias_history(client, name, alias), move.to_dict()][-HISTORY_LIMIT:]
+    client.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history))
+    return move
+
+
+def promote(client: MlflowClient, name: str, alias: str, version: str | int, *, who: str, reason: str) -> AliasMove:
+    """Point `alias` at `version` (a number, or another alias to copy), recording who/why/previous.
+
+    A version tagged `rejected` (it failed the gate) is refused.
+    """
+    mv = get_version(client, name, version)
+    if mv.tags.get("rejected"):
+        raise RegistryError(f"version {mv.version} of {name!r} was rejected ({mv.tags['rejected']}); not promoting")
+    return _move(client, name, alias, str(mv.version), who, reason, "promote")
+
+
+def rollback(client: MlflowClient, name: str, alias: str, *, who: str, reason: str) -> AliasMove:
+    """Point `alias` back at the version it had before its current one."""
+    history = alias_history(client, name, alias)
+    current = alias_version(client, name, alias)
+    if current is None:
+        raise RegistryError(f"alias {alias!r} of {name!r} is not set; nothing to roll back")
+    # The promotion that set the current version says what was there before it (rollbacks walk back the
+    # promotion chain, they are not undone by a second rollback).
+    last = next(
+        (h for h in reversed(history) if h["version"] == str(current.version) and h["action"] == "promote"), None
+    )
+    if last is None or last["previous"] is None:
+        raise RegistryError(f"alias {alias!r} of {name!r} has no previous version to roll back to")
+    return _move(client, name, alias, last["previous"], who, reason, "rollback")

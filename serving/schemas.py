@@ -1,0 +1,78 @@
+"""HTTP request and response bodies. Requests forbid unknown fields; every bound is explicit so that bad
+input is a 422 naming the field, never a 500. Responses are separate models (nothing echoes a request)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reco.data.events import Event, PageType
+
+Id = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class RecommendationRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"user_id": "u42", "page_type": "product", "context_item_id": "50", "session_id": "s1",
+                 "device": "mobile", "limit": 10}
+            ]
+        },
+    )  # fmt: skip
+
+    user_id: Id
+    page_type: PageType = PageType.home
+    context_item_id: Id | None = Field(None, description="the page's item (product pages: similar items)")
+    session_id: Id | None = None
+    device: Annotated[str, Field(min_length=1, max_length=32)] = "mobile"
+    limit: int = Field(20, ge=1, le=100)
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    reason: str = Field(description='for the UI, e.g. "Because you viewed Toy Story (1995)"')
+    source: str = Field(description="candidate source: session_similar, context_similar, trending, popular")
+    position: int = Field(description="1-based slot")
+    is_exploration: bool
+    propensity: float = Field(description="probability with which the arm's policy put this item at this slot")
+
+
+class RecommendationResponse(BaseModel):
+    request_id: str
+    user_id: str
+    items: list[RecommendedItem]
+    model_version: str = Field(description="registry version of the arm's model")
+    online_snapshot: int | None = Field(None, description="online-weights snapshot in use; None = registry weights")
+    latency_ms: float
+    experiment_group: str = Field(description="the experiment arm")
+    alias: str = Field(description="registry alias the arm serves")
+    degraded: list[str] = Field(description="parts that fell back: features, model, impressions, candidates:<source>")
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[Event] = Field(min_length=1, description="at most `max_events_per_batch` (default 1000)")
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+    duplicates: int
+
+
+class Readiness(BaseModel):
+    ready: bool
+    arms: dict[str, str | None] = Field(description="arm -> loaded model version (None: none yet)")
+    redis: bool
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class ErrorBody(BaseModel):
+    detail: str | list[dict]

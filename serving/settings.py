@@ -1,0 +1,40 @@
+"""API server settings: `RecoSettings` (Redis, MLflow, experiments; `RECO_*` environment) plus HTTP,
+security and model-manager knobs. Every field can be set from the environment, e.g.
+`RECO_API_KEYS='["k1","k2"]'`, `RECO_PORT=8000`, `RECO_MODEL_POLL_S=10`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+
+from reco.settings import RecoSettings
+
+#: Largest accepted `POST /v1/events` batch (documented in docs/api.md).
+MAX_EVENTS_PER_BATCH = 1000
+
+
+class Settings(RecoSettings):
+    host: str = Field("127.0.0.1", description="bind address of `reco serve`")
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes (shared state lives in Redis)")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="keys accepted in X-API-Key for /v1/events and admin routes"
+    )
+    require_api_key: bool = Field(True, description="False only for the local demo")
+    cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins; empty = CORS closed")
+    max_events_per_batch: int = Field(MAX_EVENTS_PER_BATCH, ge=1, le=100_000)
+    max_body_bytes: int = Field(2_000_000, ge=1024, description="requests with a larger body get 413")
+    model_poll_s: float = Field(30.0, gt=0, description="how often the registry and weight snapshots are checked")
+    model_cache_dir: Path | None = Field(None, description="last good bundle per arm; unset = <home>/model-cache")
+    source_timeout_ms: float = Field(50.0, gt=0, description="per candidate source time budget")
+    features_timeout_ms: float = Field(50.0, gt=0, description="time budget of the features round trip")
+    torch_threads: int = Field(1, ge=1, le=64, description="intra-op threads of the model forward")
+    max_candidates: int = Field(500, ge=1, le=5000)
+    max_per_category: int | None = Field(3, ge=1, description="diversity cap in the served page")
+    exploration_seed: int | None = Field(None, description="seed of the exploration RNGs (tests, simulations)")
+    log_impressions_async: bool = Field(True, description="write impressions off the request path")
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.model_cache_dir or self.home / "model-cache"

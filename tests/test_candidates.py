@@ -1,0 +1,98 @@
+"""Candidate sources: nearest neighbours, popular lists, concurrent gathering with per-source timeouts."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from reco.candidates import (
+    Candidate,
+    CandidateConfig,
+    EmbeddingIndex,
+    PopularIndex,
+    Source,
+    gather,
+    merge,
+    trending_candidates,
+)
+
+
+@pytest.fixture
+def index() -> EmbeddingIndex:
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(11, 4)).astype(np.float32)
+    emb[0] = 0.0  # padding row
+    emb[5] = emb[1] * 2.0  # "5" points exactly where "1" does
+    return EmbeddingIndex(["<pad>", *[str(i) for i in range(1, 11)]], emb)
+
+
+def test_similar_finds_the_closest_item_and_names_its_anchor(index: EmbeddingIndex) -> None:
+    out = index.similar(["1", "2"], k=3)
+    assert out[0].item_id == "5" and out[0].anchor == "1"
+    assert out[0].score == pytest.approx(1.0, abs=1e-5)
+    assert [c.score for c in out] == sorted((c.score for c in out), reverse=True)
+    assert {"1", "2", "<pad>"}.isdisjoint(c.item_id for c in out)
+
+
+def test_similar_respects_exclusions_unknown_ids_and_k(index: EmbeddingIndex) -> None:
+    assert index.similar(["nope"], k=5) == []
+    out = index.similar(["1", "nope"], k=100, exclude={"5"})
+    assert len(out) == 8 and "5" not in {c.item_id for c in out}
+
+
+def test_similarity_matrix_zeroes_unknown_ids(index: EmbeddingIndex) -> None:
+    sims = index.similarity(["1", "x"], ["5", "1", "y"])
+    assert sims.shape == (2, 3)
+    assert sims[0, 0] == pytest.approx(1.0, abs=1e-5) and sims[0, 1] == pytest.approx(1.0, abs=1e-5)
+    assert np.all(sims[1] == 0) and np.all(sims[:, 2] == 0)
+
+
+def test_embedding_shape_mismatch_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="does not match"):
+        EmbeddingIndex(["a", "b"], np.zeros((3, 2)))
+
+
+def test_popular_is_stable_and_per_category() -> None:
+    pop = PopularIndex({"a": 2, "b": 2, "c": 5}, {"a": "x", "b": "y", "c": "x"})
+    assert [c.item_id for c in pop.top(3)] == ["c", "a", "b"]  # ties broken by id
+    assert [c.item_id for c in pop.top_in("x", 3)] == ["c", "a"]
+    assert pop.top(1)[0].score == 1.0 and pop.top(1)[0].source == Source.popular
+
+
+def test_merge_keeps_the_most_specific_source_and_caps() -> None:
+    results = {
+        Source.popular: [Candidate("a", Source.popular, 1.0), Candidate("b", Source.popular, 0.5)],
+        Source.trending: trending_candidates([("a", 9.0), ("c", 3.0)]),
+    }
+    out = merge(results, limit=2)
+    assert [(c.item_id, c.source) for c in out] == [("a", Source.trending), ("c", Source.trending)]
+    assert [c.item_id for c in merge(results, limit=10, exclude={"c"}, valid=lambda i: i != "b")] == ["a"]
+
+
+def test_gather_drops_a_slow_and_a_failing_source_but_answers() -> None:
+    release = threading.Event()
+
+    def slow() -> list[Candidate]:
+        release.wait(5)
+        return [Candidate("slow", Source.session_similar, 1.0)]
+
+    def broken() -> list[Candidate]:
+        raise ConnectionError("redis down")
+
+    def inline_broken() -> list[Candidate]:
+        raise ValueError("bad embedding")
+
+    with ThreadPoolExecutor(4) as pool:
+        res = gather(
+            {Source.session_similar: pool.submit(slow), Source.trending: pool.submit(broken),
+             Source.context_similar: inline_broken},
+            lambda: [Candidate("p", Source.popular, 1.0)],
+            config=CandidateConfig(source_timeout_s=0.05),
+        )  # fmt: skip
+        release.set()
+    assert [c.item_id for c in res.candidates] == ["p"]
+    assert sorted(res.failed) == ["context_similar", "session_similar", "trending"]
+    assert res.per_source == {"popular": 1}

@@ -1,0 +1,118 @@
+"""`make demo` in CI: the whole loop at `--scale small` (DEMO_SCALE=small), run like a user runs it (the
+`reco demo` command in a fresh RECO_HOME), asserted on the summary it writes; plus the pieces of the local
+stack that the demo relies on (pid files, stale pid files, process-group stop, port checks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reco.local_stack import LocalStack, Service, StackError, free_port, group_alive, pid_alive
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- local stack
+
+
+def test_stack_stops_whole_process_group_and_cleans_pid_files(tmp_path: Path) -> None:
+    # A parent that forks a child: stopping the service must end both.
+    script = "import subprocess, time; subprocess.Popen(['sleep', '120']); time.sleep(120)"
+    with LocalStack(tmp_path) as stack:
+        pid = stack.start(Service("forker", (sys.executable, "-c", script), settle_s=0.5))
+        assert stack.pid_file("forker").exists()
+        assert [s.name for s in stack.status() if s.running] == ["forker"]
+        pgid = os.getpgid(pid)
+    assert not pid_alive(pid)
+    assert not group_alive(pgid)  # the forked child is gone too (at most a zombie awaiting its reaper)
+    assert not stack.pid_file("forker").exists()
+
+
+def test_stale_pid_file_is_removed_and_service_restarts(tmp_path: Path) -> None:
+    stack = LocalStack(tmp_path)
+    stack.run_dir.mkdir(parents=True)
+    # A pid that exists (ours) but with another start time: a recycled pid, not our service.
+    stack.pid_file("svc").write_text(json.dumps({"pid": os.getpid(), "start_time": 1, "argv": ["x"]}))
+    assert stack.running_pid("svc") is None
+    assert not stack.pid_file("svc").exists()
+    stack.pid_file("svc").write_text("not json")
+    assert stack.status()[0].running is False
+    with stack:
+        pid = stack.start(Service("svc", ("sleep", "60"), settle_s=0.2))
+        assert stack.running_pid("svc") == pid
+        # Starting the same service again reuses the running process (re-running is safe).
+        assert LocalStack(tmp_path).start(Service("svc", ("sleep", "60"), settle_s=0.2)) == pid
+    assert stack.running_pid("svc") is None
+
+
+def test_port_taken_by_a_foreign_process_is_refused(tmp_path: Path) -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        with LocalStack(tmp_path) as stack, pytest.raises(StackError, match=f"port 127.0.0.1:{port} is already in use"):
+            stack.start(Service("web", ("sleep", "60"), port=port))
+        assert stack.known_services() == []
+
+
+def test_failing_service_and_task_report_their_log(tmp_path: Path) -> None:
+    with LocalStack(tmp_path) as stack:
+        with pytest.raises(StackError, match=r"exited during start-up(.|\n)*boom"):
+            stack.start(Service("bad", ("sh", "-c", "echo boom; exit 3"), port=free_port()))
+        with pytest.raises(StackError, match=r"failed \(exit 4\)(.|\n)*oops"):
+            stack.run_task("task", ["sh", "-c", "echo oops; exit 4"])
+        lines: list[str] = []
+        stack.run_task("ok", ["sh", "-c", "echo one; echo two"], on_line=lines.append)
+        assert lines == ["one", "two"]
+    assert "oops" in stack.log_file("task").read_text()
+
+
+# --------------------------------------------------------------------------- the demo, end to end
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_small_demo_end_to_end(tmp_path: Path, movielens_dir: Path) -> None:
+    home = tmp_path / "reco-home"
+    out = tmp_path / "summary.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECO_", "AIRFLOW"))}
+    env.update({"RECO_HOME": str(home), "RECO_DATA_DIR": str(movielens_dir), "DEMO_SCALE": "small"})
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "reco"), "demo", "--json", str(out)],
+        cwd=tmp_path,  # no .env from the checkout
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1400,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(out.read_text())
+
+    assert summary["scale"] == "small"
+    arms = {a["arm"]: a for a in summary["arms"]}
+    assert set(arms) == {"control", "treatment"}
+    # Two registered versions: the cold start behind control (and champion), the warm start behind treatment.
+    assert arms["control"]["version"] and arms["treatment"]["version"]
+    assert arms["control"]["version"] != arms["treatment"]["version"]
+    assert summary["champion"] == arms["control"]["version"]
+    for a in arms.values():
+        assert a["impressions"] > 0 and a["users"] > 0
+        assert 0.0 <= a["ctr"] <= 1.0
+        assert a["clicks"] == pytest.approx(a["ctr"] * a["impressions"], abs=0.5) or a["users"] > 0
+    comp = summary["comparison"]
+    assert comp["arm"] == "treatment" and comp["control"] == "control"
+    assert comp["p_value"] is None or 0.0 <= comp["p_value"] <= 1.0
+    assert summary["decision"]
+    assert Path(summary["report_html"]).is_file() and Path(summary["report_json"]).is_file()
+    assert "CTR" in proc.stdout and "decision" in proc.stdout
+    # Everything the demo started is stopped, and no pid file is left behind.
+    assert all(not s.running for s in LocalStack(home).status())
+    assert not list((home / "run").glob("*.pid"))

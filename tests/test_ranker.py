@@ -1,0 +1,149 @@
+"""SessionEncoder / SessionAwareRanker / ModelBundle: padding invariance, causality, scoring, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reco.data.catalog import ItemCatalog
+from reco.models.bundle import PAD, BundleError, ModelBundle
+from reco.models.ranker import RankerConfig, SessionAwareRanker, right_align
+
+N_ITEMS = 30
+
+
+def _model(seed: int = 0, **kw) -> SessionAwareRanker:
+    torch.manual_seed(seed)
+    model = SessionAwareRanker(RankerConfig(n_items=N_ITEMS + 1, n_categories=4, item_dim=16, hidden=24, **kw))
+    model.item_category.copy_(torch.arange(N_ITEMS + 1) % 4)
+    model.item_pop.copy_(torch.arange(N_ITEMS + 1) % 5)
+    return model.eval()
+
+
+def _bundle(seed: int = 0) -> ModelBundle:
+    ids = [PAD] + [f"i{k}" for k in range(1, N_ITEMS + 1)]
+    catalog = ItemCatalog.from_records([{"item_id": i, "title": i.upper(), "genres": ["Drama"]} for i in ids[1:]])
+    return ModelBundle(_model(seed), ids, catalog, {"version": "t1", "categories": ["Drama"]})
+
+
+def test_padding_never_changes_the_encoder_output():
+    model = _model()
+    session = torch.tensor([5, 9, 2, 17])
+    outs, attns = [], []
+    for width in (4, 7, 50):
+        padded = torch.zeros(1, width, dtype=torch.long)
+        padded[0, :4] = session
+        with torch.no_grad():
+            q, a = model.encode(padded)
+        outs.append(q[0])
+        attns.append(a[0])
+        assert torch.all(a[0, 4:] == 0)  # padded positions get no attention
+    for q, a in zip(outs[1:], attns[1:], strict=True):
+        assert torch.allclose(q, outs[0], atol=1e-6)
+        assert torch.allclose(a[:4], attns[0][:4], atol=1e-6)
+    # the same session next to a longer one in a batch: still identical
+    batch = torch.tensor([[5, 9, 2, 17, 0, 0], [1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        q, _ = model.encode(batch)
+    assert torch.allclose(q[0], outs[0], atol=1e-6)
+
+
+def test_left_padding_is_converted_by_right_align():
+    model = _model()
+    with torch.no_grad():
+        right, _ = model.encode(torch.tensor([[5, 9, 2, 0, 0]]))
+        left, _ = model.encode(right_align(torch.tensor([[0, 0, 5, 9, 2]])))
+    assert torch.allclose(right, left, atol=1e-6)
+
+
+def test_all_prefixes_is_causal_and_matches_the_single_session_encoding():
+    model = _model()
+    seq = torch.tensor([[3, 8, 1, 22, 14, 0, 0]])
+    with torch.no_grad():
+        emb = model.item_emb(seq)
+        every = model.encoder.all_prefixes(emb, seq > 0)
+        for t in range(5):
+            state, _ = model.encoder(emb[:, : t + 1], seq[:, : t + 1] > 0)
+            assert torch.allclose(every[0, t], state[0], atol=1e-5)
+        # changing a later item leaves earlier prefixes untouched (no future leak)
+        seq2 = seq.clone()
+        seq2[0, 4] = 29
+        every2 = model.encoder.all_prefixes(model.item_emb(seq2), seq2 > 0)
+    assert torch.allclose(every[0, :4], every2[0, :4], atol=1e-6)
+    assert not torch.allclose(every[0, 4], every2[0, 4])
+
+
+def test_forward_returns_logits_and_the_mlp_is_in_the_loop():
+    model = _model()
+    session = torch.tensor([[1, 2, 3, 0]])
+    cands = torch.tensor([[1, 4, 5, 6]])
+    ctx = torch.tensor([1]), torch.tensor([1])
+    with torch.no_grad():
+        logits, attn = model(session, cands, *ctx)
+        query, _ = model.encode(session)
+        dot = (model.item_emb(cands) * query[:, None]).sum(-1)
+    assert logits.shape == (1, 4) and attn.shape == (1, 4)
+    assert torch.isclose(attn.sum(), torch.tensor(1.0))
+    assert not torch.allclose(logits, dot)  # the MLP adds its correction to the retrieval score
+
+
+def test_bundle_score_aligns_attention_with_the_session_and_matches_score_batch():
+    bundle = _bundle()
+    session = ["i1", "nope", "i7", "i3"]
+    cands = ["i2", "i5", "i9", "unknown-item"]
+    res = bundle.score(session, cands, page_type="product", device="mobile")
+    assert res.scores.shape == (4,) and res.attention.shape == (4,)
+    assert res.attention[1] == 0.0  # an unknown session item gets no attention
+    assert np.isclose(res.attention.sum(), 1.0, atol=1e-5)
+    batch, attn = bundle.score_batch([session, ["i4"]], cands, page_type="product", device="mobile")
+    np.testing.assert_allclose(batch[0], res.scores, atol=1e-5)
+    np.testing.assert_allclose(attn[0], res.attention, atol=1e-6)
+    per_session, _ = bundle.score_batch([session, ["i4"]], [cands, cands[::-1]], page_type="product", device="mobile")
+    np.testing.assert_allclose(per_session[0], res.scores, atol=1e-5)
+    np.testing.assert_allclose(per_session[1], batch[1][::-1], atol=1e-5)
+
+
+def test_bundle_uses_the_last_max_session_len_items():
+    bundle = _bundle()
+    long_session = [f"i{1 + k % N_ITEMS}" for k in range(80)]
+    res = bundle.score(long_session, ["i1", "i2"])
+    assert res.attention.shape == (50,)
+    np.testing.assert_allclose(res.scores, bundle.score(long_session[-50:], ["i1", "i2"]).scores, atol=1e-6)
+
+
+def test_index_of_maps_unknown_ids_to_padding():
+    bundle = _bundle()
+    assert bundle.index_of(["i3", "zzz", PAD]).tolist() == [3, 0, 0]
+    assert bundle.item_embeddings().shape == (N_ITEMS + 1, 16)
+    assert np.all(bundle.item_embeddings()[0] == 0)
+
+
+def test_bundle_save_load_round_trip(tmp_path):
+    bundle = _bundle()
+    bundle.save(tmp_path / "m")
+    loaded = ModelBundle.load(tmp_path / "m")
+    assert loaded.item_ids == bundle.item_ids
+    assert loaded.meta == bundle.meta
+    assert loaded.catalog.title("i4") == "I4"
+    a = bundle.score(["i1", "i2"], ["i3", "i4"]).scores
+    np.testing.assert_allclose(loaded.score(["i1", "i2"], ["i3", "i4"]).scores, a, atol=1e-6)
+    torch.load(tmp_path / "m" / "weights.pt", weights_only=True)  # plain state_dict: safe loading works
+
+
+def test_bundle_load_errors_name_the_file(tmp_path):
+    with pytest.raises(BundleError, match="not found"):
+        ModelBundle.load(tmp_path / "absent")
+    _bundle().save(tmp_path / "m")
+    (tmp_path / "m" / "weights.pt").write_bytes(b"not a torch file")
+    with pytest.raises(BundleError, match=r"weights\.pt"):
+        ModelBundle.load(tmp_path / "m")
+    (tmp_path / "m" / "items.json").unlink()
+    with pytest.raises(BundleError, match=r"lacks items\.json"):
+        ModelBundle.load(tmp_path / "m")
+
+
+def test_bundle_rejects_a_vocabulary_that_does_not_fit_the_model():
+    bundle = _bundle()
+    with pytest.raises(BundleError, match="item ids"):
+        ModelBundle(bundle.model, bundle.item_ids[:-1], bundle.catalog, {})

@@ -1,0 +1,155 @@
+"""The request pipeline end to end on a small real model, with real Redis (and a dead one)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from serving_helpers import tiny_bundle
+
+from reco.candidates import CandidateConfig
+from reco.data.events import Event
+from reco.experiments.assignment import Assignment, ExplorationConfig
+from reco.recommend import ArmPolicies, PipelineConfig, Recommender, RecoRequest, ServedModel, impression_events
+
+
+@pytest.fixture(scope="module")
+def model() -> ServedModel:
+    return ServedModel.build(tiny_bundle(), "7")
+
+
+def arm(strategy: str = "none", rate: float = 0.0):
+    return lambda user_id: Assignment(
+        "exp", "control", "arm-control", ExplorationConfig(strategy=strategy, rate=rate), 0.5
+    )
+
+
+@pytest.fixture
+def store(redis_url: str, redis_prefix: str):
+    from reco.store import RedisStore, connect
+
+    client = connect(redis_url)
+    yield RedisStore(client, redis_prefix)
+    client.close()
+
+
+def make(store, model: ServedModel, **kw) -> Recommender:
+    return Recommender(store=store, assign=kw.pop("assign", arm()), models=lambda a: model, **kw)
+
+
+def views(session: str, items: list[str], user: str = "u1") -> list[Event]:
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    return [
+        Event(event_id=f"{session}-{i}", ts=ts, user_id=user, session_id=session, item_id=it, event_type="view")
+        for i, it in enumerate(items)
+    ]
+
+
+def test_cold_start_without_redis_serves_popular_with_reasons(model: ServedModel) -> None:
+    res = make(None, model).recommend(RecoRequest("new-user", limit=5))
+    assert len(res.items) == 5
+    assert [it.position for it in res.items] == [1, 2, 3, 4, 5]
+    assert all(it.source == "popular" and it.reason.startswith("Popular") for it in res.items)
+    assert {"features", "impressions"} <= set(res.degraded)
+    assert res.model_version == "7" and res.experiment_group == "control" and res.alias == "arm-control"
+
+
+@pytest.mark.integration
+def test_session_drives_candidates_rules_explanations_and_impressions(store, model: ServedModel) -> None:
+    session = ["3", "7", "11"]
+    store.ingest(views("s1", session))
+    rec = make(store, model)
+    res = rec.recommend(RecoRequest("u1", session_id="s1", limit=10))
+    served = [it.item_id for it in res.items]
+    assert len(served) == 10 and not set(served) & set(session)  # consumed items dropped
+    assert res.candidates_per_source.get("session_similar", 0) > 0
+    titles = {f"Movie {i}" for i in session}
+    for it in res.items:
+        if it.source == "session_similar":
+            assert it.reason.removeprefix("Because you viewed ") in titles
+    assert "features" not in res.degraded and not any(d.startswith("candidates") for d in res.degraded)
+    # max 3 per category among the served page (4 genres in the catalogue)
+    cats = [model.bundle.catalog.category(i) for i in served]
+    assert max(cats.count(c) for c in set(cats)) <= 3
+    logged = store.client.xlen(store.stream_key)
+    assert logged == len(session) + 10  # the session views + one impression per served item
+    assert store.client.hlen(store.key("req", res.request_id)) == 10
+
+
+@pytest.mark.integration
+def test_product_page_excludes_its_item_and_shows_similar_ones(store, model: ServedModel) -> None:
+    res = make(store, model).recommend(RecoRequest("u2", page_type="product", context_item_id="5", limit=8))
+    served = [it.item_id for it in res.items]
+    assert "5" not in served
+    assert any(it.source == "context_similar" and it.reason == "Similar to Movie 5" for it in res.items)
+
+
+def test_dead_redis_degrades_but_answers(model: ServedModel) -> None:
+    from reco.store import RedisStore, connect
+
+    dead = RedisStore(connect("redis://127.0.0.1:1/0"), "nobody")
+    res = make(dead, model, config=PipelineConfig(candidates=CandidateConfig(source_timeout_s=1.0))).recommend(
+        RecoRequest("u3", session_id="s9", limit=5)
+    )
+    assert len(res.items) == 5
+    assert {"features", "candidates:trending"} <= set(res.degraded)
+
+
+def test_epsilon_greedy_arm_explores_with_exact_propensities(model: ServedModel) -> None:
+    rec = make(None, model, assign=arm("epsilon_greedy", 0.5), explorer_for=ArmPolicies(seed=3).explorer)
+    items = [it for _ in range(5) for it in rec.recommend(RecoRequest("u4", limit=10)).items]
+    explored = [it for it in items if it.is_exploration]
+    assert explored and all(it.reason.startswith("Something new for you") for it in explored)
+    assert all(0.0 < it.propensity <= 1.0 for it in items)
+    assert all(it.propensity == 1.0 for it in items if it.position <= 3)  # protected top slots
+
+
+def test_thompson_arm_runs_on_prior_without_redis(model: ServedModel) -> None:
+    rec = make(None, model, assign=arm("thompson", 0.2), explorer_for=ArmPolicies(seed=1).explorer)
+    res = rec.recommend(RecoRequest("u5", limit=6))
+    assert len(res.items) == 6 and all(0.0 < it.propensity <= 1.0 for it in res.items)
+
+
+class NanBundle:
+    """A real bundle whose forward went bad (NaN scores)."""
+
+    def __init__(self, bundle) -> None:
+        self._b = bundle
+        self.item_ids, self.catalog, self.meta = bundle.item_ids, bundle.catalog, bundle.meta
+
+    def item_embeddings(self):
+        return self._b.item_embeddings()
+
+    def score(self, session, cands, page_type, device):
+        res = self._b.score(session, cands, page_type, device)
+        return SimpleNamespace(scores=np.full(len(cands), np.nan), attention=res.attention)
+
+
+def test_non_finite_scores_fall_back_to_retrieval_order() -> None:
+    model = ServedModel.build(NanBundle(tiny_bundle()), "9")
+    res = make(None, model).recommend(RecoRequest("u6", limit=4))
+    assert "ranker" in res.degraded and len(res.items) == 4
+    assert all(np.isfinite(it.score) for it in res.items)
+
+
+def test_impression_events_carry_the_serving_facts() -> None:
+    rec = make(None, ServedModel.build(tiny_bundle(), "7"))
+    res = rec.recommend(RecoRequest("u7", session_id="s", device="mobile", limit=3))
+    events = impression_events(RecoRequest("u7", session_id="s", device="mobile"), res.request_id, "control", "7",
+                               res.items)  # fmt: skip
+    assert [e.position for e in events] == [1, 2, 3]
+    assert all(e.request_id == res.request_id and e.arm == "control" and e.model_version == "7" for e in events)
+    assert all(e.event_type == "impression" and 0 < e.propensity <= 1 for e in events)
+
+
+def test_async_impression_failures_reach_the_hook(model: ServedModel) -> None:
+    from reco.store import RedisStore, connect
+
+    failures: list[Exception] = []
+    dead = RedisStore(connect("redis://127.0.0.1:1/0"), "nobody")
+    with ThreadPoolExecutor(1) as log_pool:
+        make(dead, model, log_executor=log_pool, on_log_error=failures.append).recommend(RecoRequest("u8", limit=2))
+    assert len(failures) == 1
