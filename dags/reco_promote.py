@@ -42,8 +42,15 @@ def reco_promote() -> None:
         settings = RecoSettings()
         who = (ctx["dag_run"].conf or {}).get("who") or getattr(ctx["dag_run"], "triggering_user_name", None)
         try:
-            return move_alias(p.get("tracking_uri") or settings.tracking_uri, settings.registered_model, p["action"],
-                              p["target_alias"], p.get("source"), p["reason"], who or "airflow")  # fmt: skip
+            return move_alias(
+                p.get("tracking_uri") or settings.tracking_uri,
+                settings.registered_model,
+                p["action"],
+                p["target_alias"],
+                p.get("source"),
+                p["reason"],
+                who or "airflow",
+            )
         except (RegistryError, ValueError) as e:  # a wrong request: retrying cannot help
             raise AirflowFailException(str(e)) from e
 

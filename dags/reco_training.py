@@ -26,8 +26,12 @@ DEFAULT_ARGS = {
 PARAMS = {
     "start": Param(None, type=["null", "string"], format="date", description="first day (UTC); empty = run's day"),
     "end": Param(None, type=["null", "string"], format="date", description="last day, inclusive; empty = start"),
-    "source": Param("files", type="string", enum=["files", "stream", "lake"],
-                    description="MovieLens files, the Redis stream, or the lake as it is"),
+    "source": Param(
+        "files",
+        type="string",
+        enum=["files", "stream", "lake"],
+        description="MovieLens files, the Redis stream, or the lake as it is",
+    ),
     "arm": Param("treatment", type="string", pattern="^[a-z0-9_-]{1,40}$", description="target experiment arm"),
     "epochs": Param(5, type="integer", minimum=1, maximum=200),
     "gate_tolerance": Param(0.01, type="number", minimum=0, maximum=1, description="allowed NDCG@10 drop"),
@@ -84,8 +88,9 @@ def reco_training() -> None:
     def ingest(job: dict[str, Any]) -> dict[str, Any]:
         from reco.pipeline.training import ingest
 
-        return ingest(job["home"], job["start"], job["end"], job["source"], job["data_dir"], job["redis_url"],
-                      job["redis_prefix"])  # fmt: skip
+        return ingest(
+            job["home"], job["start"], job["end"], job["source"], job["data_dir"], job["redis_url"], job["redis_prefix"]
+        )
 
     @task(outlets=[VALIDATED_EVENTS])
     def validate(job: dict[str, Any], _ingested: dict[str, Any]) -> dict[str, Any]:
@@ -99,8 +104,10 @@ def reco_training() -> None:
         except (ValidationFailed, SchemaMismatch) as e:  # bad data: retrying cannot help
             raise AirflowFailException(str(e)) from e
         get_current_context()["outlet_events"][VALIDATED_EVENTS].extra = {
-            "start": job["start"], "end": job["end"], "validation_id": out["validation_id"]
-        }  # fmt: skip
+            "start": job["start"],
+            "end": job["end"],
+            "validation_id": out["validation_id"],
+        }
         return out
 
     @task
@@ -138,8 +145,9 @@ def reco_training() -> None:
     ) -> dict[str, Any]:
         from reco.pipeline.training import register
 
-        return register(job["tracking_uri"], job["model_name"], training_set, candidate, evaluation, verdict,
-                        validation)  # fmt: skip
+        return register(
+            job["tracking_uri"], job["model_name"], training_set, candidate, evaluation, verdict, validation
+        )
 
     @task
     def promote(job: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any]:

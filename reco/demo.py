@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -64,13 +64,16 @@ class DemoScale:
     users: int  # simulated users
     days: int  # simulated days (compressed)
     sessions_per_user_day: float
+    # Allowed NDCG@10 drop of the warm start against the champion. The small scale's one-epoch models on six
+    # weeks of data are too noisy for the regression check (the gate still refuses NaN and failed smoke tests).
+    gate_tolerance: float = 0.02
     seed: int = 7
 
 
 SCALES = {
     "small": DemoScale(
         "small", "1997-09-20", "1997-10-15", "1997-10-31", epochs=1, warm_epochs=1, users=60, days=3,
-        sessions_per_user_day=0.5,
+        sessions_per_user_day=0.5, gate_tolerance=1.0,
     ),
     "full": DemoScale(
         "full", "1997-09-20", "1998-03-31", "1998-04-22", epochs=3, warm_epochs=2, users=600, days=14,
@@ -248,7 +251,8 @@ def _flow(
         if settings.mlflow_tracking_uri:
             tracking_uri = settings.mlflow_tracking_uri
         else:
-            port = pick_port(5000)
+            # A tracking server of `reco up` on this home is reused (and left running).
+            port = stack.port_of("mlflow") or pick_port(5000)
             stack.start(mlflow_service(home, port))
             tracking_uri = f"http://127.0.0.1:{port}"
         env = reco_env(home, redis_url, tracking_uri, RECO_DATA_DIR=str(data_dir.resolve()))
@@ -261,7 +265,8 @@ def _flow(
         conf = {**base, "end": scale.control_end, "arm": "control", "epochs": scale.epochs}
         _dags_test(stack, airflow, "reco_training", conf, advance)
     with steps.step("reco_training (warm start -> arm-treatment)", total=TRAINING_TASKS) as advance:
-        conf = {**base, "end": scale.treatment_end, "arm": "treatment", "epochs": scale.warm_epochs}
+        conf = {**base, "end": scale.treatment_end, "arm": "treatment", "epochs": scale.warm_epochs,
+                "gate_tolerance": scale.gate_tolerance}  # fmt: skip
         _dags_test(stack, airflow, "reco_training", conf, advance)
     versions = _arm_versions(tracking_uri, settings.registered_model)
     missing = [arm for arm in ("control", "treatment") if versions[arm] is None]
@@ -276,8 +281,11 @@ def _flow(
         api_env = {**env, "RECO_REQUIRE_API_KEY": "false", "RECO_MODEL_POLL_S": "2",
                    "RECO_EXPLORATION_SEED": str(scale.seed)}  # fmt: skip
         # Ready = every arm has its model (/readyz), so no simulated request meets a cold API.
-        stack.start(api_service(api_port, api_env, ready_path="/readyz", timeout_s=300))
-        stack.start(learner_service(env))
+        # Its own API process ("demo-api": no API key, fast model polling) next to any `reco up` API ...
+        stack.start(replace(api_service(api_port, api_env, ready_path="/readyz", timeout_s=300), name="demo-api"))
+        # ... but one learner only: it is the single writer of the online weights.
+        if stack.running_pid("learner") is None:
+            stack.start(learner_service(env))
     api_url = f"http://127.0.0.1:{api_port}"
 
     # The simulated days end yesterday (UTC): timestamps are never in the future, and a rerun on the same

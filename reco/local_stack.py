@@ -222,6 +222,13 @@ class LocalStack:
         self.pid_file(name).unlink(missing_ok=True)
         return None
 
+    def port_of(self, name: str) -> int | None:
+        """The port of our running `name` (from its pid file), or None when it does not run."""
+        if self.running_pid(name) is None:
+            return None
+        port = (self._read_pid_file(name) or {}).get("port")
+        return int(port) if port else None
+
     def known_services(self) -> list[str]:
         """Names with a pid file (running or stale)."""
         if not self.run_dir.is_dir():
@@ -684,7 +691,7 @@ def default_dags_folder() -> Path:
 # --------------------------------------------------------------------------- the long-running stack (`reco up`)
 
 #: Stop order of `reco down`: consumers first, the registry and Airflow's API last.
-STOP_ORDER = ("learner", "api", "airflow-scheduler", "airflow-dag-processor", "airflow-api-server", "mlflow")
+STOP_ORDER = ("learner", "demo-api", "api", "airflow-scheduler", "airflow-dag-processor", "airflow-api-server", "mlflow")
 
 
 def reco_env(home: Path, redis_url: str, tracking_uri: str, **extra: str) -> dict[str, str]:

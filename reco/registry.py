@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
+    from mlflow import MlflowClient
     from reco.models.bundle import ModelBundle
 
 CHAMPION = "champion"
@@ -327,8 +327,12 @@ def _move(client: MlflowClient, name: str, alias: str, version: str, who: str, r
         at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     client.set_registered_model_alias(name, alias, mv.version)
-    for k, v in {"promoted_by": who, "promote_reason": reason, "previous_version": move.previous or "none",
-                 "promoted_at": move.at}.items():  # fmt: skip
+    for k, v in {
+        "promoted_by": who,
+        "promote_reason": reason,
+        "previous_version": move.previous or "none",
+        "promoted_at": move.at,
+    }.items():
         client.set_model_version_tag(name, mv.version, f"{alias}.{k}", v)
     history = [*alias_history(client, name, alias), move.to_dict()][-HISTORY_LIMIT:]
     client.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
-from reco import registry
 from test_dag_training import load_dag
 from test_registry import lineage, tiny_bundle
+
+from reco import registry
 
 pytestmark = pytest.mark.integration
 

@@ -42,8 +42,17 @@ def env(model_name: str):
 
 
 def _conf(home: Path, mlflow_server: str, movielens_dir: Path, **kw) -> dict:
-    return {"start": START, "end": END, "source": "files", "arm": "treatment", "epochs": 1,
-            "home": str(home), "tracking_uri": mlflow_server, "data_dir": str(movielens_dir), **kw}
+    return {
+        "start": START,
+        "end": END,
+        "source": "files",
+        "arm": "treatment",
+        "epochs": 1,
+        "home": str(home),
+        "tracking_uri": mlflow_server,
+        "data_dir": str(movielens_dir),
+        **kw,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +123,9 @@ def test_injected_bad_rows_are_quarantined_then_threshold_fails(first_run, mlflo
     assert not validated["event_id"].isin(["x-null", "x-future", "x-type"]).any()
     assert validated["event_id"].is_unique
 
-    dr = load_dag("reco_training").test(run_conf=_conf(home, mlflow_server, movielens_dir, source="lake", bad_row_threshold=0.0001))
+    dr = load_dag("reco_training").test(
+        run_conf=_conf(home, mlflow_server, movielens_dir, source="lake", bad_row_threshold=0.0001)
+    )
     assert dr.state == "failed"
     ti = next(t for t in dr.get_task_instances() if t.task_id == "validate")
     assert ti.state == "failed"

@@ -27,8 +27,9 @@ print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "
 
 
 def test_dag_folder_parses_cleanly_and_lightly(airflow_db):
-    out = subprocess.run([sys.executable, "-c", PROBE, str(DAGS)], capture_output=True, text=True, env=os.environ.copy(),
-                         timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(DAGS)], capture_output=True, text=True, env=os.environ.copy(), timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["errors"] == {}

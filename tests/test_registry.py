@@ -43,7 +43,11 @@ def test_log_load_and_idempotency(client):
     bundle = tiny_bundle()
     mv = registry.log_bundle(client, name, bundle, lineage(), run_id=_run(client))
     assert {k: mv.tags[k] for k in ("data_snapshot_id", "data_rows", "validation_id", "parent_version")} == {
-        "data_snapshot_id": "snap-1", "data_rows": "100", "validation_id": "val-1", "parent_version": "none"}  # fmt: skip
+        "data_snapshot_id": "snap-1",
+        "data_rows": "100",
+        "validation_id": "val-1",
+        "parent_version": "none",
+    }
     assert mv.tags["metric.ndcg_at_10"] == "0.25" and mv.tags["code_revision"] == "abc123"
     again = registry.log_bundle(client, name, bundle, lineage(), run_id=_run(client))
     assert again.version == mv.version
@@ -60,8 +64,9 @@ def test_promote_history_and_rollback(mlflow_server):
     name = f"rk-{uuid.uuid4().hex[:8]}"
     v1 = str(registry.log_bundle(client, name, tiny_bundle(0), lineage("s1"), run_id=_run(client)).version)
     v2 = str(registry.log_bundle(client, name, tiny_bundle(1), lineage("s2", v1), run_id=_run(client)).version)
-    rej = registry.log_bundle(client, name, tiny_bundle(2), lineage("s3", v2), run_id=_run(client),
-                              rejected_reason="ndcg regression").version  # fmt: skip
+    rej = registry.log_bundle(
+        client, name, tiny_bundle(2), lineage("s3", v2), run_id=_run(client), rejected_reason="ndcg regression"
+    ).version
     registry.promote(client, name, "champion", v1, who="alice", reason="first")
     move = registry.promote(client, name, "champion", v2, who="bob", reason="better")
     assert (move.previous, move.version) == (v1, v2)

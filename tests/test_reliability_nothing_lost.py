@@ -45,7 +45,7 @@ def _events(seed: int = 0) -> list[dict]:
     experiment = load_config().experiment()
     out: list[dict] = []
     for r in range(N_REQUESTS):
-        ts = T0 + timedelta(seconds=30 * r)
+        ts = T0 + timedelta(seconds=45 * r)
         user, sess = f"u{r % 60}", f"s{r // 3}"
         arm = assign(experiment, user).arm
         base = {"user_id": user, "session_id": sess}

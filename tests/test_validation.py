@@ -22,9 +22,19 @@ NOW = pd.Timestamp("2026-06-01", tz="UTC")
 
 
 def batch(n: int = 40) -> pd.DataFrame:
-    rows = [{"event_id": f"e{i}", "ts": f"2026-01-01T{i % 24:02d}:00:00Z", "user_id": f"u{i % 3}", "item_id": "1",
-             "event_type": "purchase" if i == 0 else "click", "value": 9.5 if i == 0 else None, "position": 1,
-             "propensity": 0.5} for i in range(n)]  # fmt: skip
+    rows = [
+        {
+            "event_id": f"e{i}",
+            "ts": f"2026-01-01T{i % 24:02d}:00:00Z",
+            "user_id": f"u{i % 3}",
+            "item_id": "1",
+            "event_type": "purchase" if i == 0 else "click",
+            "value": 9.5 if i == 0 else None,
+            "position": 1,
+            "propensity": 0.5,
+        }
+        for i in range(n)
+    ]
     return events_to_pandas(to_event_table(rows))
 
 

@@ -296,7 +296,11 @@ def enforce_threshold(result: ValidationResult) -> None:
 
 
 def write_quarantine(
-    quarantine: pd.DataFrame, root: Path, days: Iterable[date], fallback_day: date, row_days: Iterable[date] | None = None
+    quarantine: pd.DataFrame,
+    root: Path,
+    days: Iterable[date],
+    fallback_day: date,
+    row_days: Iterable[date] | None = None,
 ) -> list[Path]:
     """Rewrite `root/date=D/part-0.parquet` for every day of the run (idempotent: a rerun replaces it,
     a day that is now clean loses its old file). A row goes to `row_days` (aligned with the rows: the

@@ -19,8 +19,15 @@ def check_alias(alias: str) -> str:
     return alias
 
 
-def move_alias(tracking_uri: str, model_name: str, action: str, target_alias: str, source: str | None = None,
-               reason: str = "", who: str = "unknown") -> dict[str, Any]:  # fmt: skip
+def move_alias(
+    tracking_uri: str,
+    model_name: str,
+    action: str,
+    target_alias: str,
+    source: str | None = None,
+    reason: str = "",
+    who: str = "unknown",
+) -> dict[str, Any]:
     """`action="promote"`: point `target_alias` at `source` (a version number or another alias);
     `action="rollback"`: point it back at its previous version. Returns the recorded move."""
     from reco import registry

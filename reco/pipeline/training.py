@@ -59,8 +59,15 @@ def run_key(start: str | date, end: str | date, arm: str) -> str:
 # --------------------------------------------------------------------------- ingest
 
 
-def ingest(home: str, start: str, end: str, source: str = "files", data_dir: str | None = None,
-           redis_url: str | None = None, redis_prefix: str = "reco") -> dict[str, Any]:  # fmt: skip
+def ingest(
+    home: str,
+    start: str,
+    end: str,
+    source: str = "files",
+    data_dir: str | None = None,
+    redis_url: str | None = None,
+    redis_prefix: str = "reco",
+) -> dict[str, Any]:
     """Land the interval's events in the lake: from the MovieLens files (`source="files"`, which also
     refreshes the item catalogue file), by draining the Redis event stream (`source="stream"`), or
     not at all (`source="lake"`: the events are in the lake already)."""
@@ -117,14 +124,16 @@ def validate(home: str, start: str, end: str, threshold: float = 0.05, now: str 
     end_excl = date.fromordinal(e.toordinal() + 1)
     docs_tmp = p["reports"] / f".docs-{run_key(s, e, 'v')}"
     shutil.rmtree(docs_tmp, ignore_errors=True)
-    vb = validate_events(frame, s, end_excl, known, now=None if now is None else _ts(now), threshold=threshold,
-                         docs_dir=docs_tmp)  # fmt: skip
+    vb = validate_events(
+        frame, s, end_excl, known, now=None if now is None else _ts(now), threshold=threshold, docs_dir=docs_tmp
+    )
     out = p["reports"] / vb.result.validation_id
     shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     docs_tmp.rename(out)  # the id is known only after the run
-    quarantined = write_quarantine(vb.quarantine, p["quarantine"], days, s,
-                                   [partition_day[i] for i in vb.quarantine["row_id"]])  # fmt: skip
+    quarantined = write_quarantine(
+        vb.quarantine, p["quarantine"], days, s, [partition_day[i] for i in vb.quarantine["row_id"]]
+    )
     (out / "result.json").write_text(json.dumps(vb.result.to_dict(), indent=1))
     (out / "gx_result.json").write_text(json.dumps(vb.gx_result, indent=1))
     (out / "summary.html").write_text(render_html(vb.result, vb.quarantine))
@@ -208,8 +217,14 @@ def parent_ref(tracking_uri: str, model_name: str, arm: str) -> str | None:
     return None
 
 
-def train(tracking_uri: str, model_name: str, arm: str, training_set: dict[str, Any], epochs: int = 1,
-          config: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def train(
+    tracking_uri: str,
+    model_name: str,
+    arm: str,
+    training_set: dict[str, Any],
+    epochs: int = 1,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Warm-start train a candidate on the training part of the leave-one-out split.
 
     Returns `existing_version` (and trains nothing) when this exact job was registered before.
@@ -241,8 +256,13 @@ def train(tracking_uri: str, model_name: str, arm: str, training_set: dict[str, 
     out = Path(training_set["job_dir"]) / "candidate"
     shutil.rmtree(out, ignore_errors=True)
     result.bundle.save(out)
-    return {**base, "existing_version": None, "candidate_dir": str(out), "warm_start": warm_note,
-            "train_metrics": _json_safe(result.metrics)}  # fmt: skip
+    return {
+        **base,
+        "existing_version": None,
+        "candidate_dir": str(out),
+        "warm_start": warm_note,
+        "train_metrics": _json_safe(result.metrics),
+    }
 
 
 def _rerun_of(client: Any, model_name: str, parent: str | None, fp_args: tuple[str, dict[str, Any]]) -> Any:
@@ -334,9 +354,16 @@ def _smoke(bundle_dir: str) -> str | None:
 # --------------------------------------------------------------------------- register + promote
 
 
-def register(tracking_uri: str, model_name: str, training_set: dict[str, Any], candidate: dict[str, Any],
-             evaluation: dict[str, Any], verdict: dict[str, Any], validation: dict[str, Any],
-             experiment: str = "reco-training") -> dict[str, Any]:  # fmt: skip
+def register(
+    tracking_uri: str,
+    model_name: str,
+    training_set: dict[str, Any],
+    candidate: dict[str, Any],
+    evaluation: dict[str, Any],
+    verdict: dict[str, Any],
+    validation: dict[str, Any],
+    experiment: str = "reco-training",
+) -> dict[str, Any]:
     """Register the candidate (a rejected one too, tagged `rejected=<reason>`), with lineage tags and
     the validation results + evaluation logged to the version's MLflow run."""
     from reco import registry
@@ -365,14 +392,21 @@ def register(tracking_uri: str, model_name: str, training_set: dict[str, Any], c
     client.log_dict(run_id, evaluation, "evaluation.json")
     client.log_dict(run_id, candidate["train_config"], "train_config.json")
     rejected = None if verdict["passed"] else verdict["reason"]
-    mv = registry.log_bundle(client, model_name, ModelBundle.load(candidate["candidate_dir"]), lineage, run_id=run_id,
-                             rejected_reason=rejected)  # fmt: skip
+    mv = registry.log_bundle(
+        client,
+        model_name,
+        ModelBundle.load(candidate["candidate_dir"]),
+        lineage,
+        run_id=run_id,
+        rejected_reason=rejected,
+    )
     client.set_terminated(run_id)
     return {"version": str(mv.version), "rejected": rejected, "created": True, "run_id": run_id}
 
 
-def promote_candidate(tracking_uri: str, model_name: str, arm: str, registered: dict[str, Any],
-                      who: str = "reco_training") -> dict[str, Any]:  # fmt: skip
+def promote_candidate(
+    tracking_uri: str, model_name: str, arm: str, registered: dict[str, Any], who: str = "reco_training"
+) -> dict[str, Any]:
     """Point `arm-<arm>` at the new version (and `champion` when there is none). A rejected version
     is never aliased; an alias already at the version is left alone (reruns)."""
     from reco import registry
@@ -389,7 +423,8 @@ def promote_candidate(tracking_uri: str, model_name: str, arm: str, registered: 
         current = registry.alias_version(client, model_name, alias)
         if current is not None and str(current.version) == str(version.version):
             continue
-        registry.promote(client, model_name, alias, version.version, who=who,
-                         reason=f"passed the gate ({registered['version']})")  # fmt: skip
+        registry.promote(
+            client, model_name, alias, version.version, who=who, reason=f"passed the gate ({registered['version']})"
+        )
         moved.append(alias)
     return {"moved": moved, "version": str(version.version), "rejected": None}
