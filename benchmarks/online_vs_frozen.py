@@ -27,7 +27,7 @@ import numpy as np
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("../shared/data/movielens-100k"))
-    ap.add_argument("--bundle", type=Path, default=None, help="a saved ModelBundle (default: train one)")
+    ap.add_argument("--bundle", type=Path, default=None, help="a saved ModelBundle; trained and saved there if missing")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--users", type=int, default=300)
     ap.add_argument("--days", type=int, default=6)
@@ -51,7 +51,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    if args.bundle:
+    if args.bundle and args.bundle.exists():
         bundle = ModelBundle.load(args.bundle)
     else:
         from reco.data.movielens import load_movielens
@@ -62,6 +62,8 @@ def main() -> None:
         split = leave_one_out(ml.events)
         bundle = train(ml.events.iloc[split.train_rows], ml.catalog, TrainConfig(epochs=args.epochs, seed=0),
                        progress=False).bundle  # fmt: skip
+        if args.bundle:
+            bundle.save(args.bundle)
     train_s = time.perf_counter() - t0
     gt = GroundTruth.fit(args.data)
     popular = sorted(bundle.item_ids[1:], key=lambda i: -float((bundle.meta.get("popularity") or {}).get(i, 0)))

@@ -138,6 +138,7 @@ class PopularIndex:
         top = ranked[0][1] if ranked and ranked[0][1] > 0 else 1.0
         self._ranked = [(iid, float(c) / top) for iid, c in ranked]
         self._by_cat: dict[str, list[tuple[str, float]]] = {}
+        self._top: dict[int, list[Candidate]] = {}
         for iid, score in self._ranked:
             self._by_cat.setdefault(category_of.get(iid, ""), []).append((iid, score))
 
@@ -145,6 +146,11 @@ class PopularIndex:
         return len(self._ranked)
 
     def top(self, n: int, exclude: Collection[str] = ()) -> list[Candidate]:
+        if not exclude:  # the request path: one list per size, built once (candidates are immutable)
+            cached = self._top.get(n)
+            if cached is None:
+                cached = self._top[n] = _take(self._ranked, n, ())
+            return list(cached)
         return _take(self._ranked, n, exclude)
 
     def top_in(self, category: str, n: int, exclude: Collection[str] = ()) -> list[Candidate]:

@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -345,19 +346,25 @@ class LocalStack:
                 cwd=cwd,
                 start_new_session=True,
             )
+            # A watchdog, so that a command that hangs without printing is still stopped at the deadline.
+            watchdog = threading.Timer(timeout_s, _kill_group, args=(proc.pid, 10.0))
+            watchdog.daemon = True
+            watchdog.start()
             try:
                 assert proc.stdout is not None
                 for raw in proc.stdout:
                     log.write(raw)
                     if on_line is not None:
                         on_line(raw.decode("utf-8", "replace").rstrip("\n"))
-                    if time.monotonic() > deadline:
-                        raise StackError(f"{name} ran longer than {timeout_s:.0f} s; log {log_path}")
-                rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+                rc = proc.wait()
             except BaseException:
                 _kill_group(proc.pid, grace_s=10.0)
                 proc.wait()
                 raise
+            finally:
+                watchdog.cancel()
+        if time.monotonic() >= deadline:
+            raise StackError(f"{name} ran longer than {timeout_s:.0f} s and was stopped; log {log_path}")
         if rc != 0:
             with log_path.open("rb") as f:
                 f.seek(start_offset)
@@ -691,7 +698,15 @@ def default_dags_folder() -> Path:
 # --------------------------------------------------------------------------- the long-running stack (`reco up`)
 
 #: Stop order of `reco down`: consumers first, the registry and Airflow's API last.
-STOP_ORDER = ("learner", "demo-api", "api", "airflow-scheduler", "airflow-dag-processor", "airflow-api-server", "mlflow")
+STOP_ORDER = (
+    "learner",
+    "demo-api",
+    "api",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-api-server",
+    "mlflow",
+)
 
 
 def reco_env(home: Path, redis_url: str, tracking_uri: str, **extra: str) -> dict[str, str]:

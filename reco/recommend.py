@@ -11,21 +11,24 @@ Only "no model at all" is an error (`NoModelAvailable`), which the API maps to 5
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
-import uuid
+import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from time import perf_counter
-from typing import Any, Protocol
+from time import monotonic, perf_counter
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from reco.candidates import (
     Candidate,
     CandidateConfig,
+    CandidateResult,
     EmbeddingIndex,
     PopularIndex,
     Source,
@@ -33,6 +36,7 @@ from reco.candidates import (
     gather,
     trending_candidates,
 )
+from reco.data.catalog import UNKNOWN_CATEGORY
 from reco.data.events import Event, EventType, PageType
 from reco.explain import anchors_by_attention, reason
 from reco.rules import RuleConfig, apply_rules
@@ -51,12 +55,24 @@ class NoModelAvailable(RuntimeError):
 
 
 class Store(Protocol):
-    def session_items(self, session_id: str) -> list[str]: ...
-    def trending(self, n: int) -> Sequence[tuple[str, float]]: ...
     def request_context(
-        self, user_id: str, session_id: str | None, item_ids: Sequence[str], arm: str, categories: Sequence[str]
+        self,
+        user_id: str,
+        session_id: str | None,
+        item_ids: Sequence[str],
+        arm: str,
+        categories: Sequence[str],
+        *,
+        item_features: bool = True,
+        trending_k: int = 0,
     ) -> Any: ...
-    def log_impressions(self, events: Sequence[Event], *, categories: Mapping[str, str] | None = None) -> Any: ...
+    def log_impressions(
+        self,
+        events: Sequence[Event],
+        *,
+        categories: Mapping[str, str] | None = None,
+        request_context: Sequence[str] | None = None,
+    ) -> Any: ...
 
 
 class Selection(Protocol):
@@ -69,9 +85,9 @@ class Explorer(Protocol):
     def select(self, ranked: Sequence[Any], n: int) -> Sequence[Selection]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Ranked:
-    """A scored candidate. `category` feeds the diversity rule and Thompson sampling."""
+class Ranked(NamedTuple):
+    """A scored candidate. `category` feeds the diversity rule and Thompson sampling. (A tuple: 500 are
+    built per request, and a frozen dataclass costs several times more to construct.)"""
 
     item_id: str
     score: float
@@ -162,6 +178,12 @@ class ServedModel:
     popular: PopularIndex
     online_snapshot: int | None = None
     categories: tuple[str, ...] = ()  # every catalogue category (Thompson evidence is read for all)
+    # Plain dict lookups for the request path (the catalogue is a DataFrame: ~0.1 ms per title lookup).
+    category_of: Mapping[str, str] = field(default_factory=dict)
+    title_of: Mapping[str, str] = field(default_factory=dict)
+
+    def category(self, item_id: str) -> str:
+        return self.category_of.get(item_id, UNKNOWN_CATEGORY)
 
     @classmethod
     def build(
@@ -187,7 +209,12 @@ class ServedModel:
         counts = {iid: c for iid, c in counts.items() if iid in index}
         category_of = dict(zip(counts, catalog.categories_of(counts), strict=True))
         popular = PopularIndex(counts, category_of)
-        return cls(bundle, str(version), index, popular, online_snapshot, tuple(catalog.categories))
+        ids = catalog.item_ids
+        all_categories = dict(zip(ids, catalog.categories_of(ids), strict=True))
+        titles = {iid: t for iid in ids if (t := catalog.title(iid)) is not None}
+        return cls(
+            bundle, str(version), index, popular, online_snapshot, tuple(catalog.categories), all_categories, titles
+        )
 
 
 @dataclass(frozen=True)
@@ -231,6 +258,12 @@ class PipelineConfig:
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     rules: RuleConfig = field(default_factory=RuleConfig)
     features_timeout_s: float = 0.05
+    # True: read the features on the request thread (no thread hop; the store's own socket timeout must
+    # then be the budget: `reco.store.connect(url, socket_timeout=features_timeout_s)`).
+    features_inline: bool = False
+    # The trending list is the same for every request: it is read (in the features round trip) at most
+    # once per this many seconds per process, not parsed anew for every request. 0 = every request.
+    trending_refresh_s: float = 1.0
 
 
 class Recommender:
@@ -240,6 +273,8 @@ class Recommender:
     any loaded model (used, flagged as degraded "model", when the arm has none). `explorer_for(assignment,
     thompson)` builds the arm's exploration policy for this request. `log_executor` runs impression
     logging off the request path (None: inline); `on_log_error` sees every failed impression write.
+    `log_store` (default: `store`) takes the impression writes (the API gives the reads a client whose
+    socket timeout is the features budget, and the writes one with the ordinary timeout).
     """
 
     def __init__(
@@ -247,6 +282,7 @@ class Recommender:
         *,
         store: Store | None,
         assign: Callable[[str], Any],
+        log_store: Store | None = None,
         models: Callable[[str], ServedModel | None],
         fallback_model: Callable[[], ServedModel | None] = lambda: None,
         explorer_for: Callable[[Any, Mapping[str, tuple[float, float]]], Explorer] = lambda a, t: GreedyExplorer(),
@@ -256,6 +292,7 @@ class Recommender:
         on_log_error: Callable[[Exception], None] = lambda exc: None,
     ) -> None:
         self.store = store
+        self.log_store = log_store or store
         self.assign = assign
         self.models = models
         self.fallback_model = fallback_model
@@ -264,10 +301,11 @@ class Recommender:
         self._executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="reco-src")
         self._log_executor = log_executor
         self._on_log_error = on_log_error
+        self._trending: tuple[float, list[Candidate]] | None = None  # (monotonic read time, list)
 
     def recommend(self, req: RecoRequest) -> RecoResult:
         t0 = perf_counter()
-        request_id = uuid.uuid4().hex
+        request_id = _request_id()
         degraded: list[str] = []
         assignment = self.assign(req.user_id)
         model = self.models(assignment.arm)
@@ -277,32 +315,26 @@ class Recommender:
                 raise NoModelAvailable(f"no model loaded for arm {assignment.arm!r}")
             degraded.append("model")
 
-        # Redis first, both round trips at once: the request's features (session, user history, Thompson
-        # evidence of every category) and the trending list; the in-process sources need the session.
-        store = self.store
-        categories_all = model.categories
-        cfg = self.config.candidates
-        features_f = trending_f = None
-        if store is not None:
-            features_f = self._executor.submit(
-                store.request_context, req.user_id, req.session_id, [], assignment.arm, categories_all
-            )
-            trending_f = self._executor.submit(lambda: trending_candidates(store.trending(cfg.trending_k)))
-        features = self._features(features_f)
+        # Redis first, in one pipelined round trip: session and cart, user history, Thompson evidence of
+        # every category and the trending list. It runs on the executor only so that a slow Redis costs
+        # the features budget, not the socket timeout; the in-process sources need the session anyway.
+        features, trending = self._read_features(req, assignment.arm, model)
         if features is None:
             degraded.append("features")
         session = _session_for_model(features, model.index)
-        cands = self._candidates(req, model, session, trending_f)
+        cands = self._candidates(req, model, session, trending)
         degraded += [f"candidates:{s}" for s in cands.failed]
         ids = [c.item_id for c in cands.candidates]
-        categories = model.bundle.catalog.categories_of(ids)
+        category = model.category
+        categories = [category(i) for i in ids]
         ranked, attention = self._rank(model, req, session.items, cands.candidates, categories, degraded)
         ranked = apply_rules(
             ranked,
             page_type=req.page_type,
             context_item_id=req.context_item_id,
             consumed=session.consumed,
-            category_of=dict(zip(ids, categories, strict=True)).__getitem__,
+            cart=features.cart_items if features is not None else (),
+            category_of=category,
             window=req.limit,
             config=self.config.rules,
         )
@@ -312,7 +344,7 @@ class Recommender:
         if self.store is None:
             degraded.append("impressions")
         else:
-            self._log(req, request_id, assignment.arm, model.version, items)
+            self._log(req, request_id, assignment.arm, model.version, items, session.items)
             if features is None:
                 degraded.append("impressions")  # Redis is failing: the write will most likely fail too
         return RecoResult(
@@ -330,7 +362,9 @@ class Recommender:
 
     # --- steps ---
 
-    def _candidates(self, req: RecoRequest, model: ServedModel, session: _Session, trending: Future | None):
+    def _candidates(
+        self, req: RecoRequest, model: ServedModel, session: _Session, trending: list[Candidate] | None
+    ) -> CandidateResult:
         cfg = self.config.candidates
         index = model.index
         sources: dict[Source, SourceFn | Future] = {}
@@ -340,8 +374,9 @@ class Recommender:
         if req.page_type == PageType.product and req.context_item_id in index:
             ctx = str(req.context_item_id)
             sources[Source.context_similar] = lambda: index.similar([ctx], cfg.context_k, source=Source.context_similar)
-        if trending is not None:
-            sources[Source.trending] = trending
+        if self.store is not None:
+            # Read with the features (or cached); with both missing (Redis failing) the source failed too.
+            sources[Source.trending] = (lambda: list(trending)) if trending is not None else _unavailable
         exclude = {req.context_item_id} if req.page_type == PageType.product and req.context_item_id else set()
         return gather(
             sources,
@@ -351,9 +386,37 @@ class Recommender:
             valid=index.__contains__,
         )
 
-    def _features(self, fut: Future | None) -> Any | None:
-        if fut is None:
+    def _read_features(self, req: RecoRequest, arm: str, model: ServedModel) -> tuple[Any | None, list | None]:
+        """(the request's features, the trending candidates); either is None when Redis failed."""
+        if self.store is None:
+            return None, None
+        trending = self._cached_trending()
+        trending_k = self.config.candidates.trending_k if trending is None else 0
+        read = functools.partial(
+            self.store.request_context, req.user_id, req.session_id, [], arm, model.categories,
+            item_features=False, trending_k=trending_k,
+        )  # fmt: skip
+        if not self.config.features_inline:
+            features = self._features(self._executor.submit(read))
+        else:
+            try:
+                features = read()
+            except Exception as exc:  # Redis down or past its socket timeout: rank without online features
+                log.warning("request features unavailable: %s", exc)
+                features = None
+        if features is not None and trending_k:
+            trending = trending_candidates(features.trending_top)
+            self._trending = (monotonic(), trending)
+        return features, trending
+
+    def _cached_trending(self) -> list[Candidate] | None:
+        """The process's trending list while it is fresh (None: read it again)."""
+        cached = self._trending  # one read: another thread may replace it
+        if cached is None or monotonic() - cached[0] >= self.config.trending_refresh_s:
             return None
+        return cached[1]
+
+    def _features(self, fut: Future) -> Any | None:
         try:
             return fut.result(timeout=self.config.features_timeout_s)
         except FutureTimeout:
@@ -405,7 +468,7 @@ class Recommender:
                 (a or r.anchor) if r.source == Source.session_similar else r.anchor
                 for r, a in zip(ranked, by_attention, strict=True)
             ]
-        title_of = model.bundle.catalog.title
+        title_of = model.title_of.get
         return [
             RecoItem(
                 item_id=r.item_id,
@@ -420,24 +483,61 @@ class Recommender:
             for pos, (s, r, a) in enumerate(zip(chosen, ranked, anchors, strict=True), start=1)
         ]
 
-    def _log(self, req: RecoRequest, request_id: str, arm: str, version: str, items: list[RecoItem]) -> None:
-        events = impression_events(req, request_id, arm, version, items)
-        if not events:
+    def _log(
+        self, req: RecoRequest, request_id: str, arm: str, version: str, items: list[RecoItem], session: list[str]
+    ) -> None:
+        if not items:
             return
-        # The category of each served item drives the arm's Thompson statistics in the store.
-        categories = {it.item_id: it.category for it in items}
+        args = (req, request_id, arm, version, items, session, datetime.now(UTC))
         if self._log_executor is None:
-            self._write_impressions(events, categories)
-        else:
-            self._log_executor.submit(self._write_impressions, events, categories)
+            self._write_impressions(*args)
+        else:  # the events are built on the log thread too: nothing of it stays on the request path
+            self._log_executor.submit(self._write_impressions, *args)
 
-    def _write_impressions(self, events: list[Event], categories: dict[str, str]) -> None:
-        assert self.store is not None
+    def _write_impressions(
+        self,
+        req: RecoRequest,
+        request_id: str,
+        arm: str,
+        version: str,
+        items: list[RecoItem],
+        session: list[str],
+        ts: datetime,
+    ) -> None:
+        assert self.log_store is not None
         try:
-            self.store.log_impressions(events, categories=categories)
+            events = impression_events(req, request_id, arm, version, items, ts=ts)
+            # The category of each served item drives the arm's Thompson statistics in the store; the
+            # session the ranker saw is the learner's request-context record (same round trip).
+            categories = {it.item_id: it.category for it in items}
+            self.log_store.log_impressions(events, categories=categories, request_context=session)
         except Exception as exc:  # counted by the caller's hook; the response has already been decided
-            log.warning("impression log failed for %d events: %s", len(events), exc)
+            log.warning("impression log failed for %d items: %s", len(items), exc)
             self._on_log_error(exc)
+
+
+# Request ids: a random per-process prefix plus a counter: unique across workers and restarts, and no
+# entropy syscall per request (uuid4 reads os.urandom every call).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def _reseed_ids() -> None:  # a forked worker must not repeat its parent's ids
+    global _ID_PREFIX, _ID_COUNTER
+    _ID_PREFIX, _ID_COUNTER = os.urandom(8).hex(), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed_ids)
+
+
+def _request_id() -> str:
+    """A new request id (32 hex characters, like a uuid4 hex).
+
+    >>> a, b = _request_id(), _request_id()
+    >>> a != b and len(a) == len(b) == 32
+    True
+    """
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 @dataclass(frozen=True)
@@ -461,8 +561,18 @@ def _as_numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
+def _unavailable() -> list[Candidate]:
+    raise RuntimeError("store unavailable")
+
+
 def impression_events(
-    req: RecoRequest, request_id: str, arm: str, model_version: str, items: Sequence[RecoItem]
+    req: RecoRequest,
+    request_id: str,
+    arm: str,
+    model_version: str,
+    items: Sequence[RecoItem],
+    *,
+    ts: datetime | None = None,
 ) -> list[Event]:
     """One `impression` event per served item; `event_id` is derived from request and position, so a
     retried write is deduplicated by the store.
@@ -471,7 +581,7 @@ def impression_events(
     >>> [e.event_id for e in impression_events(RecoRequest("u"), "r1", "control", "3", [it])]
     ['r1:1']
     """
-    now = datetime.now(UTC)
+    now = ts or datetime.now(UTC)
     return [
         Event(
             event_id=f"{request_id}:{it.position}",

@@ -12,6 +12,8 @@ Redis key layout (``P`` is the configurable prefix, `RecoSettings.redis_prefix`,
     P:seen:<event_id>           string   dedup marker, SET NX EX seen_ttl_s (default 7 days)
     P:session:<session_id>      list     item ids viewed/clicked in the session, oldest first, the last
                                          session_max kept (RPUSH + LTRIM), TTL session_ttl_s renewed per event
+    P:cart:<session_id>         zset     the session's cart: items added to it (add_to_cart), score = event time;
+                                         a purchase removes its item; the last cart_max kept, TTL session_ttl_s
     P:uitems:<user_id>          list     the user's last user_items_max viewed/clicked items, oldest first,
                                          TTL user_ttl_s: history for a user who starts a new session
     P:user:<user_id>            hash     user profile: ``n:<event_type>`` counters, ``last_ts``, plus any fields
@@ -40,6 +42,9 @@ that names no served impression (unknown request, expired, or item not served) u
 Feedback that arrives before its impression counts nothing (the server logs impressions as it
 answers, long before a person clicks). `thompson_stats` returns the evidence (successes, failures),
 floored at 0 defensively; the bandit adds its prior.
+
+The API's impression log also writes the learner's request-context record (``P:reqctx:<request_id>``,
+owned by `reco.online.control`) in the same pipelined round trip.
 
 Ingest is one Lua script per batch: dedup + XADD + session/user/trending/Thompson updates run atomically
 in one round trip, so an accepted event is never lost and never counted twice. Keys are computed in
@@ -116,6 +121,8 @@ class RequestFeatures:
     item_features: dict[str, dict[str, str]]
     trending: dict[str, float]
     thompson: dict[str, tuple[float, float]]
+    cart_items: list[str] = field(default_factory=list)  # the session's cart, oldest addition first
+    trending_top: list[tuple[str, float]] = field(default_factory=list)  # top `trending_k`, best first
 
 
 @dataclass(frozen=True)
@@ -172,7 +179,7 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 
 
 # Per event the script reads _FIELDS arguments (see `RedisStore._event_args`).
-_FIELDS = 12
+_FIELDS = 13
 _INGEST_LUA = """
 local stream, trending, epoch_key, popular = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, half_life = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -181,7 +188,8 @@ local session_max, session_ttl = tonumber(ARGV[5]), ARGV[6]
 local uitems_max, user_ttl = tonumber(ARGV[7]), ARGV[8]
 local feedback_ttl, trending_max = ARGV[9], tonumber(ARGV[10])
 local ts_prefix, n, item_prefix = ARGV[11], tonumber(ARGV[12]), ARGV[13]
-local H, F = 13, 12
+local cart_max, cart_ttl = tonumber(ARGV[14]), ARGV[15]
+local H, F = 15, 13
 
 local epoch = tonumber(redis.call('GET', epoch_key))
 if not epoch then
@@ -202,6 +210,7 @@ for i = 0, n - 1 do
   local seen_key, payload, etype, item = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
   local ts, session_key, user_key, uitems_key = tonumber(ARGV[b + 5]), ARGV[b + 6], ARGV[b + 7], ARGV[b + 8]
   local req_key, arm, category, fb_key = ARGV[b + 9], ARGV[b + 10], ARGV[b + 11], ARGV[b + 12]
+  local cart_key = ARGV[b + 13]
   if redis.call('SET', seen_key, '1', 'NX', 'EX', seen_ttl) then
     accepted = accepted + 1
     if maxlen == '' then
@@ -233,6 +242,12 @@ for i = 0, n - 1 do
         redis.call('HINCRBYFLOAT', ts_prefix .. arm, category .. ':b', 1)
       end
       redis.call('EXPIRE', req_key, feedback_ttl)
+    elseif etype == 'add_to_cart' and cart_key ~= '' then
+      redis.call('ZADD', cart_key, ARGV[b + 5], item)
+      redis.call('ZREMRANGEBYRANK', cart_key, 0, -(cart_max + 1))
+      redis.call('EXPIRE', cart_key, cart_ttl)
+    elseif etype == 'purchase' and cart_key ~= '' then
+      redis.call('ZREM', cart_key, item)
     end
     if fb_key ~= '' then
       local served = redis.call('HGET', req_key, item)
@@ -298,6 +313,7 @@ class RedisStore:
         trending_half_life_s: float = 3600.0,
         trending_max: int = 10_000,
         keep_weights: int = 3,
+        cart_max: int = 100,
     ) -> None:
         if not prefix or any(c.isspace() for c in prefix):
             raise ValueError(f"invalid redis prefix {prefix!r}")
@@ -313,6 +329,7 @@ class RedisStore:
         self.trending_half_life_s = trending_half_life_s
         self.trending_max = trending_max
         self.keep_weights = keep_weights
+        self.cart_max = cart_max
         self._ingest = client.register_script(_INGEST_LUA)
         self._latest_weights = client.register_script(_LATEST_WEIGHTS_LUA)
 
@@ -344,6 +361,7 @@ class RedisStore:
             e.arm or "",
             category,
             self.key("fb", e.request_id, e.item_id) if is_feedback else "",
+            self.key("cart", e.session_id) if e.session_id else "",
         ]
 
     @_guard
@@ -356,35 +374,69 @@ class RedisStore:
         categories = categories or {}
         accepted = duplicates = 0
         for start in range(0, len(events), self.CHUNK):
-            chunk = events[start : start + self.CHUNK]
-            header = [
-                repr(time.time()),
-                repr(float(self.trending_half_life_s)),
-                str(self.seen_ttl_s),
-                "" if self.stream_maxlen is None else str(self.stream_maxlen),
-                str(self.session_max),
-                str(self.session_ttl_s),
-                str(self.user_items_max),
-                str(self.user_ttl_s),
-                str(self.feedback_ttl_s),
-                str(self.trending_max),
-                self.key("ts", ""),
-                str(len(chunk)),
-                self.key("item", ""),
-            ]
-            args = header + [a for e in chunk for a in self._event_args(e, categories)]
-            keys = [self.stream_key, self.key("trending"), self.key("trending", "epoch"), self.key("popular")]
+            keys, args = self._ingest_call(events[start : start + self.CHUNK], categories)
             acc, dup = self._ingest(keys=keys, args=args)
             accepted += int(acc)
             duplicates += int(dup)
         return IngestResult(accepted, duplicates)
 
-    def log_impressions(self, events: Sequence[Event], *, categories: Mapping[str, str] | None = None) -> IngestResult:
-        """The server's own impression log: same path as `ingest`, impressions only."""
+    def _ingest_call(self, chunk: Sequence[Event], categories: Mapping[str, str]) -> tuple[list[str], list[str]]:
+        header = [
+            repr(time.time()),
+            repr(float(self.trending_half_life_s)),
+            str(self.seen_ttl_s),
+            "" if self.stream_maxlen is None else str(self.stream_maxlen),
+            str(self.session_max),
+            str(self.session_ttl_s),
+            str(self.user_items_max),
+            str(self.user_ttl_s),
+            str(self.feedback_ttl_s),
+            str(self.trending_max),
+            self.key("ts", ""),
+            str(len(chunk)),
+            self.key("item", ""),
+            str(self.cart_max),
+            str(self.session_ttl_s),
+        ]
+        args = header + [a for e in chunk for a in self._event_args(e, categories)]
+        keys = [self.stream_key, self.key("trending"), self.key("trending", "epoch"), self.key("popular")]
+        return keys, args
+
+    def log_impressions(
+        self,
+        events: Sequence[Event],
+        *,
+        categories: Mapping[str, str] | None = None,
+        request_context: Sequence[str] | None = None,
+    ) -> IngestResult:
+        """The server's own impression log: same path as `ingest`, impressions only.
+
+        With `request_context` (the session items the request was ranked with) the learner's record
+        ``P:reqctx:<request_id>`` (`reco.online.control.write_request_context`) is written in the same
+        pipelined round trip; the events must then all belong to one request.
+        """
         wrong = [e.event_id for e in events if e.event_type != EventType.impression]
         if wrong:
             raise ValueError(f"log_impressions takes impressions only; got other types for {wrong[:5]}")
-        return self.ingest(events, categories=categories)
+        if request_context is None or not events:
+            return self.ingest(events, categories=categories)
+        request_ids = {e.request_id for e in events}
+        if len(request_ids) != 1 or None in request_ids or len(events) > self.CHUNK:
+            raise ValueError("a request context needs the impressions of exactly one request")
+        return self._log_with_context(events, categories or {}, request_ids.pop(), request_context)
+
+    @_guard
+    def _log_with_context(
+        self, events: Sequence[Event], categories: Mapping[str, str], request_id: str, session: Sequence[str]
+    ) -> IngestResult:
+        from reco.online.control import write_request_context  # the learner owns that key's format
+
+        keys, args = self._ingest_call(events, categories)
+        pipe = self.client.pipeline(transaction=False)
+        self._ingest(keys=keys, args=args, client=pipe)
+        write_request_context(pipe, self.prefix, request_id, session)
+        (acc, dup), _ = pipe.execute()
+        return IngestResult(int(acc), int(dup))
 
     # -- request features -----------------------------------------------------------------------
     @_guard
@@ -397,9 +449,11 @@ class RedisStore:
         categories: Sequence[str],
         *,
         item_features: bool = True,
+        trending_k: int = 0,
     ) -> RequestFeatures:
-        """Session history, user history and profile, item features, trending scores of the candidates
-        and Thompson evidence of the arm, in one pipelined round trip.
+        """Session history and cart, user history and profile, item features, trending scores of the
+        candidates, the top `trending_k` trending items and Thompson evidence of the arm, in one pipelined
+        round trip.
 
         Cost grows with the candidates: trending scores are one ZMSCORE, but item features are one HGETALL
         per item (about 15 ms for 500 on 2 busy cores); item_features=False skips them (empty dicts).
@@ -410,6 +464,8 @@ class RedisStore:
         pipe.lrange(self.key("session", session_id), 0, -1) if session_id else pipe.echo("")
         pipe.lrange(self.key("uitems", user_id), 0, -1)
         pipe.hgetall(self.key("user", user_id))
+        pipe.zrange(self.key("cart", session_id), 0, -1) if session_id else pipe.echo("")
+        pipe.zrevrange(self.key("trending"), 0, trending_k - 1, withscores=True) if trending_k > 0 else pipe.echo("")
         for item in feature_ids:
             pipe.hgetall(self.key("item", item))
         if item_ids:
@@ -418,9 +474,9 @@ class RedisStore:
         if arm and cats:
             pipe.hmget(self.key("ts", arm), [f"{c}:{ab}" for c in cats for ab in "ab"])
         res = pipe.execute()
-        session_raw, uitems_raw, profile_raw = res[0], res[1], res[2]
-        pos = 3 + len(feature_ids)
-        feats = {item: self._decode_hash(h) for item, h in zip(feature_ids, res[3:pos], strict=True)}
+        session_raw, uitems_raw, profile_raw, cart_raw, top_raw = res[:5]
+        pos = 5 + len(feature_ids)
+        feats = {item: self._decode_hash(h) for item, h in zip(feature_ids, res[5:pos], strict=True)}
         feats = {item: feats.get(item, {}) for item in item_ids}
         raw_scores = res[pos] if item_ids else []
         pos += 1 if item_ids else 0
@@ -434,7 +490,14 @@ class RedisStore:
             item_features=feats,
             trending=trending,
             thompson=thompson,
+            cart_items=[_s(v) for v in cart_raw] if session_id else [],
+            trending_top=[(_s(m), float(sc) * decay) for m, sc in top_raw] if trending_k > 0 else [],
         )
+
+    @_guard
+    def cart_items(self, session_id: str) -> list[str]:
+        """Items in the session's cart, oldest addition first."""
+        return [_s(v) for v in self.client.zrange(self.key("cart", session_id), 0, -1)]
 
     @staticmethod
     def _decode_hash(h: Mapping[bytes | str, bytes | str]) -> dict[str, str]:

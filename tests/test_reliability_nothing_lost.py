@@ -82,6 +82,18 @@ def _group(client, key: str, group: str) -> dict | None:
     return None
 
 
+def _wait_consumer_active(client, key: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
+    """Until the learner's consumer has read within the last second (a restarted learner is running)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"learner exited {proc.returncode}: {log.read_text()[-2000:]}"
+        consumers = client.xinfo_consumers(key, "reco-learner")
+        if any(_id(c["name"]) == "learner-1" and int(c["idle"]) < 1000 for c in consumers):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the restarted learner did not read in {timeout_s} s: {log.read_text()[-2000:]}")
+
+
 def _wait_learner_reads(client, key: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
     """Until the learner's group has been delivered something (it started, recovered and reads)."""
     deadline = time.monotonic() + timeout_s
@@ -109,7 +121,7 @@ def test_every_accepted_event_reaches_the_lake_exactly_once(tmp_path, mlflow_ser
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
     log = tmp_path / "learner.log"
     learner = _start_learner(env, log)
-    learner_starts, learner_exits = 1, []
+    learner_starts, learner_exits, learner_down = 1, [], False
     settings = serving_settings(tmp_path, redis_url=redis_proc.url, redis_prefix=prefix,
                                 mlflow_tracking_uri=mlflow_server, registered_model=model)  # fmt: skip
     lake = EventLake(tmp_path / "lake")
@@ -154,14 +166,16 @@ def test_every_accepted_event_reaches_the_lake_exactly_once(tmp_path, mlflow_ser
                 if rng.random() < 0.1:  # a client retry of an older batch (its 202 was "lost")
                     post(rng.choice(sent))
                 if k == n // 4:
-                    learner_exits.append(_stop(learner, signal.SIGKILL))  # learner crash
+                    learner_exits.append(_stop(learner, signal.SIGKILL))  # learner crash: down until n // 2
+                    learner_down = True
                 if k == n // 3:
                     stats = drain_stream_to_lake(sink_store, lake)  # the sink runs while the learner is dead
                     assert stats.appended > 0
                 if k == n // 2:
-                    learner = _start_learner(env, log)
+                    learner, learner_down = _start_learner(env, log), False
                     learner_starts += 1
                 if k == 2 * n // 3:
+                    _wait_consumer_active(sink_store.client, sink_store.stream_key, learner, log)
                     redis_proc.kill()  # Redis crash: the next posts get 503 + Retry-After
                     for b in batches[k + 1 : k + 3]:
                         post(b)
@@ -169,7 +183,7 @@ def test_every_accepted_event_reaches_the_lake_exactly_once(tmp_path, mlflow_ser
                     time.sleep(1.0)  # Retry-After
                     while retry:
                         post(retry.pop(0))
-                if learner.poll() is not None:  # exited (e.g. on the Redis restart): the supervisor restarts it
+                if not learner_down and learner.poll() is not None:  # exited on its own: a supervisor restarts it
                     learner_exits.append(learner.returncode)
                     learner = _start_learner(env, log)
                     learner_starts += 1
@@ -186,10 +200,12 @@ def test_every_accepted_event_reaches_the_lake_exactly_once(tmp_path, mlflow_ser
                 break
             time.sleep(0.5)
         assert _id(g["last-delivered-id"]) == last, log.read_text()[-3000:]
-        learner_pending = int(g["pending"])
+        learner_exits.append(_stop(learner, signal.SIGTERM))  # a clean stop publishes and acknowledges
+        learner_pending = int(_group(client, sink_store.stream_key, "reco-learner")["pending"])
         final = drain_stream_to_lake(sink_store, lake)
     finally:
-        learner_exits.append(_stop(learner, signal.SIGTERM))
+        if learner.poll() is None:
+            learner_exits.append(_stop(learner, signal.SIGTERM))
         sink_store.client.close()
         redis_proc.kill()
 

@@ -194,7 +194,7 @@ def test_weights_are_only_loaded_with_weights_only_and_nothing_is_unpickled() ->
             name = ast.unparse(node.func)
             where = f"{path.relative_to(ROOT)}:{node.lineno}"
             kwargs = {k.arg: k.value for k in node.keywords}
-            if name.endswith("torch.load") or name == "load" and "weights_only" in kwargs:
+            if name.endswith("torch.load") or (name == "load" and "weights_only" in kwargs):
                 wo = kwargs.get("weights_only")
                 if not (isinstance(wo, ast.Constant) and wo.value is True):
                     problems.append(f"{where}: {name} without weights_only=True")

@@ -4,6 +4,7 @@ see serving/settings.py and docs/api.md); the flags override host, port and work
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 
@@ -32,6 +33,9 @@ def serve(
     os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "67108864")
     # BLAS thread pools busy-wait on a small, shared machine; the similarity products are tiny.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    n_workers = workers or settings.workers
+    if n_workers > 1:
+        _prometheus_multiprocess_dir(settings.home / "run" / "prometheus")
     import uvicorn
 
     uvicorn.run(
@@ -39,7 +43,17 @@ def serve(
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
-        workers=workers or settings.workers,
+        workers=n_workers,
         log_level="info",
         access_log=False,
     )
+
+
+def _prometheus_multiprocess_dir(path: Path) -> None:
+    """An empty folder for prometheus_client's multiprocess mode, named in the environment the workers
+    inherit (stale files of an earlier run would add old counts to the new ones)."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)

@@ -61,18 +61,11 @@ class InProcessApi:
         rows = [model.index_of[i] for i in session if i in model.index_of][-self.max_session :]
         consumed = set(session)
         cands = [c for c in self.candidates if c not in consumed and c in model.index_of]
-        n = len(cands)
-        sess = np.zeros((n, self.max_session), np.int64)
-        sess[:, : len(rows)] = rows
-        z = np.zeros(n, np.int64)
         page, dev = (model.context_index or (lambda p, d: (0, 0)))(page_type, "desktop")
-        ex = Examples(sess, np.full(n, len(rows)), np.array([model.index_of[c] for c in cands]), z + 1, z + page,
-                      z + dev, np.ones(n, np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32), z)  # fmt: skip
-        with torch.inference_mode():
-            if rows or model.min_session == 0:
-                scores = logits_numpy(model, ex)
-            else:
-                scores = np.array([self._pop_rank.get(c, -1e9) for c in cands])
+        if not rows and model.min_session > 0:
+            scores = np.array([self._pop_rank.get(c, -1e9) for c in cands])
+        else:
+            scores = self._score(model, rows, [model.index_of[c] for c in cands], page, dev)
         top = np.argsort(-scores, kind="stable")[:limit]
         request_id = uuid.uuid4().hex
         items = [{"item_id": cands[j], "score": float(scores[j]), "position": p} for p, j in enumerate(top, 1)]
@@ -87,6 +80,21 @@ class InProcessApi:
         self.store.log_impressions(events)
         return {"request_id": request_id, "items": items, "experiment_group": arm, "online_snapshot": snapshot,
                 "model_version": model.base_version}  # fmt: skip
+
+    def _score(self, model: ArmModel, rows: list[int], cands: list[int], page: int, dev: int) -> np.ndarray:
+        module = model.module
+        with torch.inference_mode():
+            if hasattr(module, "score_candidates"):  # SessionAwareRanker: encode the session once
+                session = torch.tensor([rows or [0]])
+                query, _ = module.encode(session)
+                c = torch.tensor([cands])
+                seen = (c.unsqueeze(-1) == session.unsqueeze(1)).any(-1)
+                ctx = torch.tensor([page]), torch.tensor([dev])
+                return module.score_candidates(query, c, seen, *ctx)[0].numpy()
+            ex = Examples.zeros(len(cands), self.max_session)
+            ex.session[:, : len(rows)] = rows
+            ex.lengths[:], ex.items[:], ex.positions[:], ex.page[:], ex.device[:] = len(rows), cands, 1, page, dev
+            return logits_numpy(model, ex)
 
     def send_events(self, events: Sequence[dict[str, Any]]) -> None:
         self.store.ingest([Event.model_validate(e) for e in events])
