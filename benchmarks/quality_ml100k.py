@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -22,13 +23,14 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "moviel
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MovieLens-100k atomic files")
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="save the trained bundle here")
     parser.add_argument("--table", action="store_true", help="also print the Markdown table (stderr)")
     parser.add_argument("--progress", action="store_true", help="show the training progress bar (stderr)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")  # epochs -> stderr
 
     from reco.data.movielens import load_movielens
     from reco.evaluation import evaluate_split, format_table, leave_one_out
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epochs_run": len(result.history),
         "examples_per_s": round(result.metrics["examples_per_s"], 1),
         "epoch_s": round(result.metrics["epoch_s"], 2),
+        "epoch_cpu_s": round(result.metrics["epoch_cpu_s"], 2),
         "train_s": round(train_s, 1),
         "total_s": round(time.perf_counter() - t0, 1),
         "seed": args.seed,

@@ -20,6 +20,7 @@ Prints one JSON line. Bars: p50 <= 1.5x the bare forward's p50; p99 < 30 ms.
 from __future__ import annotations
 
 import argparse
+import http.client as http_client
 import json
 import os
 import socket
@@ -74,6 +75,18 @@ def bench_app():
         return Response(b'{"items":[]}', media_type="application/json")
 
     return app
+
+
+def post(conn: http_client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    conn.request("POST", path, body=body, headers=headers)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all threads (/proc/<pid>/stat; Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentiles(xs: list[float]) -> dict[str, float]:
@@ -158,24 +171,44 @@ def main() -> None:
             headers = {"Content-Type": "application/json"}
             lat, server_lat, n_items = [], [], set()
             empty: dict[str, list[float]] = {"sync": [], "async": []}
+            # The timed client is the stdlib's (one keep-alive connection): httpx spends about 1 ms of
+            # its own CPU per call, which would be charged to the server.
+            conn = http_client.HTTPConnection("127.0.0.1", port, timeout=10)
             for i in range(args.requests + 100):
                 t0 = time.perf_counter()
-                r = http.post("/v1/recommendations", content=payload, headers=headers)
+                status, raw = post(conn, "/v1/recommendations", payload, headers)
                 dt = time.perf_counter() - t0
-                r.raise_for_status()
+                if status != 200:
+                    raise RuntimeError(f"/v1/recommendations answered {status}: {raw[:300]!r}")
                 t1 = time.perf_counter()
                 bundle.score(session, cand_ids, "home", "mobile")
                 dt_bare = time.perf_counter() - t1
                 kind = "sync" if i % 2 else "async"
                 t2 = time.perf_counter()
-                http.post(f"/bench/empty-{kind}", content=payload, headers=headers).raise_for_status()
+                post(conn, f"/bench/empty-{kind}", payload, headers)
                 dt_empty = time.perf_counter() - t2
                 if i >= 100:
                     lat.append(dt)
                     bare.append(dt_bare)
                     empty[kind].append(dt_empty)
-                    server_lat.append(r.json()["latency_ms"] / 1000)
-                    n_items.add(len(r.json()["items"]))
+                    answer = json.loads(raw)
+                    server_lat.append(answer["latency_ms"] / 1000)
+                    n_items.add(len(answer["items"]))
+            # CPU seconds per call, load-independent: the server process (all its threads, the impression
+            # log included) for N recommendations and N empty calls, and this process for N bare forwards.
+            n_cpu = 300
+            cpu = {}
+            for name, path in (("server_per_recommendation", "/v1/recommendations"),
+                               ("server_per_empty_call", "/bench/empty-sync")):  # fmt: skip
+                c0 = process_cpu_s(server.pid)
+                for _ in range(n_cpu):
+                    post(conn, path, payload, headers)
+                cpu[name] = (process_cpu_s(server.pid) - c0) / n_cpu
+            c0 = time.thread_time()
+            for _ in range(n_cpu):
+                bundle.score(session, cand_ids, "home", "mobile")
+            cpu["bare_forward"] = (time.thread_time() - c0) / n_cpu
+            conn.close()
     finally:
         server.terminate()
         server.wait(20)
@@ -191,6 +224,7 @@ def main() -> None:
         "empty_endpoint_sync": sync_p, "empty_endpoint_async": percentiles(empty["async"]),
         "p50_ratio": round(http_p["p50_ms"] / bare_p["p50_ms"], 3),
         "p50_ratio_net_of_fixed_http": round((http_p["p50_ms"] - sync_p["p50_ms"]) / bare_p["p50_ms"], 3),
+        "cpu_ms_per_call": {k: round(v * 1000, 3) for k, v in cpu.items()},
         "bar_p50_ratio_le_1.5": http_p["p50_ms"] <= 1.5 * bare_p["p50_ms"], "bar_p99_lt_30ms": http_p["p99_ms"] < 30,
         "items_per_response": sorted(n_items),
     }))  # fmt: skip

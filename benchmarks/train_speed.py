@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
         "examples_per_s": round(res.metrics["examples_per_s"], 1),
         "epoch_s_mean": round(sum(epochs) / len(epochs), 2),
         "epoch_s_min": round(min(epochs), 2),
+        "epoch_cpu_s_mean": round(sum(h["epoch_cpu_s"] for h in res.history) / len(epochs), 2),
+        "examples_per_cpu_s": round(res.metrics["n_examples"] / min(h["epoch_cpu_s"] for h in res.history), 1),
         "total_s": round(time.perf_counter() - t0, 1),
     }
     print(json.dumps(line), flush=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -123,6 +124,23 @@ def tail(path: Path, n_chars: int = 3000) -> str:
             return f.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b[^\s]*: ")
+
+
+def failure_hint(output: str, max_chars: int = 2000) -> str:
+    """The last exception line of a Python traceback in `output` (e.g. "ValueError: ..."), else its tail.
+
+    >>> failure_hint("Traceback ...\\n  File x\\nValueError: bad date\\nDagRun failed\\n")
+    'ValueError: bad date'
+    >>> failure_hint("plain output")
+    'plain output'
+    """
+    for line in reversed(output.splitlines()):
+        if _EXCEPTION_LINE.match(line.strip()):
+            return line.strip()
+    return output[-max_chars:]
 
 
 @contextlib.contextmanager
@@ -369,7 +387,7 @@ class LocalStack:
             with log_path.open("rb") as f:
                 f.seek(start_offset)
                 out = f.read().decode("utf-8", "replace")
-            raise StackError(f"{name} failed (exit {rc}); log {log_path}:\n{out[-3000:]}")
+            raise StackError(f"{name} failed (exit {rc}): {failure_hint(out)}\nfull log: {log_path}")
 
     # ---- stop / status
 

@@ -404,7 +404,10 @@ class Recommender:
             except Exception as exc:  # Redis down or past its socket timeout: rank without online features
                 log.warning("request features unavailable: %s", exc)
                 features = None
-        if features is not None and trending_k:
+        if features is None:  # Redis is failing: no trending list either (the popular fallback serves)
+            self._trending = None
+            return None, None
+        if trending_k:
             trending = trending_candidates(features.trending_top)
             self._trending = (monotonic(), trending)
         return features, trending

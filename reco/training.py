@@ -61,19 +61,25 @@ class WarmStartError(ValueError):
 
 @dataclass
 class TrainConfig:
-    epochs: int = 40
-    batch_size: int = 64  # windows per step (each holds up to max_session_len examples)
-    lr: float = 1e-3
+    epochs: int = 30
+    batch_size: int = 32  # windows per step (each holds up to max_session_len examples)
+    lr: float = 3e-3
     weight_decay: float = 0.0
     n_hard: int = 16  # hardest retrieval negatives per example for the ranker loss
     n_random: int = 8  # uniform negatives per example
     max_session_len: int = 50
     window_stride: int = 25
     grad_clip: float = 5.0
-    patience: int = 8  # epochs without validation improvement before stopping (needs validation)
+    patience: int = 6  # epochs without validation improvement before stopping (needs validation)
     seed: int = 0
     threads: int = 2
     model: dict[str, Any] = field(default_factory=dict)  # RankerConfig overrides (not the vocab sizes)
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "max_session_len", "window_stride", "threads", "n_hard")
+        bad = [k for k in positive if getattr(self, k) < 1] + [k for k in ("lr",) if self.lr <= 0]
+        if bad or self.n_random < 0:
+            raise ValueError(f"TrainConfig: {', '.join(bad) or 'n_random'} out of range")
 
     @property
     def n_negatives(self) -> int:
@@ -89,6 +95,9 @@ class Examples:
     targets: np.ndarray
     page: np.ndarray
     device: np.ndarray
+    user: np.ndarray  # (W,) index into `sequences`
+    offset: np.ndarray  # (W,) position of the window's first item in its user's sequence
+    sequences: list[np.ndarray] = field(default_factory=list)  # each user's item rows, chronological
 
     @property
     def n_examples(self) -> int:
@@ -110,6 +119,20 @@ def vocabulary(catalog: ItemCatalog, events: pd.DataFrame) -> list[str]:
     known = set(catalog.item_ids)
     extra = sorted(set(events["item_id"].astype(str)) - known)
     return [PAD, *catalog.item_ids, *extra]
+
+
+def interactions(events: pd.DataFrame) -> pd.DataFrame:
+    """The events that express interest (not impressions), each `event_id` once.
+
+    >>> ev = pd.DataFrame({"event_id": ["a", "a", "b"], "event_type": ["view", "view", "impression"]})
+    >>> interactions(ev).event_id.tolist()
+    ['a']
+    """
+    if "event_type" in events.columns:
+        events = events[events["event_type"].astype(str) != "impression"]
+    if "event_id" in events.columns:
+        events = events.drop_duplicates("event_id")
+    return events
 
 
 def _context_codes(values: pd.Series | None, vocab: Sequence[str], default: str, n: int) -> np.ndarray:
@@ -147,6 +170,9 @@ def build_examples(
     dev = _context_codes(ev.get("device"), devices, DEFAULT_DEVICE, len(ev))
     T = max_session_len
     out: dict[str, list[np.ndarray]] = {"w": [], "t": [], "p": [], "d": []}
+    users: list[int] = []
+    offsets: list[int] = []
+    sequences: list[np.ndarray] = []
     groups = pd.Series(np.arange(len(ev))).groupby(ev["user_id"].to_numpy(), sort=False)
     for _, pos in groups:
         idx = pos.to_numpy()
@@ -154,6 +180,7 @@ def build_examples(
         if len(idx) < 2:
             continue
         n_in = len(idx) - 1  # inputs idx[:-1] predict idx[1:]
+        sequences.append(rows[idx])
         start = 0
         while True:
             sl = slice(start, min(start + T, n_in))
@@ -169,18 +196,20 @@ def build_examples(
             p[:n], d[:n] = page[tgt], dev[tgt]
             for k, v in zip("wtpd", (w, t, p, d), strict=True):
                 out[k].append(v)
+            users.append(len(sequences) - 1)
+            offsets.append(start)
             if start + T >= n_in:
                 break
             start += window_stride
     if not out["w"]:
         raise ValueError("no training examples: every user needs at least 2 interactions with known items")
-    return Examples(*(np.stack(out[k]) for k in "wtpd"))
+    return Examples(*(np.stack(out[k]) for k in "wtpd"), np.array(users), np.array(offsets), sequences)
 
 
 def popularity_buckets(counts: np.ndarray, n_buckets: int) -> np.ndarray:
-    """log2 buckets of interaction counts: 0 -> 0, 1 -> 1, 2-3 -> 2, 4-7 -> 3, ... capped.
+    """floor(log2(1 + count)), capped at n_buckets - 1: 0 -> 0, 1-2 -> 1, 3-6 -> 2, 7-14 -> 3, ...
 
-    >>> popularity_buckets(np.array([0, 1, 3, 4, 1000]), 6).tolist()
+    >>> popularity_buckets(np.array([0, 1, 3, 7, 1000]), 6).tolist()
     [0, 1, 2, 3, 5]
     """
     b = np.floor(np.log2(np.maximum(counts, 0) + 1.0)).astype(np.int64)
@@ -252,14 +281,33 @@ def _set_item_features(
 # --------------------------------------------------------------------------- loop
 
 
-def _batch_loss(model: SessionAwareRanker, batch: dict[str, torch.Tensor], cfg: TrainConfig, gen: torch.Generator):
+def _seen(batch: dict[str, torch.Tensor], sel: torch.Tensor, cands: torch.Tensor, ex: Examples, n_items: int):
+    """(M, C) bool: was the candidate in the user's history up to the example's prefix (all of it,
+    not only the window: serving passes the whole known history)."""
+    import torch
+
+    users = batch["u"].numpy()
+    uniq, local = np.unique(users, return_inverse=True)
+    first = np.full((len(uniq), n_items), np.iinfo(np.int64).max, dtype=np.int64)  # first position of each item
+    for k, u in enumerate(uniq):
+        seq = ex.sequences[u]
+        first[k, seq[::-1]] = np.arange(len(seq) - 1, -1, -1)  # reversed: the earliest position wins
+    first[:, 0] = np.iinfo(np.int64).max
+    T = sel.size(1)
+    pos = (batch["o"].unsqueeze(1) + torch.arange(T))[sel]  # (M,) position of the prefix's last item
+    rows = torch.from_numpy(local).unsqueeze(1).expand(-1, T)[sel]  # (M,)
+    return torch.from_numpy(first)[rows.unsqueeze(1), cands] <= pos.unsqueeze(1)
+
+
+def _batch_loss(
+    model: SessionAwareRanker, batch: dict[str, torch.Tensor], cfg: TrainConfig, gen: torch.Generator, ex: Examples
+):
     import torch
     import torch.nn.functional as F
 
     from reco.models.ranker import sampled_softmax_loss
 
     x, y = batch["w"], batch["t"]  # (B, T)
-    B, T = x.shape
     states = model.encoder.all_prefixes(model.drop(model.item_emb(x)), x > 0)  # (B, T, 2H)
     sel = y > 0
     q = model.to_query(states[sel])  # (M, d)
@@ -270,9 +318,7 @@ def _batch_loss(model: SessionAwareRanker, batch: dict[str, torch.Tensor], cfg: 
     hard = masked.topk(cfg.n_hard, dim=1).indices  # (M, n_hard)
     rand = torch.randint(1, model.config.n_items, (len(target), cfg.n_random), generator=gen)
     cands = torch.cat([target[:, None], hard, rand], dim=1)  # (M, C), positive first
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    hist = (x.unsqueeze(1) * causal).reshape(B, T, T)[sel]  # (M, T): the prefix's items
-    seen = (cands.unsqueeze(-1) == hist.unsqueeze(1)).any(-1) & (cands > 0)
+    seen = _seen(batch, sel, cands, ex, model.config.n_items)
     item_part = model.item_features(torch.arange(model.config.n_items))[cands]  # item-only part once per item
     logits = model.score_candidates(q, cands, seen, batch["p"][sel], batch["d"][sel], item_part=item_part)
     clash = cands == target[:, None]
@@ -289,12 +335,14 @@ def train(
     progress: bool = True,
     validation: tuple[Sequence[Sequence[str]], Sequence[str]] | None = None,
 ) -> TrainResult:
-    """Train on `events` (user_id, item_id, ts; page_type/device optional). With `validation`
+    """Train on `events` (user_id, item_id, ts; page_type/device optional; impressions and repeated
+    event_ids are dropped: see `interactions`). With `validation`
     (sessions, next items), every epoch is scored through the served path and the best epoch by
     validation NDCG@10 is kept (early stop after `patience` epochs without improvement)."""
     import torch
 
     cfg = config or TrainConfig()
+    events = interactions(events)
     item_ids = vocabulary(catalog, events)
     categories = catalog.categories
     with torch.random.fork_rng():
@@ -317,8 +365,9 @@ def train(
     metrics = {
         "best_epoch": best.get("epoch"),
         "n_examples": ex.n_examples,
-        "examples_per_s": float(np.mean([h["examples_per_s"] for h in history])) if history else 0.0,
-        "epoch_s": float(np.mean([h["epoch_s"] for h in history])) if history else 0.0,
+        "examples_per_s": float(np.mean([h["examples_per_s"] for h in history])),
+        "epoch_s": float(np.mean([h["epoch_s"] for h in history])),
+        "epoch_cpu_s": float(np.mean([h["epoch_cpu_s"] for h in history])),
         **{k: v for k, v in best.items() if k.startswith("valid_")},
     }
     meta = {
@@ -338,7 +387,7 @@ def _fit(model, ex: Examples, cfg: TrainConfig, item_ids, catalog, categories, v
 
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    data = {"w": ex.windows, "t": ex.targets, "p": ex.page, "d": ex.device}
+    data = {"w": ex.windows, "t": ex.targets, "p": ex.page, "d": ex.device, "u": ex.user, "o": ex.offset}
     data = {k: torch.from_numpy(v) for k, v in data.items()}
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_batches = math.ceil(len(ex.windows) / cfg.batch_size)
@@ -350,10 +399,10 @@ def _fit(model, ex: Examples, cfg: TrainConfig, item_ids, catalog, categories, v
         task = bar.add_task("train", total=cfg.epochs * n_batches, epoch=0, loss=0.0, info="")
         for epoch in range(1, cfg.epochs + 1):
             model.train()
-            t0, total, seen = time.perf_counter(), 0.0, 0
+            t0, c0, total, seen = time.perf_counter(), time.process_time(), 0.0, 0
             for b in np.array_split(rng.permutation(len(ex.windows)), n_batches):
                 batch = {k: v[torch.from_numpy(b)] for k, v in data.items()}
-                loss, n = _batch_loss(model, batch, cfg, gen)
+                loss, n = _batch_loss(model, batch, cfg, gen, ex)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -361,7 +410,9 @@ def _fit(model, ex: Examples, cfg: TrainConfig, item_ids, catalog, categories, v
                 total, seen = total + loss.item() * n, seen + n
                 bar.update(task, advance=1, epoch=epoch, loss=total / seen)
             elapsed = time.perf_counter() - t0
-            row: dict[str, Any] = {"epoch": epoch, "loss": total / seen, "epoch_s": elapsed,
+            # CPU seconds (all threads) next to wall time: on a shared machine the wall figure is noisy
+            cpu = time.process_time() - c0
+            row: dict[str, Any] = {"epoch": epoch, "loss": total / seen, "epoch_s": elapsed, "epoch_cpu_s": cpu,
                                    "examples_per_s": seen / elapsed}  # fmt: skip
             if validation is not None:
                 model.eval()

@@ -180,3 +180,98 @@ def test_not_ready_without_any_model(tmp_path, redis_url, redis_prefix) -> None:
         assert ready.status_code == 503 and ready.json()["arms"] == {"control": None, "treatment": None}
         r = c.post("/v1/recommendations", json={"user_id": "u"})
         assert r.status_code == 503 and "Retry-After" in r.headers
+
+
+def test_admin_pauses_learning_per_arm_and_responses_name_the_online_snapshot(client: TestClient, settings) -> None:
+    import io
+
+    import torch
+
+    from reco.store import RedisStore, connect
+
+    assert client.get("/v1/admin/learning").status_code == 401
+    assert client.post("/v1/admin/learning/control/pause", headers={"X-API-Key": "nope"}).status_code == 403
+    unknown = client.post("/v1/admin/learning/nope/pause", headers=KEY)
+    assert unknown.status_code == 404 and "control" in unknown.json()["detail"]
+    paused = client.post("/v1/admin/learning/control/pause", headers=KEY).json()["arms"]
+    assert paused["control"]["paused"] is True and paused["treatment"]["paused"] is False
+    from reco.online.control import is_paused
+
+    store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
+    assert is_paused(store, "control")  # what the learner reads
+    resumed = client.post("/v1/admin/learning/control/resume", headers=KEY).json()["arms"]
+    assert not resumed["control"]["paused"] and not is_paused(store, "control")
+
+    # The learner publishes a snapshot for both arms' base version; the server adopts it between requests.
+    base = client.get("/readyz").json()["arms"]["control"]
+    blob = io.BytesIO()
+    torch.save(tiny_bundle(seed=0).model.state_dict(), blob)
+    snaps = {arm: store.put_weights(arm, blob.getvalue(), {"base_version": base}) for arm in ("control", "treatment")}
+    body = {}
+    for _ in range(100):  # weights are polled every 0.2 s in the tests
+        body = client.post("/v1/recommendations", json={"user_id": "u-snap", "limit": 3}).json()
+        if body["online_snapshot"] is not None:
+            break
+        threading.Event().wait(0.1)
+    assert body["online_snapshot"] == snaps[body["experiment_group"]] and body["model_version"] == base
+    status = client.get("/v1/admin/learning", headers=KEY).json()["arms"]
+    assert status[body["experiment_group"]]["online_snapshot"] == body["online_snapshot"]
+    store.client.close()
+
+
+def test_several_workers_report_merged_prometheus_metrics(tmp_path, redis_url, redis_prefix) -> None:
+    """`reco serve --workers 2`: whichever worker answers /metrics counts every worker's requests."""
+    import http.client
+    import os
+    import re
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from serving.models import ModelCache
+
+    for arm in ("control", "treatment"):
+        ModelCache(tmp_path / "cache").save(arm, "4", tiny_bundle())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RECO_HOME": str(tmp_path / "home"), "RECO_REDIS_URL": redis_url,
+           "RECO_REDIS_PREFIX": redis_prefix, "RECO_MLFLOW_TRACKING_URI": DEAD_MLFLOW,
+           "RECO_MODEL_CACHE_DIR": str(tmp_path / "cache"), "RECO_MODEL_POLL_S": "3600"}  # fmt: skip
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    reco = Path(sys.executable).parent / "reco"
+    server = subprocess.Popen([str(reco), "serve", "--port", str(port), "--workers", "2"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def call(method: str, path: str, body: bytes | None = None) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # a new connection: any worker
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
+    try:
+        ready = 0
+        for _ in range(600):  # both workers import torch and load the cached model
+            try:
+                ready = ready + 1 if call("GET", "/readyz")[0] == 200 else 0
+            except OSError:
+                ready = 0
+            if ready >= 6:
+                break
+            time.sleep(0.2)
+        for i in range(10):
+            assert call("POST", "/v1/recommendations", f'{{"user_id": "mp{i}", "limit": 2}}'.encode())[0] == 200
+        for _ in range(5):
+            text = call("GET", "/metrics")[1]
+            counts = re.findall(r'^reco_recommendation_latency_seconds_count\{arm="\w+"\} (\S+)$', text, re.M)
+            assert sum(float(c) for c in counts) == 10
+            assert 'reco_model_version{arm="control"} 4.0' in text
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert (tmp_path / "home" / "run" / "prometheus").is_dir()

@@ -118,3 +118,47 @@ def test_small_demo_end_to_end(tmp_path: Path, movielens_dir: Path) -> None:
     # Everything the demo started is stopped, and no pid file is left behind.
     assert all(not s.running for s in LocalStack(home).status())
     assert not list((home / "run").glob("*.pid"))
+
+
+def test_summary_reads_the_report_schema_and_prints(tmp_path: Path) -> None:
+    """The demo's summary from a real A/B report JSON (the engine on seeded synthetic logs)."""
+    import datetime as dt
+    import random
+
+    import pyarrow as pa
+    from rich.console import Console
+
+    from reco.cli.demo import print_summary
+    from reco.demo import _summarise, scale_named
+    from reco.experiments.report import ReportConfig, build_report, render_json
+
+    rng = random.Random(0)
+    rows = []
+    for u in range(400):
+        arm = "control" if u % 2 else "treatment"
+        for k in range(5):
+            rid = f"r{u}-{k}"
+            ts = dt.datetime(2026, 1, 1 + k % 3, 12, tzinfo=dt.UTC)
+            base = dict(ts=ts, user_id=f"u{u}", item_id=str(k), request_id=rid, arm=arm)
+            rows.append(dict(base, event_id=f"i{u}-{k}", event_type="impression"))
+            if rng.random() < (0.12 if arm == "treatment" else 0.10):
+                rows.append(dict(base, event_id=f"c{u}-{k}", event_type="click"))
+    report = build_report(pa.Table.from_pylist(rows), ReportConfig(control="control", experiment="exp"))
+    path = tmp_path / "exp" / "2026-01-03.json"
+    path.parent.mkdir()
+    path.write_text(render_json(report))
+
+    summary = _summarise(scale_named("small"), {"control": "1", "treatment": "2", "champion": "1"}, path)
+    arms = {a.arm: a for a in summary.arms}
+    assert arms["control"].version == "1" and arms["treatment"].version == "2"
+    assert arms["control"].impressions == 1000 and arms["treatment"].impressions == 1000
+    assert 0 < arms["control"].ctr < 1 and arms["treatment"].clicks > 0
+    assert summary.comparison["arm"] == "treatment" and 0 <= summary.comparison["p_value"] <= 1
+    assert len(summary.comparison["relative_ci"]) == 2
+    assert summary.decision.startswith(("continue", "ship", "stop"))
+    assert summary.report_json == str(path)
+
+    console = Console(record=True, width=200)
+    print_summary(console, summary)
+    text = console.export_text()
+    assert "arm-treatment" in text and "CTR" in text and "p-value" in text and "decision:" in text

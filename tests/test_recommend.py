@@ -153,3 +153,23 @@ def test_async_impression_failures_reach_the_hook(model: ServedModel) -> None:
     with ThreadPoolExecutor(1) as log_pool:
         make(dead, model, log_executor=log_pool, on_log_error=failures.append).recommend(RecoRequest("u8", limit=2))
     assert len(failures) == 1
+
+
+@pytest.mark.integration
+def test_cart_page_skips_the_cart_and_the_served_session_is_recorded_for_the_learner(store, model) -> None:
+    from reco.online.control import read_request_contexts
+
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    store.ingest(views("s5", ["3", "7"]))
+    popular = [it.item_id for it in make(None, model).recommend(RecoRequest("u9", limit=5)).items]
+    popular = [i for i in popular if i not in {"3", "7"}][:3]
+    store.ingest([Event(event_id=f"cart-{i}", ts=ts, user_id="u9", session_id="s5", item_id=it,
+                        event_type="add_to_cart") for i, it in enumerate(popular)])  # fmt: skip
+    rec = make(store, model)
+    cart_page = rec.recommend(RecoRequest("u9", page_type="cart", session_id="s5", limit=10))
+    home = rec.recommend(RecoRequest("u9", page_type="home", session_id="s5", limit=39))
+    assert not set(popular) & {it.item_id for it in cart_page.items}
+    assert set(popular) <= {it.item_id for it in home.items}  # only the cart page drops the cart
+    assert read_request_contexts(store.client, store.prefix, [cart_page.request_id]) == {
+        cart_page.request_id: ("3", "7")
+    }

@@ -185,3 +185,39 @@ def test_concurrent_ingest_of_overlapping_batches_accepts_each_event_once(redis_
     assert accepted == 300 == store.stream_length()
     assert store.popular(9)[0][1] == pytest.approx(34.0)  # 300 views over 9 items: 34, 34, 34, 33, ...
     client.close()
+
+
+def test_cart_holds_added_items_drops_purchased_ones_and_is_read_with_the_features(store: RedisStore) -> None:
+    store.cart_max = 2
+    store.ingest([ev("c1", "add_to_cart", "i1"), ev("c2", "add_to_cart", "i2"), ev("c3", "add_to_cart", "i3"),
+                  ev("p3", "purchase", "i3"), ev("c4", "add_to_cart", "i4", session_id="s2")])  # fmt: skip
+    assert store.cart_items("s1") == ["i2"]  # bounded to the last 2 additions, then i3 bought
+    assert 0 < store.client.ttl(store.key("cart", "s1")) <= store.session_ttl_s
+    store.ingest([ev("v1", "view", "i9"), ev("v2", "view", "i8")])
+    ctx = store.request_context("u1", "s1", [], "control", [], item_features=False, trending_k=1)
+    assert ctx.cart_items == ["i2"] and ctx.session_items == ["i9", "i8"]
+    assert len(ctx.trending_top) == 1 and ctx.trending_top[0][0] in {"i8", "i9"}
+    assert store.request_context("u1", None, [], None, []).cart_items == []
+
+
+def test_impression_log_writes_the_learners_request_context_in_the_same_round_trip(store: RedisStore) -> None:
+    from reco.online.control import read_request_contexts
+
+    imps = [ev(f"r1:{p}", "impression", f"i{p}", request_id="r1", arm="control", position=p) for p in (1, 2)]
+    calls: list[str] = []
+    pipeline = store.client.pipeline
+
+    def counting_pipeline(*args, **kwargs):
+        calls.append("pipeline")
+        return pipeline(*args, **kwargs)
+
+    store.client.pipeline = counting_pipeline
+    try:
+        result = store.log_impressions(imps, categories={"i1": "drama"}, request_context=["a", "b"])
+    finally:
+        store.client.pipeline = pipeline
+    assert calls == ["pipeline"] and (result.accepted, result.duplicates) == (2, 0)
+    assert read_request_contexts(store.client, store.prefix, ["r1", "r0"]) == {"r1": ("a", "b")}
+    assert store.thompson_stats("control", ["drama"]) == {"drama": (0.0, 1.0)}
+    with pytest.raises(ValueError, match="one request"):
+        store.log_impressions([*imps, ev("r2:1", "impression", "i1", request_id="r2")], request_context=[])

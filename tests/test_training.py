@@ -133,3 +133,31 @@ def test_warm_start_with_another_architecture_is_a_clear_error():
     init = _init_bundle()
     with pytest.raises(WarmStartError, match="hidden: 16 -> 32"):
         train(_walks(), _catalog(), _config(model={**TINY, "hidden": 32}), init=init, progress=False)
+
+
+def test_cli_trains_from_the_lake_and_evaluates_with_clear_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from reco.cli import app
+    from reco.data.lake import EventLake
+    from reco.models.bundle import ModelBundle
+
+    ev = _walks(n_users=12)
+    ev["event_id"] = [f"e{k}" for k in range(len(ev))]
+    ev["event_type"] = "view"
+    impressions = ev.head(30).assign(event_id=lambda d: "imp-" + d.event_id, event_type="impression")
+    EventLake(tmp_path / "lake").append(pd.concat([ev, impressions]))
+    _catalog().to_parquet(tmp_path / "catalog.parquet")
+    runner = CliRunner()
+    args = ["train", "--lake", str(tmp_path / "lake"), "--catalog", str(tmp_path / "catalog.parquet"),
+            "--out", str(tmp_path / "model"), "--epochs", "1", "--threads", "1"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "| reco | kept |" in res.output and "| MostPop | excluded |" in res.output
+    bundle = ModelBundle.load(tmp_path / "model")
+    assert bundle.meta["n_events"] == len(ev) - 2 * 12  # no impressions; each user's last 2 held out
+    assert "test_metrics" in bundle.meta
+    bad = runner.invoke(app, ["train", "--lake", str(tmp_path / "lake"), "--out", str(tmp_path / "m2")])
+    assert bad.exit_code == 2 and "--catalog" in bad.output and "Traceback" not in bad.output
+    missing = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "nope"), "--data", str(tmp_path)])
+    assert missing.exit_code == 2 and "model directory not found" in missing.output

@@ -50,7 +50,7 @@ def train_cmd(
     start: str | None = typer.Option(None, help="first lake day, YYYY-MM-DD"),
     end: str | None = typer.Option(None, help="last lake day, YYYY-MM-DD"),
     init: Path | None = typer.Option(None, "--init", help="warm-start from this model bundle"),
-    epochs: int = typer.Option(40, min=1),
+    epochs: int = typer.Option(30, min=1),
     seed: int = typer.Option(0),
     threads: int = typer.Option(2, min=1),
     holdout: bool = typer.Option(
@@ -61,10 +61,11 @@ def train_cmd(
     from reco.data.movielens import DataFileError
     from reco.evaluation import evaluate_split, format_table, leave_one_out
     from reco.models.bundle import BundleError, ModelBundle
-    from reco.training import TrainConfig, WarmStartError, train
+    from reco.training import TrainConfig, WarmStartError, interactions, train
 
     try:
         events, cat = _load_events(data, lake, catalog, start, end)
+        events = interactions(events)  # the split, like training, sees no impressions
         parent = ModelBundle.load(init) if init else None
         cfg = TrainConfig(epochs=epochs, seed=seed, threads=threads)
         if holdout:

@@ -5,6 +5,9 @@ Directory layout (`save` / `load`): `config.json` (RankerConfig), `weights.pt` (
 with `torch.load(weights_only=True)`), `items.json` (vocabulary; row i of the embedding table is
 `items[i]`, row 0 is "<pad>"), `catalog.parquet`, `meta.json` (training config, metrics, categories).
 
+The session given to `score` is the user's recent history, oldest first: the encoder reads its last
+`max_session_len` items; the ranker's "already seen" feature uses all of it.
+
 `score` and `score_batch` are THE scoring path: serving, the offline evaluation and the quality
 benchmark all go through `score_batch`, so the offline figures are those of the served ranking.
 """
@@ -93,6 +96,7 @@ class ModelBundle:
         model = self.model
         shared = len(candidates) == 0 or isinstance(candidates[0], str)
         parsed = [self._session_rows(s) for s in sessions]
+        history = [self.index_of(s) for s in sessions]  # ALL items given: the "already seen" feature
         width = max([1] + [len(r) for r, _ in parsed])
         sess = np.zeros((len(sessions), width), dtype=np.int64)  # right padding
         for b, (r, _) in enumerate(parsed):
@@ -104,7 +108,11 @@ class ModelBundle:
             c = torch.from_numpy(cand)
             query, attn = model.encode(s)  # session encoded once per request
             c2 = c.unsqueeze(0).expand(len(sessions), -1) if shared else c
-            seen = (c2.unsqueeze(-1) == s.unsqueeze(1)).any(-1) & (c2 > 0)
+            seen_rows = torch.zeros(len(sessions), model.config.n_items, dtype=torch.bool)
+            for b, h in enumerate(history):
+                seen_rows[b, torch.from_numpy(h)] = True
+            seen_rows[:, 0] = False
+            seen = seen_rows.gather(1, c2)  # (B, C)
             item_part = model.item_features(c).unsqueeze(0) if shared else None
             ctx = torch.full((len(sessions),), page), torch.full((len(sessions),), dev)
             scores = model.score_candidates(query, c2, seen, *ctx, item_part=item_part).numpy()

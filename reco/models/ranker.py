@@ -17,7 +17,8 @@ and an MLP over [item features, session embedding] that scores each candidate. W
   `<session, item>` is a retrieval score over the whole catalogue (tied input/output embeddings);
 - the final score is that dot product plus the MLP's correction over the joined features
   (item embedding, category, popularity bucket, context, session embedding, their element-wise
-  product, and whether the candidate is already in the session).
+  product, and whether the candidate is already in the history given: `forward` uses the session,
+  `ModelBundle.score` the whole history it is given).
 
 The MLP's first layer is a Linear over the concatenation, computed as a sum of per-part Linears
 (identical maths) so that item-only and session-only parts are computed once, not per pair.

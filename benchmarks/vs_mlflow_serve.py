@@ -1,0 +1,196 @@
+"""reco vs `mlflow models serve`: the same registered model version, the same 500 candidates, in one run.
+
+Setup: the full-size ranker over the MovieLens-100k catalogue (as benchmarks/serving_latency.py) is
+registered in a private MLflow registry (SQLite) with `reco.registry.log_bundle` and both arm aliases set.
+Two servers load that version from the registry, each in its own process on loopback:
+
+* `mlflow models serve -m models:/<name>/<version> --env-manager local` (its pyfunc, `RankerPyfunc`:
+  one row = session item ids + candidate item ids -> candidate scores);
+* `reco serve` (1 worker): `POST /v1/recommendations` for a user whose 20-item session is in Redis; the
+  pipeline ranks 500 candidates and returns 20.
+
+The mlflow request carries exactly the candidates the reco pipeline ranks (taken from the same code), so
+both servers run one forward over the same batch; reco also does retrieval, rules, exploration,
+explanations and the impression log. Calls alternate between the servers (one keep-alive connection
+each, stdlib client) so that machine load hits both alike. A correctness check compares the scores reco
+returns with mlflow's scores for the same items.
+
+    .venv/bin/python benchmarks/vs_mlflow_serve.py [--requests 500] [--redis-url redis://127.0.0.1:6379/0]
+
+Prints one JSON line. Bar: reco at least 3x faster per call (p50 ratio mlflow / reco >= 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client as http_client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from serving_latency import free_port, full_bundle, percentiles, post
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+NAME = "reco-bench-ranker"
+
+
+def register(tracking_uri: str, bundle) -> str:
+    """Log the bundle as a registry version (the production path) and point both arm aliases at it."""
+    from reco.registry import Lineage, client_for, ensure_experiment, log_bundle, promote
+
+    client = client_for(tracking_uri)
+    run = client.create_run(ensure_experiment(client, "bench"))
+    lineage = Lineage(
+        data_snapshot_id="bench", data_rows=0, validation_id="bench", validation_bad_rows=0, parent_version=None,
+        metrics={}, train_config={"seed": 0},
+    )  # fmt: skip
+    version = str(log_bundle(client, NAME, bundle, lineage, run_id=run.info.run_id).version)
+    client.set_terminated(run.info.run_id)
+    for alias in ("arm-control", "arm-treatment"):
+        promote(client, NAME, alias, version, who="bench", reason="vs mlflow serve")
+    return version
+
+
+def wait_ready(port: int, path: str, proc: subprocess.Popen, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server for {path} exited with {proc.returncode}")
+        try:
+            conn = http_client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"server on port {port} not ready after {timeout_s} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=500)
+    ap.add_argument("--redis-url", default=os.environ.get("RECO_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    args = ap.parse_args()
+
+    from reco.candidates import trending_candidates
+    from reco.data.events import Event
+    from reco.experiments.assignment import Assignment, ExplorationConfig
+    from reco.recommend import Recommender, RecoRequest, ServedModel, _session_for_model
+    from reco.store import RedisStore, connect
+
+    tmp = Path(tempfile.mkdtemp(prefix="reco-vs-mlflow-"))
+    tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    bundle = full_bundle()
+    version = register(tracking_uri, bundle)
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    store = RedisStore(connect(args.redis_url), prefix)
+    rng = np.random.default_rng(0)
+    items = bundle.item_ids[1:]
+    session = [str(i) for i in rng.choice(items, 20, replace=False)]
+    ts = datetime.now(UTC)
+    store.ingest([Event(event_id=f"b{i}", ts=ts, user_id="bench", session_id="bench-s", item_id=it, event_type="view")
+                  for i, it in enumerate(session)])  # fmt: skip
+    store.ingest([Event(event_id=f"t{i}", ts=ts, user_id=f"t{i}", item_id=str(it), event_type="view")
+                  for i, it in enumerate(rng.choice(items, 300))])  # fmt: skip
+    # The candidates the reco pipeline ranks for this session, from the same code.
+    served = ServedModel.build(bundle, version)
+    rec = Recommender(store=store, assign=lambda u: Assignment("e", "control", "arm-control", ExplorationConfig(), 0.0),
+                      models=lambda a: served)  # fmt: skip
+    features = store.request_context("bench", "bench-s", [], "control", served.categories, trending_k=100)
+    req = RecoRequest("bench", session_id="bench-s", limit=20)
+    trending = trending_candidates(features.trending_top)
+    cand_ids = [c.item_id for c in rec._candidates(req, served, _session_for_model(features, served.index), trending)
+                .candidates]  # fmt: skip
+
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT),
+           "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}  # fmt: skip
+    mlflow_port, reco_port = free_port(), free_port()
+    logs = [open(tmp / f"{n}.log", "wb") for n in ("mlflow", "reco")]  # noqa: SIM115 - closed below
+    mlflow_proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}/{version}", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
+        env=env, cwd=ROOT, stdout=logs[0], stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    reco_env = {**env, "RECO_HOME": str(tmp / "home"), "RECO_REDIS_URL": args.redis_url, "RECO_REDIS_PREFIX": prefix,
+                "RECO_MLFLOW_TRACKING_URI": tracking_uri, "RECO_REGISTERED_MODEL": NAME,
+                "RECO_MODEL_POLL_S": "3600"}  # fmt: skip
+    reco_proc = subprocess.Popen([str(BIN / "reco"), "serve", "--port", str(reco_port)], env=reco_env, cwd=ROOT,
+                                 stdout=logs[1], stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_ready(mlflow_port, "/ping", mlflow_proc)
+        wait_ready(reco_port, "/readyz", reco_proc)
+        headers = {"Content-Type": "application/json"}
+        row = {"session_item_ids": session, "candidate_item_ids": cand_ids, "page_type": "home", "device": "mobile"}
+        mlflow_body = json.dumps({"dataframe_records": [row]}).encode()
+        reco_body = json.dumps({"user_id": "bench", "session_id": "bench-s", "limit": 20, "device": "mobile"}).encode()
+        m_conn = http_client.HTTPConnection("127.0.0.1", mlflow_port, timeout=30)
+        r_conn = http_client.HTTPConnection("127.0.0.1", reco_port, timeout=30)
+        lat: dict[str, list[float]] = {"mlflow": [], "reco": []}
+        max_diff, versions = 0.0, set()
+        warmup = 20
+        for i in range(args.requests + warmup):
+            t0 = time.perf_counter()
+            status, raw_m = post(m_conn, "/invocations", mlflow_body, headers)
+            t1 = time.perf_counter()
+            if status != 200:
+                raise RuntimeError(f"mlflow answered {status}: {raw_m[:300]!r}")
+            status, raw_r = post(r_conn, "/v1/recommendations", reco_body, headers)
+            t2 = time.perf_counter()
+            if status != 200:
+                raise RuntimeError(f"reco answered {status}: {raw_r[:300]!r}")
+            if i < warmup:
+                continue
+            lat["mlflow"].append(t1 - t0)
+            lat["reco"].append(t2 - t1)
+            if i < warmup + 20:  # same model, same batch: reco's scores are mlflow's scores
+                m_scores = dict(zip(cand_ids, _mlflow_scores(json.loads(raw_m)), strict=True))
+                answer = json.loads(raw_r)
+                versions.add(answer["model_version"])
+                for it in answer["items"]:
+                    max_diff = max(max_diff, abs(m_scores[it["item_id"]] - it["score"]))
+        m_conn.close()
+        r_conn.close()
+    finally:
+        for proc in (mlflow_proc, reco_proc):
+            proc.terminate()
+        for proc in (mlflow_proc, reco_proc):
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()
+        keys = list(store.client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            store.client.delete(*keys)
+    m, r = percentiles(lat["mlflow"]), percentiles(lat["reco"])
+    print(json.dumps({
+        "benchmark": "vs_mlflow_serve", "registered_version": version, "reco_served_versions": sorted(versions),
+        "candidates": len(cand_ids), "session": len(session), "requests": len(lat["reco"]),
+        "load_avg_1m": round(os.getloadavg()[0], 2), "mlflow_models_serve": m, "reco": r,
+        "ratio_p50": round(m["p50_ms"] / r["p50_ms"], 2), "ratio_p99": round(m["p99_ms"] / r["p99_ms"], 2),
+        "max_abs_score_diff": round(max_diff, 6), "bar_ratio_p50_ge_3": m["p50_ms"] >= 3 * r["p50_ms"],
+    }))  # fmt: skip
+
+
+def _mlflow_scores(answer: dict) -> list[float]:
+    """The one row's scores from the scoring server's answer ({"predictions": [{"scores": [...]}]})."""
+    pred = answer["predictions"]
+    first = pred[0] if isinstance(pred, list) else pred
+    scores = first["scores"] if isinstance(first, dict) else first
+    return [float(s) for s in scores]
+
+
+if __name__ == "__main__":
+    main()
