@@ -39,3 +39,30 @@ def test_gate_rejects_regression_nan_and_broken_bundle(candidate, tmp_path):
 def test_unknown_source_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown source 'ftp'"):
         T.ingest(str(tmp_path), "2026-01-01", "2026-01-01", source="ftp")
+
+
+def test_ingest_from_the_redis_stream_lands_each_event_once(tmp_path, redis_url, redis_prefix):
+    """source="stream": the sink drains the real Redis stream into the lake; a rerun adds nothing."""
+    from datetime import UTC, datetime, timedelta
+
+    from reco.data.events import Event
+    from reco.data.lake import EventLake
+    from reco.pipeline.training import ingest
+    from reco.store import RedisStore, connect
+
+    t0 = datetime(2026, 3, 1, 23, 0, tzinfo=UTC)
+    events = [
+        Event(event_id=f"e{i}", ts=t0 + timedelta(minutes=20 * i), user_id="u1", session_id="s1",
+              item_id=str(i % 3 + 1), event_type="view")
+        for i in range(6)
+    ]  # fmt: skip
+    store = RedisStore(connect(redis_url), redis_prefix)
+    assert store.ingest(events + events[:2]).accepted == 6  # duplicates refused at the door
+
+    kw = dict(home=str(tmp_path), start="2026-03-01", end="2026-03-02", source="stream",
+              redis_url=redis_url, redis_prefix=redis_prefix)  # fmt: skip
+    first = ingest(**kw)
+    again = ingest(**kw)
+    assert first["rows"] == again["rows"] == 6
+    table = EventLake(tmp_path / "lake").read()
+    assert sorted(table.column("event_id").to_pylist()) == sorted(e.event_id for e in events)

@@ -83,7 +83,7 @@ def ingest(
         p["catalog"].parent.mkdir(parents=True, exist_ok=True)
         load_movielens(data_dir).catalog.to_parquet(p["catalog"])
     elif source == "stream":
-        written = _drain_stream(lake, s, e, redis_url, redis_prefix)
+        written = _drain_stream(lake, s, e, redis_url, redis_prefix, home)
     elif source == "lake":  # landed already (backfill, another producer): validate what is there
         written = {d: lake.count_rows(d, d) for d in lake.days() if s <= d <= e}
     else:
@@ -91,14 +91,22 @@ def ingest(
     return {"lake": str(p["lake"]), "rows": int(sum(written.values())), "days": len(written)}
 
 
-def _drain_stream(lake: EventLake, start: date, end: date, redis_url: str | None, prefix: str) -> dict[date, int]:
+def _drain_stream(
+    lake: EventLake, start: date, end: date, redis_url: str | None, prefix: str, home: str
+) -> dict[date, int]:
+    """Drain the whole Redis event stream into the lake (at-least-once; the lake dedups by event_id),
+    then report the interval's rows. Events of other days land too: they are simply early."""
+    from reco.redis_server import resolve_url
+    from reco.sink import drain_stream_to_lake
+    from reco.store import RedisStore, connect
+
+    url, _server = resolve_url(redis_url, home)
+    client = connect(url, socket_timeout=30.0)
     try:
-        from reco.store import drain_stream_to_lake  # type: ignore[attr-defined]
-    except ImportError:
-        raise NotImplementedError(
-            "source 'stream' needs reco.store.drain_stream_to_lake, which does not exist yet"
-        ) from None
-    return drain_stream_to_lake(lake=lake, start=start, end=end, redis_url=redis_url, prefix=prefix)
+        drain_stream_to_lake(RedisStore(client, prefix), lake)
+    finally:
+        client.close()
+    return {d: lake.count_rows(d, d) for d in lake.days() if start <= d <= end}
 
 
 # --------------------------------------------------------------------------- validate
