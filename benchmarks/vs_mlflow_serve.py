@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from serving_latency import free_port, full_bundle, percentiles, post
+from serving_latency import free_port, full_bundle, percentiles, post, process_cpu_s
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -159,6 +159,15 @@ def main() -> None:
                 versions.add(answer["model_version"])
                 for it in answer["items"]:
                     max_diff = max(max_diff, abs(m_scores[it["item_id"]] - it["score"]))
+        # Server CPU per call (load-independent): each server's whole process tree, 200 calls each.
+        cpu = {}
+        servers = (("mlflow_models_serve", m_conn, mlflow_proc, "/invocations", mlflow_body),
+                   ("reco", r_conn, reco_proc, "/v1/recommendations", reco_body))  # fmt: skip
+        for name, conn, proc, path, body in servers:
+            c0 = tree_cpu_s(proc.pid)
+            for _ in range(200):
+                post(conn, path, body, headers)
+            cpu[name] = round((tree_cpu_s(proc.pid) - c0) / 200 * 1000, 3)
         m_conn.close()
         r_conn.close()
     finally:
@@ -180,8 +189,23 @@ def main() -> None:
         "candidates": len(cand_ids), "session": len(session), "requests": len(lat["reco"]),
         "load_avg_1m": round(os.getloadavg()[0], 2), "mlflow_models_serve": m, "reco": r,
         "ratio_p50": round(m["p50_ms"] / r["p50_ms"], 2), "ratio_p99": round(m["p99_ms"] / r["p99_ms"], 2),
+        "server_cpu_ms_per_call": cpu, "cpu_ratio": round(cpu["mlflow_models_serve"] / cpu["reco"], 2),
         "max_abs_score_diff": round(max_diff, 6), "bar_ratio_p50_ge_3": m["p50_ms"] >= 3 * r["p50_ms"],
     }))  # fmt: skip
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and all its descendants (`mlflow models serve` runs uvicorn in a child)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += process_cpu_s(p)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):  # exited meanwhile
+            continue
+    return total
 
 
 def _mlflow_scores(answer: dict) -> list[float]:

@@ -315,9 +315,10 @@ class Recommender:
                 raise NoModelAvailable(f"no model loaded for arm {assignment.arm!r}")
             degraded.append("model")
 
-        # Redis first, in one pipelined round trip: session and cart, user history, Thompson evidence of
-        # every category and the trending list. It runs on the executor only so that a slow Redis costs
-        # the features budget, not the socket timeout; the in-process sources need the session anyway.
+        # Redis first, in one pipelined round trip: session and cart, user history, the Thompson evidence
+        # (Thompson arms) and, when the process's copy is stale, the trending list. On the request thread
+        # with `features_inline` (the store's socket timeout is then the budget), else on the executor under
+        # `features_timeout_s`; the in-process sources need the session anyway.
         features, trending = self._read_features(req, assignment, model)
         if features is None:
             degraded.append("features")
@@ -326,7 +327,8 @@ class Recommender:
         degraded += [f"candidates:{s}" for s in cands.failed]
         ids = [c.item_id for c in cands.candidates]
         category = model.category
-        categories = [category(i) for i in ids]
+        get_category = model.category_of.get
+        categories = [get_category(i, UNKNOWN_CATEGORY) for i in ids]
         ranked, attention = self._rank(model, req, session.items, cands.candidates, categories, degraded)
         ranked = apply_rules(
             ranked,

@@ -44,7 +44,7 @@ answers, long before a person clicks). `thompson_stats` returns the evidence (su
 floored at 0 defensively; the bandit adds its prior.
 
 The API's impression log also writes the learner's request-context record (``P:reqctx:<request_id>``,
-owned by `reco.online.control`) in the same pipelined round trip.
+format owned by `reco.online.control`) inside the same script call: one round trip.
 
 Ingest is one Lua script per batch: dedup + XADD + session/user/trending/Thompson updates run atomically
 in one round trip, so an accepted event is never lost and never counted twice. Keys are computed in
@@ -189,7 +189,12 @@ local uitems_max, user_ttl = tonumber(ARGV[7]), ARGV[8]
 local feedback_ttl, trending_max = ARGV[9], tonumber(ARGV[10])
 local ts_prefix, n, item_prefix = ARGV[11], tonumber(ARGV[12]), ARGV[13]
 local cart_max, cart_ttl = tonumber(ARGV[14]), ARGV[15]
-local H, F = 15, 13
+local ctx_key, ctx_value, ctx_ttl = ARGV[16], ARGV[17], ARGV[18]
+local H, F = 18, 13
+
+if ctx_key ~= '' then
+  redis.call('SET', ctx_key, ctx_value, 'EX', ctx_ttl)
+end
 
 local epoch = tonumber(redis.call('GET', epoch_key))
 if not epoch then
@@ -380,7 +385,9 @@ class RedisStore:
             duplicates += int(dup)
         return IngestResult(accepted, duplicates)
 
-    def _ingest_call(self, chunk: Sequence[Event], categories: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    def _ingest_call(
+        self, chunk: Sequence[Event], categories: Mapping[str, str], context: Sequence[str] = ("", "", "")
+    ) -> tuple[list[str], list[str]]:
         header = [
             repr(time.time()),
             repr(float(self.trending_half_life_s)),
@@ -397,6 +404,7 @@ class RedisStore:
             self.key("item", ""),
             str(self.cart_max),
             str(self.session_ttl_s),
+            *context,  # request-context record: key, value, TTL ("" key: none)
         ]
         args = header + [a for e in chunk for a in self._event_args(e, categories)]
         keys = [self.stream_key, self.key("trending"), self.key("trending", "epoch"), self.key("popular")]
@@ -412,8 +420,8 @@ class RedisStore:
         """The server's own impression log: same path as `ingest`, impressions only.
 
         With `request_context` (the session items the request was ranked with) the learner's record
-        ``P:reqctx:<request_id>`` (`reco.online.control.write_request_context`) is written in the same
-        pipelined round trip; the events must then all belong to one request.
+        ``P:reqctx:<request_id>`` (as `reco.online.control.write_request_context` writes it) is set by the
+        same script call; the events must then all belong to one request.
         """
         wrong = [e.event_id for e in events if e.event_type != EventType.impression]
         if wrong:
@@ -429,13 +437,14 @@ class RedisStore:
     def _log_with_context(
         self, events: Sequence[Event], categories: Mapping[str, str], request_id: str, session: Sequence[str]
     ) -> IngestResult:
-        from reco.online.control import write_request_context  # the learner owns that key's format
+        # The learner owns the record's key and format (`write_request_context`: a JSON list, with TTL);
+        # it is written inside the ingest script instead of a pipeline next to it, because a pipelined
+        # script call costs an extra SCRIPT EXISTS round trip in redis-py.
+        from reco.online.control import REQUEST_CONTEXT_TTL_S, request_context_key
 
-        keys, args = self._ingest_call(events, categories)
-        pipe = self.client.pipeline(transaction=False)
-        self._ingest(keys=keys, args=args, client=pipe)
-        write_request_context(pipe, self.prefix, request_id, session)
-        (acc, dup), _ = pipe.execute()
+        context = (request_context_key(self.prefix, request_id), json.dumps(list(session)), str(REQUEST_CONTEXT_TTL_S))
+        keys, args = self._ingest_call(events, categories, context)
+        acc, dup = self._ingest(keys=keys, args=args)
         return IngestResult(int(acc), int(dup))
 
     # -- request features -----------------------------------------------------------------------

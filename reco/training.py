@@ -14,10 +14,13 @@ can reach a prefix: the GRU is causal and the attention is causally masked.
 
 **Objective.** The sum of two cross-entropies per (prefix, next item):
 1. full softmax over all items of the retrieval score `<session, item>` (tied item embeddings);
-2. softmax over candidates {target, `n_hard` hardest retrieval negatives, `n_random` uniform
-   negatives} of the served score (retrieval score + the MLP ranker over the joined features).
+2. sampled softmax with logQ correction of the served score (retrieval score + the MLP ranker over
+   the joined features): `n_negatives` items drawn from a proposal that mixes the retrieval softmax
+   (the items that compete at the top) with uniform (every item), each logit minus log q(item).
 The first trains the embeddings and encoder on the whole catalogue cheaply; the second trains the
-MLP on the items that compete at the top, where it decides the ranking.
+MLP as an estimate of the full softmax over the served score, so its correction is calibrated on
+every item it will score. (Plain "top-k hardest" negatives taught the MLP to demote the top of the
+retrieval ranking and promote the items just below it: test NDCG@10 0.045 vs 0.070 valid.)
 
 **Warm start.** `init` (a previous `ModelBundle`) must have the same architecture (else
 `WarmStartError`); the vocabulary may grow: known items' rows are copied by item id (also the
@@ -65,8 +68,8 @@ class TrainConfig:
     batch_size: int = 32  # windows per step (each holds up to max_session_len examples)
     lr: float = 3e-3
     weight_decay: float = 0.0
-    n_hard: int = 16  # hardest retrieval negatives per example for the ranker loss
-    n_random: int = 8  # uniform negatives per example
+    n_negatives: int = 32  # sampled negatives per example for the ranker loss
+    proposal_mix: float = 0.5  # negatives ~ mix * softmax(retrieval) + (1 - mix) * uniform
     max_session_len: int = 50
     window_stride: int = 25
     grad_clip: float = 5.0
@@ -76,14 +79,11 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # RankerConfig overrides (not the vocab sizes)
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "max_session_len", "window_stride", "threads", "n_hard")
+        positive = ("epochs", "batch_size", "max_session_len", "window_stride", "threads", "n_negatives")
         bad = [k for k in positive if getattr(self, k) < 1] + [k for k in ("lr",) if self.lr <= 0]
-        if bad or self.n_random < 0:
-            raise ValueError(f"TrainConfig: {', '.join(bad) or 'n_random'} out of range")
+        if bad or not 0.0 <= self.proposal_mix <= 1.0:
+            raise ValueError(f"TrainConfig: {', '.join(bad) or 'proposal_mix'} out of range")
 
-    @property
-    def n_negatives(self) -> int:
-        return self.n_hard + self.n_random
 
 
 @dataclass
@@ -314,13 +314,16 @@ def _batch_loss(
     target = y[sel]  # (M,)
     full = model.retrieval_logits(q)  # (M, N)
     loss_retrieval = F.cross_entropy(full, target)
-    masked = full.detach().scatter(1, target[:, None], float("-inf"))
-    hard = masked.topk(cfg.n_hard, dim=1).indices  # (M, n_hard)
-    rand = torch.randint(1, model.config.n_items, (len(target), cfg.n_random), generator=gen)
-    cands = torch.cat([target[:, None], hard, rand], dim=1)  # (M, C), positive first
+    with torch.no_grad():  # proposal: retrieval softmax mixed with uniform (covers every item)
+        uniform = torch.full_like(full, 1.0 / (full.size(1) - 1))
+        uniform[:, 0] = 0.0
+        proposal = cfg.proposal_mix * full.softmax(-1) + (1 - cfg.proposal_mix) * uniform
+        neg = torch.multinomial(proposal, cfg.n_negatives, replacement=True, generator=gen)  # (M, S)
+    cands = torch.cat([target[:, None], neg], dim=1)  # (M, C), positive first
+    log_q = proposal.gather(1, cands).log()  # logQ correction: unbiased for the full softmax
     seen = _seen(batch, sel, cands, ex, model.config.n_items)
     item_part = model.item_features(torch.arange(model.config.n_items))[cands]  # item-only part once per item
-    logits = model.score_candidates(q, cands, seen, batch["p"][sel], batch["d"][sel], item_part=item_part)
+    logits = model.score_candidates(q, cands, seen, batch["p"][sel], batch["d"][sel], item_part=item_part) - log_q
     clash = cands == target[:, None]
     clash[:, 0] = False  # a random negative that happens to be the target is not a negative
     loss_ranker = sampled_softmax_loss(logits.masked_fill(clash, float("-inf")))
@@ -391,6 +394,8 @@ def _fit(model, ex: Examples, cfg: TrainConfig, item_ids, catalog, categories, v
     data = {k: torch.from_numpy(v) for k, v in data.items()}
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_batches = math.ceil(len(ex.windows) / cfg.batch_size)
+    # cosine decay to lr/10 over the configured epochs: late epochs settle instead of oscillating
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * n_batches, eta_min=cfg.lr / 10)
     history: list[dict] = []
     best, stale = -1.0, 0
     columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -407,6 +412,7 @@ def _fit(model, ex: Examples, cfg: TrainConfig, item_ids, catalog, categories, v
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
+                sched.step()
                 total, seen = total + loss.item() * n, seen + n
                 bar.update(task, advance=1, epoch=epoch, loss=total / seen)
             elapsed = time.perf_counter() - t0

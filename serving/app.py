@@ -111,6 +111,7 @@ def create_app(settings: Settings | None = None, *, model_source: ModelSource | 
 
 
 def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Services, list]:
+    import reco.online.control  # noqa: F401 - imported now, not by the first request's impression log
     from reco.experiments.assignment import assign, load_config
 
     closers: list = []

@@ -205,19 +205,25 @@ def test_impression_log_writes_the_learners_request_context_in_the_same_round_tr
 
     imps = [ev(f"r1:{p}", "impression", f"i{p}", request_id="r1", arm="control", position=p) for p in (1, 2)]
     calls: list[str] = []
-    pipeline = store.client.pipeline
+    pipeline, execute_command = store.client.pipeline, store.client.execute_command
 
     def counting_pipeline(*args, **kwargs):
         calls.append("pipeline")
         return pipeline(*args, **kwargs)
 
-    store.client.pipeline = counting_pipeline
+    def counting_command(*args, **kwargs):
+        calls.append(str(args[0]))
+        return execute_command(*args, **kwargs)
+
+    store.client.pipeline, store.client.execute_command = counting_pipeline, counting_command
     try:
         result = store.log_impressions(imps, categories={"i1": "drama"}, request_context=["a", "b"])
     finally:
-        store.client.pipeline = pipeline
-    assert calls == ["pipeline"] and (result.accepted, result.duplicates) == (2, 0)
+        store.client.pipeline, store.client.execute_command = pipeline, execute_command
+    assert calls in (["EVALSHA"], ["EVALSHA", "SCRIPT LOAD", "EVALSHA"])  # one call (+ a cold script cache)
+    assert (result.accepted, result.duplicates) == (2, 0)
     assert read_request_contexts(store.client, store.prefix, ["r1", "r0"]) == {"r1": ("a", "b")}
+    assert 0 < store.client.ttl(store.key("reqctx", "r1")) <= 6 * 3600
     assert store.thompson_stats("control", ["drama"]) == {"drama": (0.0, 1.0)}
     with pytest.raises(ValueError, match="one request"):
         store.log_impressions([*imps, ev("r2:1", "impression", "i1", request_id="r2")], request_context=[])

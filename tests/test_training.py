@@ -34,7 +34,7 @@ def _walks(n_users: int = 40, seed: int = 0, n_items: int = N_ITEMS) -> pd.DataF
 
 
 def _config(**kw) -> TrainConfig:
-    base = {"epochs": 2, "batch_size": 8, "max_session_len": 8, "window_stride": 4, "n_hard": 4, "n_random": 4,
+    base = {"epochs": 2, "batch_size": 8, "max_session_len": 8, "window_stride": 4, "n_negatives": 8,
             "threads": 1, "model": TINY}  # fmt: skip
     return TrainConfig(**{**base, **kw})
 
