@@ -179,3 +179,16 @@ def test_cli_report_and_errors(tmp_path: Path) -> None:
         assert bad.exit_code == 2, bad.output
         lines = bad.stderr.strip().splitlines()
         assert len(lines) == 1 and msg in lines[0] and "Traceback" not in bad.output
+
+
+def test_html_renders_days_without_a_confidence_interval(winner: dict) -> None:
+    """Early days of a small experiment have no variance yet: their CI is null in the JSON and the
+    plot shows a gap instead of crashing."""
+    import copy
+
+    report = copy.deepcopy(winner)
+    report["cumulative"][0]["ci"] = [None, None]
+    report["cumulative"][1]["sequential_ci"] = None
+    report["daily"][0]["ctr"] = None
+    html = render_html(report)
+    assert html.count("data:image/png;base64,") == 3

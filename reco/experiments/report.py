@@ -800,9 +800,13 @@ def render_html(report: dict[str, Any]) -> str:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     for arm, g in cum.groupby("arm") if not cum.empty else []:
         x = pd.to_datetime(g["date"])
-        ax.plot(x, g["relative_lift"].astype(float), label=f"{arm} vs {report['control']}")
-        ax.fill_between(x, [c[0] for c in g["ci"]], [c[1] for c in g["ci"]], alpha=0.2, label="fixed-horizon CI")
-        seq = np.array([[np.nan if v is None else v for v in c] for c in g["sequential_ci"]], dtype=float)
+        # Early days can have no CI (no variance yet): plot them as gaps, not as a crash.
+        lo = np.array([np.nan if c is None or c[0] is None else c[0] for c in g["ci"]], dtype=float)
+        hi = np.array([np.nan if c is None or c[1] is None else c[1] for c in g["ci"]], dtype=float)
+        ax.plot(x, pd.to_numeric(g["relative_lift"], errors="coerce"), label=f"{arm} vs {report['control']}")
+        ax.fill_between(x, lo, hi, where=np.isfinite(lo) & np.isfinite(hi), alpha=0.2, label="fixed-horizon CI")
+        seq_ci = [c or (None, None) for c in g["sequential_ci"]]
+        seq = np.array([[np.nan if v is None else v for v in c] for c in seq_ci], dtype=float)
         ax.plot(x, seq[:, 0], "--", lw=0.8, color="grey")
         ax.plot(x, seq[:, 1], "--", lw=0.8, color="grey", label="always-valid CI")
     ax.axhline(0, color="black", lw=0.6)
@@ -812,7 +816,7 @@ def render_html(report: dict[str, Any]) -> str:
     daily = pd.DataFrame(report["daily"])
     fig, ax = plt.subplots(figsize=(7, 3.2))
     for arm, g in daily.groupby("arm"):
-        ax.plot(pd.to_datetime(g["date"]), g["ctr"].astype(float), marker=".", label=arm)
+        ax.plot(pd.to_datetime(g["date"]), pd.to_numeric(g["ctr"], errors="coerce"), marker=".", label=arm)
     ax.set_title("daily CTR per arm")
     ax.legend(fontsize=7)
     ctr_png = _png(fig)
