@@ -285,8 +285,9 @@ def _flow(
 
     with steps.step("API + learner"):
         api_port = pick_port(8000)
+        # The simulator sends its simulated time in X-Reco-Event-Time: impressions carry it like its clicks.
         api_env = {**env, "RECO_REQUIRE_API_KEY": "false", "RECO_MODEL_POLL_S": "2",
-                   "RECO_EXPLORATION_SEED": str(scale.seed)}  # fmt: skip
+                   "RECO_EXPLORATION_SEED": str(scale.seed), "RECO_HONOUR_EVENT_TIME_HEADER": "true"}  # fmt: skip
         # Ready = every arm has its model (/readyz), so no simulated request meets a cold API.
         # Its own API process ("demo-api": no API key, fast model polling) next to any `reco up` API ...
         stack.start(replace(api_service(api_port, api_env, ready_path="/readyz", timeout_s=300), name="demo-api"))

@@ -225,6 +225,7 @@ class RecoRequest:
     session_id: str | None = None
     device: str = "unknown"
     limit: int = 20
+    ts: datetime | None = None  # event time of the served impressions; None = now (simulations set it)
 
 
 @dataclass(frozen=True)
@@ -496,7 +497,7 @@ class Recommender:
     ) -> None:
         if not items:
             return
-        args = (req, request_id, arm, version, items, session, datetime.now(UTC))
+        args = (req, request_id, arm, version, items, session, req.ts or datetime.now(UTC))
         if self._log_executor is None:
             self._write_impressions(*args)
         else:  # the events are built on the log thread too: nothing of it stays on the request path

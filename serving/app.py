@@ -19,10 +19,11 @@ import hmac
 import json
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -38,6 +39,7 @@ from reco.rules import RuleConfig
 from serving.metrics import Metrics
 from serving.models import ModelCache, ModelManager, ModelSource, RegistrySource
 from serving.schemas import (
+    ErrorBody,
     EventBatch,
     EventsAccepted,
     Health,
@@ -134,6 +136,7 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
         weights_poll_s=min(settings.model_poll_s, 2.0),
         on_change=metrics.model_changed,
         on_interactions=policies.set_interactions,
+        on_refused=metrics.model_refused_by_smoke_test,
     )
     manager.refresh()
     manager.refresh_weights()
@@ -246,7 +249,14 @@ def _add_routes(app: FastAPI) -> None:
         responses={503: {"description": "no model loaded yet"}},
         tags=["recommendations"],
     )
-    def recommendations(body: RecommendationRequest, services: ServicesDep) -> RecommendationResponse:
+    def recommendations(
+        body: RecommendationRequest,
+        services: ServicesDep,
+        x_reco_event_time: Annotated[str | None, Header(max_length=64, description=EVENT_TIME_DOC)] = None,
+    ) -> RecommendationResponse:
+        ts = None
+        if x_reco_event_time is not None and services.settings.honour_event_time_header:
+            ts = _event_time(x_reco_event_time)
         req = RecoRequest(
             user_id=body.user_id,
             page_type=body.page_type,
@@ -254,6 +264,7 @@ def _add_routes(app: FastAPI) -> None:
             session_id=body.session_id,
             device=body.device,
             limit=body.limit,
+            ts=ts,
         )
         try:
             result = services.recommender.recommend(req)
@@ -270,6 +281,8 @@ def _add_routes(app: FastAPI) -> None:
             401: {"description": "missing API key"},
             403: {"description": "invalid API key"},
             413: {"description": "batch or body too large"},
+            # Not FastAPI's HTTPValidationError alone: the unknown-item 422 has a string `detail`.
+            422: {"model": ErrorBody, "description": "invalid batch, or unknown item ids (string detail)"},
             503: {"description": "Redis unavailable; retry after Retry-After seconds"},
         },
         tags=["events"],
@@ -317,6 +330,24 @@ def _add_routes(app: FastAPI) -> None:
     async def metrics(services: ServicesDep) -> Response:
         payload, content_type = services.metrics.render()
         return Response(payload, media_type=content_type)
+
+
+EVENT_TIME_DOC = (
+    "Event time (ISO-8601) to stamp the served impressions with instead of the server clock. Honoured only "
+    "when the server sets RECO_HONOUR_EVENT_TIME_HEADER (simulations and the demo); ignored otherwise."
+)
+
+
+def _event_time(value: str) -> datetime:
+    """The `X-Reco-Event-Time` header as a UTC datetime (naive = UTC, as event timestamps); bad -> 422."""
+    try:
+        ts = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise RequestValidationError(
+            [{"loc": ("header", "x-reco-event-time"), "msg": f"not an ISO-8601 date-time: {value[:64]!r}",
+              "type": "datetime_parsing"}]
+        ) from None  # fmt: skip
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def response_json(result: RecoResult) -> bytes:
@@ -427,15 +458,15 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-            for e in exc.errors()[:20]
-        ]
-        summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
-        return JSONResponse({"detail": errors, "message": f"invalid request: {summary}"}, status_code=422)
+        return _validation_response(exc.errors())
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == _BODY_PARSE_ERROR:
+            # FastAPI's undocumented 400 for a body that json.loads cannot even decode (not UTF-8/16/32;
+            # malformed JSON is already a 422): the same documented 422 as any other unreadable body.
+            what = "not valid UTF-8 JSON" if isinstance(exc.__cause__, UnicodeDecodeError) else "not readable as JSON"
+            return _validation_response([{"loc": ("body",), "msg": f"body is {what}", "type": "json_invalid"}])
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -445,8 +476,27 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
+_BODY_PARSE_ERROR = "There was an error parsing the body"  # fastapi.routing's 400 detail
+
+
+def _validation_response(raw: Sequence[Any]) -> JSONResponse:
+    """422 in FastAPI's documented shape (`detail`: list of loc/msg/type) plus a one-line `message`."""
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in raw[:20]
+    ]
+    summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
+    return JSONResponse({"detail": errors, "message": f"invalid request: {summary}"}, status_code=422)
+
+
 class BodyLimit:
-    """Pure ASGI middleware: 413 for bodies over `max_bytes` (by Content-Length, or counted while read)."""
+    """Pure ASGI middleware: 413 for bodies over `max_bytes`.
+
+    A declared Content-Length over the limit is refused before anything is read. Otherwise the body is
+    read here, at most `max_bytes` plus one chunk: over the limit -> the 413 is sent from here (an error
+    raised inside the app's `receive` would be turned into FastAPI's 400 "error parsing the body"); within
+    it -> the app gets the buffered body as one message. The app reads whole JSON bodies anyway, so
+    buffering costs no extra memory.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -465,18 +515,30 @@ class BodyLimit:
                 if too_big:
                     await self._reject(send)
                     return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise ApiError(413, f"request body exceeds {self.max_bytes} bytes")
-            return message
+            if message["type"] != "http.request":  # the client went away: nothing to answer
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                await self._reject(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        await self.app(scope, limited, send)
+        async def replay() -> Message:
+            nonlocal body
+            if body is not None:
+                message, body = body, None
+                return message
+            return await receive()  # after the body: the server's http.disconnect, when it comes
+
+        await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
         resp = JSONResponse({"detail": f"request body exceeds {self.max_bytes} bytes"}, status_code=413)

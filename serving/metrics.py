@@ -42,6 +42,10 @@ class Metrics:
         self.online_snapshot = Gauge("reco_online_snapshot", "online weight snapshot per arm (0 = none)", ["arm"],
                                      registry=r, **gauge_mode)  # fmt: skip
         self.model_swaps = Counter("reco_model_swaps_total", "models put in place per arm", ["arm"], registry=r)
+        self.model_refused = Counter(
+            "reco_model_refused_total", "registry versions / online snapshots refused by the smoke test",
+            ["arm", "kind"], registry=r,
+        )  # fmt: skip
         self.events = Counter("reco_events_total", "POST /v1/events outcomes", ["result"], registry=r)
         self.impression_log_failures = Counter(
             "reco_impression_log_failures_total", "impression batches that could not be written", registry=r
@@ -61,6 +65,10 @@ class Metrics:
         self.model_swaps.labels(arm=arm).inc()
         self.model_version.labels(arm=arm).set(_number(model.version))
         self.online_snapshot.labels(arm=arm).set(model.online_snapshot or 0)
+
+    def model_refused_by_smoke_test(self, arm: str, kind: str) -> None:
+        """`kind`: "registry" (a version) or "online" (a weight snapshot)."""
+        self.model_refused.labels(arm=arm, kind=kind).inc()
 
     def render(self) -> tuple[bytes, str]:
         if self.multiprocess:  # every worker's files, merged (a fresh registry per scrape, as documented)

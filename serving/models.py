@@ -9,6 +9,9 @@
 * Online weights (every `weights_poll_s`): a newer snapshot published by the learner for the arm's
   current base version (`store.latest_weights_version` / `get_weights`, a torch state_dict loaded with
   `weights_only=True`) is loaded into a copy of the base model and swapped the same way.
+* Smoke test: a registry version and an online snapshot are put in place only when
+  `reco.models.smoke.smoke_check` passes (finite weights, one finite scored batch). A refused one is logged
+  once, counted (`on_refused`), never cached, and the arm keeps serving what it had.
 * `ready` is true once every arm has a model.
 """
 
@@ -24,6 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from reco.models.smoke import smoke_check
 from reco.recommend import ServedModel
 
 log = logging.getLogger(__name__)
@@ -138,6 +142,7 @@ class ModelManager:
         build: Callable[..., ServedModel] = ServedModel.build,
         on_change: Callable[[str, ServedModel], None] = lambda arm, model: None,
         on_interactions: Callable[[str, int], None] = lambda arm, n: None,
+        on_refused: Callable[[str, str], None] = lambda arm, kind: None,
     ) -> None:
         self.arms = dict(arms)
         self.source = source
@@ -148,6 +153,11 @@ class ModelManager:
         self._build = build
         self._on_change = on_change
         self._on_interactions = on_interactions
+        self._on_refused = on_refused
+        # What the smoke test refused, per arm, so a bad version or snapshot is neither re-downloaded nor
+        # re-logged at every poll: registry version, and (base version, snapshot) of online weights.
+        self._refused_version: dict[str, str] = {}
+        self._refused_snapshot: dict[str, tuple[str, int]] = {}
         self._models: dict[str, ServedModel] = {}
         self._base: dict[str, ServedModel] = {}  # registry weights, to rebuild online snapshots on
         self._refresh_lock = threading.Lock()  # one refresher at a time; readers never take it
@@ -204,7 +214,17 @@ class ModelManager:
         current = self._base.get(arm)
         if current is not None and current.version == version:
             return None
+        if self._refused_version.get(arm) == version:
+            return None  # refused before (already logged and counted)
         bundle = self.source.load(alias, version)
+        if (problem := smoke_check(bundle)) is not None:
+            self._refused_version[arm] = version
+            self._on_refused(arm, "registry")
+            log.error("arm %s: registry version %s (%s) refused, keeps serving %s: %s", arm, version, alias,
+                      current.version if current is not None else "the cache", problem)  # fmt: skip
+            if arm not in self._models:
+                self._load_cached(arm)
+            return None
         model = self._build(bundle, version)
         self._install(arm, model, base=True)
         try:
@@ -262,7 +282,16 @@ class ModelManager:
         meta_base = snap.meta.get("base_version")
         if meta_base is not None and str(meta_base) != base.version:
             return None  # trained on another registry version: not for this model
+        refused_key = (base.version, int(snap.version))
+        if self._refused_snapshot.get(arm) == refused_key:
+            return None
         bundle = with_weights(base.bundle, snap.blob)
+        if (problem := smoke_check(bundle)) is not None:
+            # The learner checks before publishing, but the server does not trust what it reads from Redis.
+            self._refused_snapshot[arm] = refused_key
+            self._on_refused(arm, "online")
+            log.error("arm %s: online snapshot %s on version %s refused: %s", arm, snap.version, base.version, problem)
+            return None
         self._install(arm, self._build(bundle, base.version, online_snapshot=int(snap.version)), base=False)
         log.info("arm %s serves online snapshot %s on version %s", arm, snap.version, base.version)
         return int(snap.version)

@@ -84,5 +84,15 @@ class Health(BaseModel):
     status: str = "ok"
 
 
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
 class ErrorBody(BaseModel):
-    detail: str | list[dict]
+    """Every 4xx body: `detail` is a message, or (validation errors) the list of issues, with `message`
+    then summing them up in one line."""
+
+    detail: str | list[ValidationIssue]
+    message: str | None = None

@@ -34,6 +34,10 @@ class Settings(RecoSettings):
     max_per_category: int | None = Field(3, ge=1, description="diversity cap in the served page")
     exploration_seed: int | None = Field(None, description="seed of the exploration RNGs (tests, simulations)")
     log_impressions_async: bool = Field(True, description="write impressions off the request path")
+    honour_event_time_header: bool = Field(
+        False,
+        description="stamp served impressions with the request's X-Reco-Event-Time (simulated time; demo only)",
+    )
 
     @property
     def cache_dir(self) -> Path:

@@ -1,8 +1,8 @@
 """Schemathesis against the app's own OpenAPI document: every operation, with the API key, over real HTTP
 (uvicorn on a loopback port, real Redis). Checks: no 5xx, responses conform to their documented schema,
-status codes are documented, except the known F-1 (docs/reliability.md: a body that is not UTF-8 JSON gets
-FastAPI's undocumented 400 "There was an error parsing the body") and F-2 (the unknown-item 422 of
-/v1/events does not match the documented 422 schema). Bounded and derandomized."""
+status codes are documented. F-1 (a body that is not UTF-8 JSON got FastAPI's undocumented 400) and F-2 (the
+unknown-item 422 of /v1/events did not match the documented 422 schema) are fixed, so nothing is tolerated.
+Bounded and derandomized."""
 
 from __future__ import annotations
 
@@ -86,12 +86,8 @@ FUZZ = settings(
 @FUZZ
 def test_api_never_5xx_and_responses_match_their_schema(case, base_url: str) -> None:
     response = case.call(base_url=base_url, headers=KEY, timeout=30)
-    # F-2 (docs/reliability.md): the unknown-item 422 of /v1/events has a string `detail`, the documented
-    # 422 body (HTTPValidationError) an array; tolerated here until the route documents its own 422 model.
-    known_f2 = response.status_code == 422 and case.path == "/v1/events" and "unknown item ids" in response.text
-    case.validate_response(response, checks=[not_a_server_error] if known_f2 else CHECKS)
+    case.validate_response(response, checks=CHECKS)
     documented = {str(code) for code in case.operation.definition.raw.get("responses", {})}
     if case.method.upper() != case.operation.method.upper():  # a negative case on purpose: wrong method
         documented.add("405")
-    known_f1 = response.status_code == 400 and "error parsing the body" in response.text  # F-1, see docstring
-    assert str(response.status_code) in documented or known_f1, (response.status_code, response.text[:300])
+    assert str(response.status_code) in documented, (response.status_code, response.text[:300])

@@ -130,11 +130,6 @@ def test_chunked_body_over_the_limit_is_refused(tmp_path, redis_url: str, redis_
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="BodyLimit raises ApiError inside receive(); FastAPI wraps body-read errors into 400 'There was an "
-    "error parsing the body', so a chunked over-limit body gets 400, not 413 (docs/reliability.md, S-1)",
-)
 def test_chunked_body_over_the_limit_is_413(tmp_path, redis_url: str, redis_prefix: str) -> None:
     s = serving_settings(tmp_path, redis_url=redis_url, redis_prefix=redis_prefix, api_keys=[SECRET],
                          max_body_bytes=4096)  # fmt: skip

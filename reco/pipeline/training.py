@@ -343,20 +343,16 @@ def gate(candidate: dict[str, Any], evaluation: dict[str, Any], tolerance: float
 
 
 def _smoke(bundle_dir: str) -> str | None:
-    """Load the saved bundle and score one batch; a problem -> its description."""
-    import numpy as np
-
+    """Load the saved bundle and score one batch (`reco.models.smoke`, the check the API's model manager
+    also runs); a problem -> its description."""
     from reco.models.bundle import ModelBundle
+    from reco.models.smoke import smoke_check
 
     try:
         bundle = ModelBundle.load(bundle_dir)
-        items = bundle.item_ids[1 : SMOKE_CANDIDATES + 1]
-        scores = bundle.score(items[:5], items).scores
-    except Exception as e:  # any failure to load/score is a gate failure, reported not raised
+    except Exception as e:  # any failure to load is a gate failure, reported not raised
         return f"smoke test failed: {type(e).__name__}: {e}"
-    if scores.shape != (len(items),) or not np.isfinite(scores).all():
-        return "smoke test failed: scores not finite or wrong shape"
-    return None
+    return smoke_check(bundle, SMOKE_CANDIDATES)
 
 
 # --------------------------------------------------------------------------- register + promote
