@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MovieLens-100k atomic files")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="save the trained bundle here")
     parser.add_argument("--table", action="store_true", help="also print the Markdown table (stderr)")
     parser.add_argument("--progress", action="store_true", help="show the training progress bar (stderr)")

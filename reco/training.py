@@ -27,8 +27,9 @@ retrieval ranking and promote the items just below it: test NDCG@10 0.045 vs 0.0
 category/popularity features), new items get fresh rows, categories likewise by name. Popularity
 buckets are then recomputed from the new training data (a data feature, not a learned weight).
 
-Deterministic under `seed` at a fixed thread count (`threads`, default 2: the training machine's
-cores; the global torch RNG is left untouched by forking it).
+Deterministic under `seed` at a fixed thread count (`threads`, default 1: on the 2 shared cores two
+OpenMP threads spin while their partner is descheduled, measured 10x slower per epoch; the global
+torch RNG is left untouched by forking it).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     patience: int = 6  # epochs without validation improvement before stopping (needs validation)
     seed: int = 0
-    threads: int = 2
+    threads: int = 1  # measured: 2 OpenMP threads on 2 shared cores ran 10x slower (docs/benchmarks.md)
     model: dict[str, Any] = field(default_factory=dict)  # RankerConfig overrides (not the vocab sizes)
 
     def __post_init__(self) -> None:
@@ -83,7 +84,6 @@ class TrainConfig:
         bad = [k for k in positive if getattr(self, k) < 1] + [k for k in ("lr",) if self.lr <= 0]
         if bad or not 0.0 <= self.proposal_mix <= 1.0:
             raise ValueError(f"TrainConfig: {', '.join(bad) or 'proposal_mix'} out of range")
-
 
 
 @dataclass

@@ -52,7 +52,7 @@ def train_cmd(
     init: Path | None = typer.Option(None, "--init", help="warm-start from this model bundle"),
     epochs: int = typer.Option(30, min=1),
     seed: int = typer.Option(0),
-    threads: int = typer.Option(2, min=1),
+    threads: int = typer.Option(1, min=1),
     holdout: bool = typer.Option(
         True, help="hold out each user's last 2 events: pick the epoch on validation, report test metrics"
     ),
