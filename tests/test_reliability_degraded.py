@@ -192,11 +192,6 @@ def test_a_rejected_version_is_never_promoted(mlflow_server: str) -> None:
     assert alias_version(client, name, "champion") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SessionEncoder.forward softmaxes an all -inf row for an empty session (cold start, or only unknown "
-    "items): NaN scores, so every cold-start request is served in retrieval order (docs/reliability.md, R-3)",
-)
 def test_a_cold_start_request_is_ranked_by_the_model() -> None:
     import numpy as np
 

@@ -226,20 +226,3 @@ def test_every_accepted_event_reaches_the_lake_exactly_once(tmp_path, mlflow_ser
     assert set(lake_ids) == accepted_ids == distinct_sent  # every accepted event, nothing else
     assert counts["accepted"] == len(accepted_ids)  # each event counted accepted exactly once by the API
     assert lake.days() == [T0.date(), T0.date() + timedelta(days=1)]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotImplementedError,
-    reason="reco.pipeline.training._drain_stream imports drain_stream_to_lake from reco.store; it lives in "
-    "reco.sink with signature (store, lake): the DAG's stream ingest cannot run (docs/reliability.md, P-1)",
-)
-def test_the_training_dags_stream_ingest_drains_into_the_lake(tmp_path, redis_url: str, redis_prefix: str) -> None:
-    from reco.data.events import Event
-    from reco.pipeline.training import ingest
-
-    store = RedisStore(connect(redis_url), redis_prefix)
-    store.ingest([Event(event_id=f"i{i}", ts=T0, user_id="u", item_id="3", event_type="view") for i in range(5)])
-    out = ingest(str(tmp_path), "2026-02-01", "2026-02-01", source="stream", redis_url=redis_url,
-                 redis_prefix=redis_prefix)  # fmt: skip
-    assert out["rows"] == 5

@@ -103,6 +103,7 @@ class SessionEncoder(nn.Module):
         """x (B, L, in_dim), mask (B, L) True = real item -> (session (B, 2*hidden), attention (B, L))."""
         h, _ = self.gru(x)  # (B, L, H); trailing padding cannot reach earlier positions
         a = self.attention(h).squeeze(-1).masked_fill(~mask, float("-inf")).softmax(dim=1)  # (B, L)
+        a = torch.nan_to_num(a)  # an empty session (cold start) is all -inf -> zero weights, not NaN
         local = torch.bmm(a.unsqueeze(1), h).squeeze(1)  # (B, H)
         last = mask.sum(1).clamp(min=1) - 1  # index of the last real item
         glob = h[torch.arange(h.size(0)), last]  # (B, H)
