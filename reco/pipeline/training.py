@@ -200,8 +200,10 @@ def _split(events_path: str) -> tuple[Any, Any]:
     import pandas as pd
 
     from reco.evaluation import leave_one_out
+    from reco.training import interactions
 
-    events = pd.read_parquet(events_path)
+    # Impressions are not interest: neither training targets nor holdout items.
+    events = interactions(pd.read_parquet(events_path)).reset_index(drop=True)
     return events, leave_one_out(events)
 
 
@@ -256,11 +258,14 @@ def train(
     catalog = ItemCatalog.from_parquet(training_set["catalog"])
     init = registry.load_bundle(client, model_name, parent)[0] if parent else None
     warm_note = "warm" if init is not None else "cold"
+    train_rows = events.iloc[split.train_rows]
+    valid_sessions, valid_targets, _ = split.sessions("valid")  # best epoch by validation NDCG@10
+    valid = (valid_sessions, valid_targets)
     try:
-        result = fit(events.iloc[split.train_rows], catalog, TrainConfig(**cfg), init=init, progress=False)
+        result = fit(train_rows, catalog, TrainConfig(**cfg), init=init, progress=False, validation=valid)
     except WarmStartError as e:  # architecture changed: the candidate starts cold, and says so
         warm_note = f"cold (warm start refused: {e})"
-        result = fit(events.iloc[split.train_rows], catalog, TrainConfig(**cfg), init=None, progress=False)
+        result = fit(train_rows, catalog, TrainConfig(**cfg), init=None, progress=False, validation=valid)
     out = Path(training_set["job_dir"]) / "candidate"
     shutil.rmtree(out, ignore_errors=True)
     result.bundle.save(out)

@@ -55,7 +55,7 @@ class HttpApi:
         if not events:
             return
         r = self._http.post("/v1/events", json={"events": list(events)})
-        if r.status_code != 200:
+        if r.status_code not in (200, 202):  # the API answers 202 Accepted
             raise ApiError(f"POST /v1/events -> {r.status_code}: {r.text[:300]}")
 
     def close(self) -> None:
