@@ -14,12 +14,47 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
+import multiprocessing as mp
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+
+
+def produce(redis_url: str, prefix: str, rate: float, n_items: int, stop, counter) -> None:
+    """The traffic producer, in its own process (as the API is): `rate` labelled impressions/s."""
+    import redis
+
+    from reco.data.events import Event
+    from reco.online.control import write_request_context
+    from reco.store import RedisStore
+
+    client = redis.Redis.from_url(redis_url)
+    store = RedisStore(client, prefix, stream_maxlen=None)
+    rng = np.random.default_rng(0)
+    t_sim = datetime(2026, 1, 1, tzinfo=UTC)
+    per_tick = max(10, int(rate * 0.1))  # impressions per 100 ms tick
+    next_tick = time.monotonic()
+    r = 0
+    while not stop.is_set():
+        events, pipe = [], client.pipeline(transaction=False)
+        for _ in range(per_tick // 10):
+            rid, r = f"r{r}", r + 1
+            t_sim += timedelta(milliseconds=50)
+            write_request_context(pipe, prefix, rid, [str(x) for x in rng.integers(1, n_items + 1, 10)])
+            for pos, item in enumerate(rng.integers(1, n_items + 1, 10), 1):
+                common = dict(user_id=f"u{r % 1000}", session_id=f"s{r}", item_id=str(item), request_id=rid)
+                events.append(Event(event_id=f"{rid}:{pos}", ts=t_sim, event_type="impression", position=pos,
+                                    arm="treatment", model_version="1", propensity=1.0, **common))  # fmt: skip
+                if rng.random() < 0.05:
+                    events.append(Event(event_id=f"c{rid}:{pos}", ts=t_sim + timedelta(seconds=3),
+                                        event_type="click", **common))  # fmt: skip
+        pipe.execute()
+        store.ingest(events)
+        counter.value += per_tick
+        next_tick += 0.1
+        time.sleep(max(0.0, next_tick - time.monotonic()))
 
 
 def main() -> None:
@@ -35,10 +70,8 @@ def main() -> None:
     import redis
     import torch
 
-    from reco.data.events import Event
     from reco.models.ranker import RankerConfig, SessionAwareRanker
     from reco.online import ArmLearner, OnlineLearner
-    from reco.online.control import write_request_context
     from reco.online.model import ArmModel
     from reco.store import RedisStore
 
@@ -59,37 +92,9 @@ def main() -> None:
     learner = OnlineLearner(store, {"treatment": arm}, window_s=60, read_count=5000, publish_every_s=1.0)
     learner.start()
 
-    stop = threading.Event()
-    produced = {"impressions": 0}
-    rng = np.random.default_rng(0)
-    t_sim = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def produce() -> None:
-        nonlocal t_sim
-        per_tick = max(10, int(args.rate * 0.1))  # impressions per 100 ms tick
-        next_tick = time.monotonic()
-        r = 0
-        while not stop.is_set():
-            events, pipe = [], client.pipeline(transaction=False)
-            for _ in range(per_tick // 10):
-                rid, r = f"r{r}", r + 1
-                t_sim += timedelta(milliseconds=50)
-                session = [str(x) for x in rng.integers(1, n_items + 1, 10)]
-                write_request_context(pipe, prefix, rid, session)
-                for pos, item in enumerate(rng.integers(1, n_items + 1, 10), 1):
-                    common = dict(user_id=f"u{r % 1000}", session_id=f"s{r}", item_id=str(item), request_id=rid)
-                    events.append(Event(event_id=f"{rid}:{pos}", ts=t_sim, event_type="impression", position=pos,
-                                        arm="treatment", model_version="1", propensity=1.0, **common))  # fmt: skip
-                    if rng.random() < 0.05:
-                        events.append(Event(event_id=f"c{rid}:{pos}", ts=t_sim + timedelta(seconds=3),
-                                            event_type="click", **common))  # fmt: skip
-            pipe.execute()
-            store.ingest(events)
-            produced["impressions"] += per_tick
-            next_tick += 0.1
-            time.sleep(max(0.0, next_tick - time.monotonic()))
-
-    producer = threading.Thread(target=produce, daemon=True)
+    stop = mp.Event()
+    counter = mp.Value("q", 0)
+    producer = mp.Process(target=produce, args=(args.redis_url, prefix, args.rate, n_items, stop, counter))
     lags: list[tuple[float, int]] = []
     t0 = time.monotonic()
     producer.start()
@@ -101,7 +106,7 @@ def main() -> None:
             lags.append((time.monotonic() - t0, lag["lag"] + lag["pending"]))
             next_sample += 5.0
     stop.set()
-    producer.join()
+    producer.join(timeout=30)
     elapsed = time.monotonic() - t0
     j = learner.joiner.counters
     labelled = j["positives"] + j["negatives"]
@@ -113,7 +118,7 @@ def main() -> None:
         client.delete(*keys[k : k + 1000])
     print(json.dumps({
         "benchmark": "learner_throughput", "seconds": round(elapsed, 1), "rate_target": args.rate,
-        "produced_impressions_per_s": round(produced["impressions"] / elapsed),
+        "produced_impressions_per_s": round(counter.value / elapsed),
         "labelled_per_s": round(labelled / elapsed), "steps": arm.counters.steps,
         "publications": learner.stats.publications, "lag_first": int(ls[0]) if len(ls) else None,
         "lag_last": int(ls[-1]) if len(ls) else None, "lag_max": int(ls.max()) if len(ls) else None,

@@ -41,7 +41,7 @@ def learn(
     no_checkpoint: bool = typer.Option(False, "--no-checkpoint", help="do not checkpoint to MLflow"),
     metrics_file: Path | None = typer.Option(None, help="Prometheus text file (default <home>/metrics/online.prom)"),
     consumer: str = typer.Option("learner-1", help="consumer name in the group (stable across restarts)"),
-    threads: int = typer.Option(2, min=1, max=64, help="torch threads"),
+    threads: int = typer.Option(1, min=1, max=64, help="torch threads (1: measured fastest on 2 shared cores)"),
     max_seconds: float | None = typer.Option(None, min=1.0, help="stop after this many seconds (bounded run)"),
     seed: int = typer.Option(0, help="seed of the holdout split and replay sampling"),
 ) -> None:
