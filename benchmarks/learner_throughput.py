@@ -57,15 +57,46 @@ def produce(redis_url: str, prefix: str, rate: float, n_items: int, stop, counte
         time.sleep(max(0.0, next_tick - time.monotonic()))
 
 
+def rss_mb() -> float:
+    """This process's resident set size (MB), from /proc."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_summary(samples: list[tuple[float, float]]) -> dict[str, float]:
+    """RSS at the start, the end, per minute (MB at the last sample of each minute) and the slope of the
+    second half (MB/min; ~0 = a plateau)."""
+    if not samples:
+        return {}
+    ts, mb = np.array([t for t, _ in samples]), np.array([m for _, m in samples])
+    half = len(mb) // 2
+    slope = float(np.polyfit(ts[half:], mb[half:], 1)[0]) * 60 if len(mb[half:]) >= 2 else float("nan")
+    per_min = {int(t // 60): round(m, 1) for t, m in samples}
+    return {"first": round(mb[0], 1), "last": round(mb[-1], 1), "max": round(mb.max(), 1),
+            "slope_second_half_mb_per_min": round(slope, 2), "per_minute": list(per_min.values())}  # fmt: skip
+
+
+def state_sizes(learner) -> dict[str, int]:
+    """Entries held by the learner's bounded structures at the end of the run."""
+    sizes = getattr(learner, "state_sizes", None)
+    return sizes() if callable(sizes) else {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--minutes", type=float, default=None, help="overrides --seconds")
     ap.add_argument("--rate", type=float, default=6000.0, help="labelled impressions per second produced")
     ap.add_argument("--update-every", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the learner")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = ap.parse_args()
+    if args.minutes is not None:
+        args.seconds = args.minutes * 60.0
 
     import redis
     import torch
@@ -96,6 +127,7 @@ def main() -> None:
     counter = mp.Value("q", 0)
     producer = mp.Process(target=produce, args=(args.redis_url, prefix, args.rate, n_items, stop, counter))
     lags: list[tuple[float, int]] = []
+    rss: list[tuple[float, float]] = []
     t0 = time.monotonic()
     producer.start()
     next_sample = t0
@@ -104,6 +136,7 @@ def main() -> None:
         if time.monotonic() >= next_sample:
             lag = learner.lag()
             lags.append((time.monotonic() - t0, lag["lag"] + lag["pending"]))
+            rss.append((time.monotonic() - t0, rss_mb()))
             next_sample += 5.0
     stop.set()
     producer.join(timeout=30)
@@ -123,6 +156,7 @@ def main() -> None:
         "publications": learner.stats.publications, "lag_first": int(ls[0]) if len(ls) else None,
         "lag_last": int(ls[-1]) if len(ls) else None, "lag_max": int(ls.max()) if len(ls) else None,
         "lag_slope_second_half_per_s": round(slope, 2), "torch_threads": args.threads,
+        "rss_mb": rss_summary(rss), "state_sizes": state_sizes(learner),
     }))  # fmt: skip
 
 

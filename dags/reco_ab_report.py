@@ -21,11 +21,12 @@ from airflow.sdk import Param, dag, get_current_context, task
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": timedelta(minutes=2), "execution_timeout": timedelta(minutes=20)},
     params={
-        "experiment": Param("default", type="string", minLength=1),
+        "experiment": Param(None, type=["null", "string"], description="empty = the config's first experiment"),
         "control": Param("control", type="string", minLength=1),
         "start": Param(None, type=["null", "string"], format="date", description="first day; empty = lake's first"),
         "end": Param(None, type=["null", "string"], format="date", description="last day; empty = day before run"),
-        "traffic": Param(None, type=["null", "object"], description='configured shares, e.g. {"control": 0.5}'),
+        "traffic": Param(None, type=["null", "object"], description='shares, e.g. {"control": 0.5}; empty = config'),
+        "experiments": Param(None, type=["null", "string"], description="config YAML; empty = RECO_EXPERIMENTS_PATH"),
         "min_days": Param(14, type="integer", minimum=1),
         "lake_dir": Param(None, type=["null", "string"], description="empty = RECO_HOME/lake"),
         "reports_dir": Param(None, type=["null", "string"], description="empty = RECO_HOME/reports"),
@@ -52,7 +53,7 @@ def reco_ab_report() -> None:
                 experiment=p["experiment"], control=p["control"], start=p.get("start"), end=end,
                 lake_dir=p.get("lake_dir") or s.lake_dir, reports_dir=p.get("reports_dir") or s.reports_dir,
                 tracking_uri=p.get("tracking_uri") or s.tracking_uri, traffic=p.get("traffic"),
-                min_days=p["min_days"],
+                experiments_path=p.get("experiments") or s.experiments_path, min_days=p["min_days"],
             )  # fmt: skip
         except (SRMFlagged, ReportError) as e:  # retrying cannot fix either
             raise AirflowFailException(str(e)) from e

@@ -75,15 +75,23 @@ def code_revision(repo: Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def fingerprint(snapshot_id: str, config: Mapping[str, Any], parent_version: str | None) -> str:
-    """Identity of a training job: same data + config + warm-start parent -> same fingerprint.
+def fingerprint(
+    snapshot_id: str, config: Mapping[str, Any], parent_version: str | None, parent_online_run: str | None = None
+) -> str:
+    """Identity of a training job: same data + config + warm-start parent (+ the online snapshot the
+    weights came from, when there was one) -> same fingerprint.
 
     >>> fingerprint("s1", {"epochs": 1}, None) == fingerprint("s1", {"epochs": 1}, None)
     True
     >>> fingerprint("s1", {"epochs": 1}, None) == fingerprint("s1", {"epochs": 1}, "3")
     False
+    >>> fingerprint("s1", {"epochs": 1}, "3") == fingerprint("s1", {"epochs": 1}, "3", "run-a")
+    False
     """
-    blob = json.dumps({"snapshot": snapshot_id, "config": config, "parent": parent_version}, sort_keys=True)
+    doc: dict[str, Any] = {"snapshot": snapshot_id, "config": config, "parent": parent_version}
+    if parent_online_run:  # absent otherwise, so fingerprints of versions without one are unchanged
+        doc["parent_online_run"] = parent_online_run
+    blob = json.dumps(doc, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -100,10 +108,11 @@ class Lineage:
     train_config: Mapping[str, Any]
     code_revision: str = "unknown"
     extra: Mapping[str, str] = field(default_factory=dict)
+    parent_online_run: str | None = None  # MLflow run id of the online snapshot the weights started from
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.data_snapshot_id, self.train_config, self.parent_version)
+        return fingerprint(self.data_snapshot_id, self.train_config, self.parent_version, self.parent_online_run)
 
     def tags(self) -> dict[str, str]:
         tags = {
@@ -117,6 +126,8 @@ class Lineage:
             "metrics": json.dumps({k: float(v) for k, v in self.metrics.items()}, sort_keys=True),
             "fingerprint": self.fingerprint,
         }
+        if self.parent_online_run:
+            tags["parent_online_run"] = self.parent_online_run
         tags.update({f"metric.{metric_name(k)}": _num(v) for k, v in self.metrics.items()})
         tags.update(self.extra)
         return tags

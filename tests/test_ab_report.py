@@ -169,7 +169,18 @@ def test_cli_report_and_errors(tmp_path: Path) -> None:
     ok = runner.invoke(app, ["ab", "report", "--events", str(tmp_path / "e.parquet"), "--control", "control",
                              "--format", "html", "--out", str(out)])  # fmt: skip
     assert ok.exit_code == 0 and out.read_text().startswith("<!doctype html>")
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("version: 1\nexperiments:\n  - name: x\n    salt: s\n    arms:\n"
+                   "      - {name: control, traffic: 0.3, alias: a}\n"
+                   "      - {name: treatment, traffic: 0.7, alias: b}\n")  # fmt: skip
+    ok = runner.invoke(app, ["ab", "report", "--events", str(tmp_path / "e.parquet"), "--control", "control",
+                             "--experiments", str(cfg)])  # fmt: skip
+    rep = json.loads(ok.stdout)
+    assert rep["experiment"] == "x" and rep["config"]["traffic"] == {"control": 0.3, "treatment": 0.7}
+    assert rep["srm"]["flagged"]  # the simulated 50/50 split does not match the configured 30/70
     for args, msg in [
+        (["--control", "control", "--experiment", "nope"], "no experiment 'nope'"),
+        (["--control", "control", "--experiments", str(tmp_path / "none.yaml")], "cannot read experiment config"),
         (["--control", "nope"], "unknown control arm"),
         (["--control", "control", "--traffic", "control"], "ARM=SHARE"),
         (["--control", "control", "--start", "2026-13-01"], "YYYY-MM-DD"),

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from reco.data.lake import EventLake
+from reco.experiments.report import ReportError
 from reco.experiments.simulate import SimConfig, simulate_events
 from reco.pipeline.ab_report import MLFLOW_EXPERIMENT, SRMFlagged, run_ab_report
 
@@ -34,6 +35,16 @@ def lakes(tmp_path_factory) -> dict[str, Path]:
     return {"ok": _lake(base / "ok"), "srm": _lake(base / "srm", arms={"control": 0.62, "treatment": 0.38})}
 
 
+def _config(path: Path, name: str, control: float) -> Path:
+    """An experiment config with one experiment `name` (control / treatment shares)."""
+    path.write_text(
+        f"version: 1\nexperiments:\n  - name: {name}\n    salt: s-{name}\n    arms:\n"
+        f"      - {{name: control, traffic: {control}, alias: arm-control}}\n"
+        f"      - {{name: treatment, traffic: {1 - control:.2f}, alias: arm-treatment}}\n"
+    )
+    return path
+
+
 def _runs(uri: str, experiment: str) -> list:
     from mlflow.tracking import MlflowClient
 
@@ -45,7 +56,7 @@ def _runs(uri: str, experiment: str) -> list:
 def test_pipeline_rerun_overwrites_and_reuses_the_run(lakes, mlflow_server, tmp_path: Path) -> None:
     name = f"exp-{uuid.uuid4().hex[:6]}"
     kw = dict(experiment=name, control="control", end=END, lake_dir=lakes["ok"], reports_dir=tmp_path,
-              tracking_uri=mlflow_server)  # fmt: skip
+              tracking_uri=mlflow_server, traffic={"control": 0.5, "treatment": 0.5})  # fmt: skip
     first, second = run_ab_report(**kw), run_ab_report(**kw)
     assert first["mlflow_run_id"] == second["mlflow_run_id"]
     assert sorted(p.name for p in (tmp_path / name).iterdir()) == [f"{END}.html", f"{END}.json"]
@@ -61,9 +72,19 @@ def test_pipeline_rerun_overwrites_and_reuses_the_run(lakes, mlflow_server, tmp_
 
 
 def test_pipeline_srm_raises_after_writing(lakes, tmp_path: Path) -> None:
-    with pytest.raises(SRMFlagged, match="sample ratio mismatch"):
-        run_ab_report(experiment="srm", control="control", end=END, lake_dir=lakes["srm"], reports_dir=tmp_path)
-    assert json.loads((tmp_path / "srm" / f"{END}.json").read_text())["srm"]["flagged"] is True
+    """No traffic given: the shares come from the experiment config (the built-in one by default)."""
+    with pytest.raises(SRMFlagged, match="sample ratio mismatch"):  # built-in ranker-v2: 50/50
+        run_ab_report(experiment=None, control="control", end=END, lake_dir=lakes["srm"], reports_dir=tmp_path)
+    rep = json.loads((tmp_path / "ranker-v2" / f"{END}.json").read_text())
+    assert rep["srm"]["flagged"] is True and rep["config"]["traffic_source"] == "experiment config <built-in>"
+    # the same users against the shares this experiment is configured with: no mismatch
+    cfg = _config(tmp_path / "exp.yaml", "split-62", 0.62)
+    out = run_ab_report(experiment="split-62", control="control", end=END, lake_dir=lakes["srm"],
+                        reports_dir=tmp_path, experiments_path=cfg)  # fmt: skip
+    rep = json.loads(Path(out["json"]).read_text())
+    assert not out["srm_flagged"] and rep["config"]["traffic"] == {"control": 0.62, "treatment": 0.38}
+    with pytest.raises(ReportError, match=r"no experiment 'nope'.*--traffic"):
+        run_ab_report(experiment="nope", control="control", end=END, lake_dir=lakes["ok"], reports_dir=tmp_path)
 
 
 def test_dag_parses_without_heavy_imports() -> None:

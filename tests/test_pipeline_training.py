@@ -66,3 +66,79 @@ def test_ingest_from_the_redis_stream_lands_each_event_once(tmp_path, redis_url,
     assert first["rows"] == again["rows"] == 6
     table = EventLake(tmp_path / "lake").read()
     assert sorted(table.column("event_id").to_pylist()) == sorted(e.event_id for e in events)
+
+
+# --------------------------------------------------------------------------- off-policy estimate in the gate
+
+
+def _training_set_file(tmp_path, table) -> str:
+    """The job's events file as `build_training_set` writes it (lake -> pandas -> Parquet)."""
+    from reco.data.lake import EventLake
+
+    lake = EventLake(tmp_path / "lake")
+    lake.write_partitions(table)
+    path = tmp_path / "events.parquet"
+    lake.read_pandas().to_parquet(path, index=False)
+    return str(path)
+
+
+def test_gate_reports_the_candidates_offpolicy_ctr_on_a_simulated_log(candidate, tmp_path):
+    """Logged ranking traffic with a known click model: the candidate's (tiny_bundle's) CTR under its own
+    Plackett-Luce policy is known exactly, and `evaluate`'s estimates from the job's events file (sessions
+    rebuilt from the log, served scoring path) cover it. The gate reports it without rejecting on it, and
+    `register` records it as run metrics and version tags."""
+    import numpy as np
+    from test_offpolicy import pl_value
+
+    from reco import registry
+    from reco.experiments.simulate import SlateSimConfig, simulate_slate_log
+
+    log = simulate_slate_log(SlateSimConfig(requests=2000, logging_spread=0.5, seed=3))
+    uri, tau = f"sqlite:///{tmp_path}/mlflow.db", 0.02  # the tiny model's logits are close: a low temperature
+    tset = {"events": _training_set_file(tmp_path, log.events), "snapshot_id": "s", "rows": 1,
+            "validation_id": "v", "validation_bad_rows": 0}  # fmt: skip
+    cand = candidate | {"parent_version": None, "train_config": {"epochs": 1}}
+    evaluation = T.evaluate(uri, "op", tset, cand, offpolicy_tau=tau)
+    est = evaluation["offpolicy"]
+    items = [[str(i + 1) for i in row] for row in log.slates]
+    scores = tiny_bundle().score_batch(log.sessions, items, "home", "web")[0]
+    truth = pl_value(scores, log.slates, log.click_prob, tau)
+    assert est["status"] == "estimated" and est["logged"]["impressions"] == 8000
+    for m in ("ips", "snips", "dr"):
+        assert est[m]["ci"][0] <= truth <= est[m]["ci"][1], (m, est[m], truth)
+    assert est["snips"]["effective_sample_size"] < 0.8 * 8000, est["snips"]  # its policy differs from the log's
+    metrics = T.offpolicy_metrics(est)
+    assert metrics["offpolicy_snips_ctr"] == est["snips"]["value"] and metrics["offpolicy_n"] == 8000
+    assert metrics["offpolicy_snips_ci_low"] < metrics["offpolicy_snips_ctr"] < metrics["offpolicy_snips_ci_high"]
+    assert evaluation["candidate"].items() >= metrics.items() and np.isfinite(list(metrics.values())).all()
+
+    verdict = T.gate(candidate, evaluation)
+    assert verdict["passed"] and verdict["offpolicy"].startswith("snips CTR ")
+    reg = T.register(uri, "op", tset, cand, evaluation, verdict, {})
+    client = registry.client_for(uri)
+    tags = registry.get_version(client, "op", reg["version"]).tags
+    assert float(tags["metric.offpolicy_snips_ctr"]) == pytest.approx(est["snips"]["value"], rel=1e-5)
+    assert client.get_run(reg["run_id"]).data.metrics["offpolicy_n"] == 8000
+    # the opt-in rejection: a candidate whose interval lies wholly below the logged CTR
+    worse = est | {"logged": est["logged"] | {"ctr": est["snips"]["ci"][1] + 0.01}}
+    assert T.gate(candidate, evaluation | {"offpolicy": worse})["passed"]  # reported only, by default
+    rejected = T.gate(candidate, evaluation | {"offpolicy": worse}, offpolicy_reject=True)
+    assert not rejected["passed"] and "off-policy SNIPS" in rejected["reason"]
+
+
+def test_offpolicy_is_none_without_logged_traffic(candidate, tmp_path, movielens_dir):
+    """MovieLens ratings have no impressions: the gate says so and passes on the offline metrics."""
+    from datetime import date
+
+    from reco.data.lake import EventLake
+    from reco.data.movielens import ingest_movielens
+
+    ingest_movielens(movielens_dir, EventLake(tmp_path / "ml"), date(1997, 9, 20), date(1997, 9, 21))
+    path = tmp_path / "ml.parquet"
+    EventLake(tmp_path / "ml").read_pandas().to_parquet(path, index=False)
+    est = T.offpolicy_estimate(str(path), tiny_bundle())
+    assert est == {"status": "none", "reason": "no impressions logged with propensities in the job's interval"}
+    assert T.offpolicy_metrics(est) == {}
+    verdict = T.gate(candidate, ev(0.3, None) | {"offpolicy": est})
+    assert verdict["passed"] and verdict["offpolicy"].startswith("none (no impressions")
+    assert T.gate(candidate, ev(0.3, None))["offpolicy"] == "none (not evaluated)"

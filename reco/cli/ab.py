@@ -58,11 +58,24 @@ def report(
     fmt: str = typer.Option("json", "--format", help="json or html"),
     out: Path | None = typer.Option(None, "--out", help="write here instead of stdout"),
     traffic: list[str] | None = typer.Option(None, "--traffic", help="configured share, ARM=SHARE (repeat)"),
-    experiment: str = typer.Option("default", "--experiment", help="experiment name shown in the report"),
+    experiment: str | None = typer.Option(
+        None, "--experiment", help="experiment name (its traffic shares come from --experiments); default: the first"
+    ),
+    experiments: Path | None = typer.Option(
+        None, "--experiments", help="experiment config YAML for the traffic shares; default: the built-in config"
+    ),
     min_days: int = typer.Option(14, "--min-days", help="days before a ship/stop decision is allowed"),
 ) -> None:
     """Aggregate events per arm, run the statistics and print (or write) the report."""
-    from reco.experiments.report import ReportConfig, ReportError, build_report, read_events, render_html, render_json
+    from reco.experiments.report import (
+        ReportConfig,
+        ReportError,
+        build_report,
+        configured_traffic,
+        read_events,
+        render_html,
+        render_json,
+    )
 
     if fmt not in ("json", "html"):
         _fail(f"--format must be json or html, got {fmt!r}")
@@ -70,8 +83,11 @@ def report(
     if d0 and d1 and d1 < d0:
         _fail(f"--end {d1} is before --start {d0}")
     try:
-        shares = parse_traffic(traffic)
-        cfg = ReportConfig(control=control, experiment=experiment, start=d0, end=d1, traffic=shares, min_days=min_days)
+        shares, source = parse_traffic(traffic), "--traffic"
+        if shares is None:  # the shares the experiment is configured with (what assignment used)
+            experiment, shares, source = configured_traffic(experiment, experiments)
+        cfg = ReportConfig(control=control, experiment=experiment or "default", start=d0, end=d1, traffic=shares,
+                           traffic_source=source, min_days=min_days)  # fmt: skip
         table = read_events(events, d0, d1, cfg.pre_period_days if d0 else 0)
         rep = build_report(table, cfg)
     except (ReportError, ValueError, OSError) as e:

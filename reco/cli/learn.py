@@ -22,6 +22,32 @@ def _fail(msg: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def tracking_problem(uri: str, timeout_s: float = 3.0) -> str | None:
+    """Why an HTTP MLflow tracking server cannot be reached (None when it answers, or for a local URI).
+
+    Asked up front because the MLflow client retries for minutes and then reports a missing server as a
+    missing model version.
+
+    >>> tracking_problem("sqlite:///tmp/x.db") is None
+    True
+    >>> tracking_problem("http://127.0.0.1:1", timeout_s=1.0).startswith("MLflow tracking server unreachable")
+    True
+    """
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError:  # it answered (an auth proxy, an old server without /health): reachable
+        return None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"MLflow tracking server unreachable at {uri}: {reason}"
+
+
 def learn(
     arms: str | None = typer.Option(
         None, help="comma-separated arms to learn (default: every arm of the experiment config)"
@@ -43,14 +69,16 @@ def learn(
     consumer: str = typer.Option("learner-1", help="consumer name in the group (stable across restarts)"),
     threads: int = typer.Option(1, min=1, max=64, help="torch threads (1: measured fastest on 2 shared cores)"),
     max_seconds: float | None = typer.Option(None, min=1.0, help="stop after this many seconds (bounded run)"),
+    base_poll_s: float = typer.Option(30.0, min=1.0, help="seconds between checks of each arm's registry alias"),
     seed: int = typer.Option(0, help="seed of the holdout split and replay sampling"),
 ) -> None:
     """Consume the event stream, learn online per arm under guardrails, publish weight snapshots."""
     import torch
+    from redis import RedisError
 
     from reco.experiments.assignment import load_config
     from reco.online import ArmLearner, OnlineLearner, from_bundle
-    from reco.online.handoff import MlflowCheckpointer
+    from reco.online.handoff import MlflowCheckpointer, RegistryBases
     from reco.redis_server import resolve_url
     from reco.registry import RegistryError, client_for, load_bundle
     from reco.settings import RecoSettings
@@ -67,18 +95,24 @@ def learn(
     unknown = [a for a in names if a not in aliases]
     if unknown:
         raise _fail(f"unknown arm(s) {unknown}; the experiment config has {sorted(aliases)}")
+    if (problem := tracking_problem(settings.tracking_uri)) is not None:
+        raise _fail(problem)
     client = client_for(settings.tracking_uri)
+
+    def make_learner(bundle, version: str) -> ArmLearner:
+        return ArmLearner(
+            from_bundle(bundle, version), lr=lr, update_every=update_every, batch_size=batch_size,
+            replay=replay, grad_clip=grad_clip, ips=ips, ips_clip=ips_clip, margin=margin, patience=patience,
+            max_session=bundle.model.config.max_session_len, seed=seed,
+        )  # fmt: skip
+
     learners = {}
     for arm in names:
         try:
             bundle, mv = load_bundle(client, settings.registered_model, aliases[arm])
         except RegistryError as exc:
             raise _fail(f"arm {arm!r}: {exc} (train and promote a model first)") from None
-        learners[arm] = ArmLearner(
-            from_bundle(bundle, str(mv.version)), lr=lr, update_every=update_every, batch_size=batch_size,
-            replay=replay, grad_clip=grad_clip, ips=ips, ips_clip=ips_clip, margin=margin, patience=patience,
-            max_session=bundle.model.config.max_session_len, seed=seed,
-        )  # fmt: skip
+        learners[arm] = make_learner(bundle, str(mv.version))
         typer.echo(f"arm {arm}: base version {mv.version} ({aliases[arm]})")
     url, _server = resolve_url(settings.redis_url, settings.home)
     store = RedisStore(connect(url, socket_timeout=5.0), settings.redis_prefix)
@@ -87,18 +121,20 @@ def learn(
     learner = OnlineLearner(
         store, learners, consumer=consumer, window_s=window_s, publish_every_s=publish_every_s,
         checkpoint=None if no_checkpoint else MlflowCheckpointer(settings.tracking_uri, settings.registered_model),
-        checkpoint_every_s=checkpoint_every_s, metrics_path=str(metrics),
+        checkpoint_every_s=checkpoint_every_s, metrics_path=str(metrics), base_poll_s=base_poll_s,
+        rebase=RegistryBases(settings.tracking_uri, settings.registered_model, aliases, make_learner),
     )  # fmt: skip
     stopping = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     try:
-        learner.start()
+        # No separate start(): run() starts (and restarts, after a lost Redis connection) by itself.
         learner.run(stop=lambda: stopping["now"] or (deadline is not None and time.monotonic() > deadline))
     except KeyboardInterrupt:
-        learner.maybe_publish(force=True)
-    except StoreUnavailable as exc:
-        raise _fail(f"redis unavailable at {url}: {exc}") from None
+        try:
+            learner.maybe_publish(force=True)
+        except (StoreUnavailable, RedisError) as exc:
+            raise _fail(f"redis unavailable at {url}: {exc}") from None
     typer.echo(f"stopped: {learner.stats.read} events read, {learner.stats.publications} publications")
 
 

@@ -55,6 +55,7 @@ class ReportConfig:
     start: date | None = None
     end: date | None = None
     traffic: Mapping[str, float] | None = None
+    traffic_source: str | None = None  # where `traffic` came from, shown in the report
     alpha: float = 0.05
     min_days: int = 14
     planned_days: int = 28
@@ -66,6 +67,33 @@ class ReportConfig:
     pre_period_days: int = 14
     novelty_min_users: int = 30
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- traffic shares
+
+
+def configured_traffic(
+    experiment: str | None, config_path: str | Path | None = None
+) -> tuple[str, dict[str, float], str]:
+    """(experiment name, arm -> traffic share, source) from the experiment config (`config_path`, None =
+    the built-in `DEFAULT_CONFIG`); `experiment` None = the config's first experiment. Arms with zero traffic
+    are left out (they serve nobody, so they cannot be in the events). An experiment missing from the config
+    is a `ReportError` that says how to give the shares instead.
+
+    >>> configured_traffic(None)
+    ('ranker-v2', {'control': 0.5, 'treatment': 0.5}, 'experiment config <built-in>')
+    """
+    from reco.experiments.assignment import ConfigError, load_config
+
+    source = str(config_path) if config_path else "<built-in>"
+    try:
+        spec = load_config(config_path).experiment(experiment)
+    except ConfigError as e:
+        raise ReportError(str(e).replace("\n", " ")) from None
+    except KeyError as e:
+        raise ReportError(f"{e.args[0]} in the experiment config {source}: pass --traffic ARM=SHARE or "
+                          "--experiments PATH") from None  # fmt: skip
+    return spec.name, {a.name: a.traffic for a in spec.arms if a.traffic > 0}, f"experiment config {source}"
 
 
 # --------------------------------------------------------------------------- reading
@@ -440,7 +468,9 @@ def report_from_aggregates(agg: Aggregates, config: ReportConfig) -> dict[str, A
             "planned_days": config.planned_days,
             "correction": config.correction,
             "traffic": dict(zip(arms, shares.tolist(), strict=True)),
-            "traffic_source": "configured" if configured else "equal shares (none configured)",
+            "traffic_source": (config.traffic_source or "configured")
+            if configured
+            else "equal shares (none configured)",
             "sequential": {"method": "mSPRT, normal mixture on the relative lift", "tau": config.tau},
             "bayes": {"method": "normal approximation, flat prior"},
             "decision_basis": "user-level delta-method CTR test, sequential p-value, "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -114,3 +114,74 @@ def _purchases(rng: np.random.Generator, clicks: pa.Table, rate: float) -> pa.Ta
     p = p.set_column(5, "event_type", pa.array(np.full(p.num_rows, "purchase")))
     p = p.set_column(14, "value", pa.array(np.round(rng.gamma(2.0, 15.0, p.num_rows), 2)))
     return p.cast(EVENT_SCHEMA)
+
+
+@dataclass(frozen=True)
+class SlateSimConfig:
+    """Logged ranking traffic with a known click model, for off-policy tests: each request (one session,
+    preceded by up to `max_views` views) gets a random slate of `slate_size` of `items`, which the logging
+    policy orders by Plackett-Luce sampling (temperature `logging_tau`) over per-item scores plus request
+    noise, logging the per-slot propensity. P(click | item, slot) = item CTR x position bias."""
+
+    requests: int = 3000
+    items: tuple[str, ...] = tuple(str(i) for i in range(1, 9))
+    slate_size: int = 4
+    max_views: int = 3
+    logging_tau: float = 1.0
+    logging_spread: float = 1.0  # sd of the logging policy's per-item scores (larger: more extreme weights)
+    start: date = date(2026, 1, 1)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SlateLog:
+    events: pa.Table  # EVENT_SCHEMA: views, impressions (with propensities), clicks
+    sessions: list[list[str]]  # per request i (request_id f"r{i}"): the items viewed before it
+    slates: np.ndarray  # (requests, slate_size) indices into cfg.items, in logged order
+    click_prob: np.ndarray  # (n_items, slate_size): P(click | item, slot)
+    propensity: np.ndarray  # (requests, slate_size): logged per-slot propensities
+    clicked: np.ndarray  # (requests, slate_size) bool
+
+
+def simulate_slate_log(cfg: SlateSimConfig, with_events: bool = True) -> SlateLog:
+    """Simulate `cfg` (seeded).
+
+    >>> log = simulate_slate_log(SlateSimConfig(requests=5))
+    >>> log.slates.shape, sorted(set(log.events.column("event_type").to_pylist()))[-2:]
+    ((5, 4), ['impression', 'view'])
+    """
+    from reco.experiments.offpolicy import plackett_luce_propensities
+
+    rng = np.random.default_rng(cfg.seed)
+    n_items, k, n = len(cfg.items), cfg.slate_size, cfg.requests
+    click_prob = np.outer(rng.uniform(0.05, 0.4, n_items), 1.0 / np.sqrt(np.arange(1, k + 1)))
+    slate_sets = np.argsort(rng.random((n, n_items)), axis=1)[:, :k]
+    log_scores = rng.normal(0, cfg.logging_spread, n_items)[slate_sets] + rng.normal(0, 0.5, (n, k))
+    gumbel = -np.log(-np.log(rng.random((n, k))))
+    order = np.argsort(-(log_scores / cfg.logging_tau + gumbel), axis=1)  # Plackett-Luce sample
+    slates = np.take_along_axis(slate_sets, order, 1)
+    propensity = plackett_luce_propensities(np.take_along_axis(log_scores, order, 1), cfg.logging_tau)
+    clicked = rng.random((n, k)) < click_prob[slates, np.arange(k)]
+    n_views = rng.integers(0, cfg.max_views + 1, n)
+    if not with_events:  # arrays only (fast repeated simulations)
+        sessions = [[cfg.items[i] for i in rng.integers(0, n_items, v)] for v in n_views]
+        return SlateLog(pa.table({}), sessions, slates, click_prob, propensity, clicked)
+    t0 = datetime(cfg.start.year, cfg.start.month, cfg.start.day, tzinfo=UTC)
+    rows: list[dict[str, object]] = []
+    sessions = []
+    for r in range(n):
+        base = dict(user_id=f"u{r % max(n // 3, 1)}", session_id=f"s{r}", page_type="home", device="web")
+        t_req = t0 + timedelta(seconds=60 * r + 30)
+        viewed = [cfg.items[i] for i in rng.integers(0, n_items, n_views[r])]
+        sessions.append(viewed)
+        for v, item in enumerate(viewed):
+            rows.append(base | dict(event_id=f"v{r}.{v}", ts=t_req - timedelta(seconds=20 - v), item_id=item,
+                                    event_type="view"))  # fmt: skip
+        for j in range(k):
+            imp = base | dict(item_id=cfg.items[slates[r, j]], request_id=f"r{r}", position=j + 1, arm="control",
+                              model_version="log-v1")  # fmt: skip
+            rows.append(imp | dict(event_id=f"r{r}:{j + 1}", ts=t_req, event_type="impression",
+                                   propensity=float(propensity[r, j]), is_exploration=False))  # fmt: skip
+            if clicked[r, j]:
+                rows.append(imp | dict(event_id=f"c{r}.{j}", ts=t_req + timedelta(seconds=5), event_type="click"))
+    return SlateLog(pa.Table.from_pylist(rows, schema=EVENT_SCHEMA), sessions, slates, click_prob, propensity, clicked)

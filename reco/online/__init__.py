@@ -6,12 +6,12 @@ Modules, one responsibility each: `join` (reward join in event time), `history` 
 rebuilt from the stream), `examples` (training rows and the replay buffer), `model` (what the learner
 needs from a model), `guardrails` (holdout, revert rule), `arm` (one arm's updates), `learner` (stream,
 acknowledgements, publication), `control` (Redis keys: request context, pause/resume, counters),
-`handoff` (MLflow checkpoints for the training DAG).
+`handoff` (MLflow checkpoints for the training DAG, registry polling for base-version changes).
 """
 
 from reco.online.arm import ArmLearner, StepReport
 from reco.online.control import is_paused, pause, read_request_contexts, resume, write_request_context
-from reco.online.handoff import checkpoint_to_mlflow, latest_online_snapshot
+from reco.online.handoff import RegistryBases, checkpoint_to_mlflow, latest_online_run, latest_online_snapshot
 from reco.online.join import RewardJoiner
 from reco.online.learner import OnlineLearner
 from reco.online.model import ArmModel, DotScorer, from_bundle
@@ -21,11 +21,13 @@ __all__ = [
     "ArmModel",
     "DotScorer",
     "OnlineLearner",
+    "RegistryBases",
     "RewardJoiner",
     "StepReport",
     "checkpoint_to_mlflow",
     "from_bundle",
     "is_paused",
+    "latest_online_run",
     "latest_online_snapshot",
     "pause",
     "read_request_contexts",

@@ -175,6 +175,16 @@ class ArmLearner:
         self._good_state = clone_state(self.model.module)
         self._snapshot_step = snapshot_step
 
+    def rewind(self) -> None:
+        """Forget the unpublished progress, as a restarted process would: the examples waiting for a step
+        are dropped (their stream entries are still pending and come back) and the weights go back to the
+        base (`resume_from` the last published snapshot follows). Replay buffer and holdout are kept."""
+        self._fresh, self._n_fresh = [], 0
+        self._load(self._base_state)
+        self._good_state = self._base_state
+        self._snapshot_step = 0
+        self._rule.reset()
+
     def revert_to_base(self) -> None:
         """Back to the base weights (optimizer moments reset); also used by a manual admin revert."""
         self._load(self._base_state)

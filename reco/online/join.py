@@ -8,6 +8,14 @@ replay gives the same labels. Feedback for an already closed impression is *late
 on. Feedback that arrives before its impression (out-of-order delivery) waits until the impression shows
 up or its own window passes (then it is an *orphan*).
 
+Memory is bounded by event time and by size (O-1): open impressions live one window (`max_pending`
+caps them; the oldest are then closed as no-click, counted `evicted_pending`); early feedback one window;
+closed impressions are remembered `late_memory_s` (default: one window) to tell late/extra feedback from
+orphans, at most `closed_memory` of them; event ids for deduplication `dedup_s` (default: one window), at
+most `dedup_memory`. Feedback for an impression closed longer ago than `late_memory_s` counts as an orphan.
+Each entry costs roughly 0.2-0.5 KB, so at 600 impressions/s and a 60 s window the joiner holds ~36,000
+impressions (~20 MB); the size caps bound a long window at high rates.
+
 Every event carries its stream entry id (`sid`). The joiner says which ids are finished right away
 (views, duplicates, late/orphan feedback) and attaches the rest to the labelled impression they became
 part of, so the caller acknowledges them only after using them.
@@ -66,32 +74,51 @@ class RewardJoiner:
     ([('j', 0)], ['3-0'], 1)
     """
 
-    def __init__(self, window_s: float = 1800.0, dedup_memory: int = 500_000, closed_memory: int = 500_000):
+    def __init__(
+        self,
+        window_s: float = 1800.0,
+        dedup_memory: int = 200_000,
+        closed_memory: int = 200_000,
+        max_pending: int = 500_000,
+        late_memory_s: float | None = None,
+        dedup_s: float | None = None,
+    ):
         self.window_s = window_s
         self.dedup_memory = dedup_memory
         self.closed_memory = closed_memory
+        self.max_pending = max_pending
+        self.late_memory_s = late_memory_s
+        self.dedup_s = dedup_s
+        self._late_s = window_s if late_memory_s is None else late_memory_s
+        self._dedup_s = window_s if dedup_s is None else dedup_s
         self._pending: dict[tuple[str, str], Impression] = {}
         self._order: deque[tuple[float, tuple[str, str]]] = deque()
         self._early: dict[tuple[str, str], tuple[float, str]] = {}
         self._early_order: deque[tuple[float, tuple[str, str]]] = deque()
-        self._closed: OrderedDict[tuple[str, str], int] = OrderedDict()
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._closed: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()  # key -> (label, closed at)
+        self._seen: OrderedDict[str, float] = OrderedDict()  # event id -> event ts
         self.watermark = float("-inf")
         self.counters = dict.fromkeys(
             ("impressions", "positives", "negatives", "late_feedback", "extra_feedback", "orphan_feedback",
-             "duplicates", "other"), 0
+             "duplicates", "other", "evicted_pending"), 0
         )  # fmt: skip
 
     @property
     def n_pending(self) -> int:
         return len(self._pending)
 
+    def sizes(self) -> dict[str, int]:
+        """Entries held per structure (each bounded: see the module docstring)."""
+        tables = {"pending": self._pending, "order": self._order, "early": self._early,
+                  "early_order": self._early_order, "closed": self._closed, "seen": self._seen}  # fmt: skip
+        return {k: len(v) for k, v in tables.items()}
+
     def add(self, events: list[dict[str, Any]]) -> tuple[list[Labelled], list[str]]:
         """Feed decoded events in stream order; returns (labelled impressions, stream ids finished now)."""
         out: list[Labelled] = []
         done: list[str] = []
         for ev in events:
-            if self._is_duplicate(ev.get("event_id")):
+            if self._is_duplicate(ev.get("event_id"), ev["ts"]):
                 self.counters["duplicates"] += 1
                 done.append(ev["sid"])
                 continue
@@ -110,12 +137,12 @@ class RewardJoiner:
         self._expire(out, done)
         return out, done
 
-    def _is_duplicate(self, event_id: str | None) -> bool:
+    def _is_duplicate(self, event_id: str | None, ts: float) -> bool:
         if event_id is None:
             return False
         if event_id in self._seen:
             return True
-        self._seen[event_id] = None
+        self._seen[event_id] = ts
         if len(self._seen) > self.dedup_memory:
             self._seen.popitem(last=False)
         return False
@@ -149,6 +176,8 @@ class RewardJoiner:
             return
         self._pending[key] = imp
         self._order.append((imp.ts + self.window_s, key))
+        if len(self._pending) > self.max_pending:  # a window too long for the rate: close the oldest early
+            self._evict_oldest_pending(out)
 
     def _on_feedback(self, ev: dict[str, Any], out: list[Labelled], done: list[str]) -> None:
         key = (ev["request_id"], ev["item_id"])
@@ -163,7 +192,7 @@ class RewardJoiner:
             return
         closed = self._closed.get(key)
         if closed is not None:
-            self.counters["extra_feedback" if closed == 1 else "late_feedback"] += 1
+            self.counters["extra_feedback" if closed[0] == 1 else "late_feedback"] += 1
             done.append(ev["sid"])
         elif key in self._early:
             self.counters["extra_feedback"] += 1
@@ -175,9 +204,17 @@ class RewardJoiner:
     def _close(self, key: tuple[str, str], imp: Impression, label: int, sids: list[str], out: list[Labelled]) -> None:
         self.counters["positives" if label else "negatives"] += 1
         out.append(Labelled(imp, label, sids))
-        self._closed[key] = label
+        self._closed[key] = (label, self.watermark)
         if len(self._closed) > self.closed_memory:
             self._closed.popitem(last=False)
+
+    def _evict_oldest_pending(self, out: list[Labelled]) -> None:
+        while self._order and len(self._pending) > self.max_pending:
+            _, key = self._order.popleft()
+            imp = self._pending.pop(key, None)
+            if imp is not None:
+                self.counters["evicted_pending"] += 1
+                self._close(key, imp, 0, [imp.sid], out)
 
     def _expire(self, out: list[Labelled], done: list[str]) -> None:
         wm = self.watermark
@@ -194,3 +231,15 @@ class RewardJoiner:
             if early is not None:
                 self.counters["orphan_feedback"] += 1
                 done.append(early[1])
+        # Closed keys and event ids are needed for one window of event time (insertion order ~ time order).
+        _drop_older(self._closed, wm - self._late_s, lambda v: v[1])
+        _drop_older(self._seen, wm - self._dedup_s, lambda v: v)
+
+
+def _drop_older(table: OrderedDict[Any, Any], limit: float, ts_of: Any) -> None:
+    """Pop entries from the front of an insertion-ordered table while their time is below `limit`."""
+    while table:
+        key = next(iter(table))
+        if ts_of(table[key]) >= limit:
+            return
+        del table[key]

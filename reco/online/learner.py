@@ -27,16 +27,27 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import redis
+
 from reco.online.arm import ArmLearner, StepReport
 from reco.online.control import paused_arms, read_request_contexts, reverts_key, stats_key
 from reco.online.examples import encode
 from reco.online.history import HistoryTracker
 from reco.online.join import Labelled, RewardJoiner
 from reco.online.model import ArmModel, state_from_bytes, state_to_bytes
+from reco.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "reco-learner"
+
+#: Errors after which the learner reconnects instead of exiting (BusyLoadingError, a Redis still loading its
+#: AOF after a restart, is a ConnectionError).
+RECONNECTABLE: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, StoreUnavailable)
+
+#: `rebase(arm, current_base_version)` -> a new `ArmLearner` on the version the arm's alias now points at,
+#: or None when it has not moved.
+Rebase = Callable[[str, str], "ArmLearner | None"]
 
 
 def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> dict[str, Any] | None:
@@ -69,6 +80,8 @@ class LearnerStats:
     publications: int = 0
     dropped_unknown: int = 0  # labelled impressions of an arm not learned here, or items outside the vocabulary
     paused_examples: int = 0
+    reconnects: int = 0  # lost Redis connections survived
+    rebases: int = 0  # arms switched to a new registry base version
     reports: list[StepReport] = field(default_factory=list)
 
 
@@ -93,6 +106,12 @@ class OnlineLearner:
         checkpoint_every_s: float = 300.0,
         metrics_path: str | None = None,
         keep_reports: int = 1000,
+        reconnect_backoff_s: float = 0.5,
+        max_backoff_s: float = 10.0,
+        rebase: Rebase | None = None,
+        base_poll_s: float = 30.0,
+        joiner_args: Mapping[str, Any] | None = None,
+        history_args: Mapping[str, Any] | None = None,
     ):
         self.store = store
         self.arms = dict(arms)
@@ -104,9 +123,18 @@ class OnlineLearner:
         self.checkpoint = checkpoint
         self.checkpoint_every_s = checkpoint_every_s
         self.metrics_path = metrics_path
+        self.reconnect_backoff_s = reconnect_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.rebase = rebase
+        self.base_poll_s = base_poll_s
+        self.joiner_args = joiner_args
+        self.history_args = history_args
         self.stats = LearnerStats()
-        self.joiner = RewardJoiner(window_s=window_s)
-        self.history = HistoryTracker()
+        self._joiner_args = {"window_s": window_s, **(joiner_args or {})}
+        self._history_args = dict(history_args or {})
+        self.joiner = RewardJoiner(**self._joiner_args)
+        self.history = HistoryTracker(**self._history_args)
+        self._last_base_poll = time.monotonic()
         self._keep_reports = keep_reports
         self._tag = 0
         self._unacked: dict[str, deque[tuple[int, list[str]]]] = {a: deque() for a in self.arms}
@@ -164,19 +192,69 @@ class OnlineLearner:
         self.maybe_publish()
         return len(rows)
 
-    def run(self, stop: Callable[[], bool] = lambda: False, idle_exit_s: float | None = None) -> None:
-        """Poll until `stop()` is true (or nothing arrived for `idle_exit_s`); publish what is left."""
+    def run(
+        self,
+        stop: Callable[[], bool] = lambda: False,
+        idle_exit_s: float | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """Poll until `stop()` is true (or nothing arrived for `idle_exit_s`); publish what is left.
+
+        A lost Redis connection (restart, failover, timeout) is not fatal: the learner forgets what it had
+        not published (`_forget_unpublished`), waits `reconnect_backoff_s` (doubling up to
+        `max_backoff_s`) and starts over like a restarted process: resume from the last published
+        snapshot, replay the group's pending entries. Base-version changes are polled every
+        `base_poll_s` seconds when a `rebase` callback was given.
+        """
         idle_since = time.monotonic()
+        backoff = self.reconnect_backoff_s
         while not stop():
-            if self.poll():
+            try:
+                self.maybe_rebase()
+                n = self.poll()
+            except RECONNECTABLE as exc:
+                self._on_disconnect(exc, backoff)
+                waited = 0.0
+                while waited < backoff and not stop():  # short slices: a stop request is honoured quickly
+                    sleep(min(0.1, backoff))
+                    waited += min(0.1, backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
+            backoff = self.reconnect_backoff_s
+            if n:
                 idle_since = time.monotonic()
             elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                 break
-        self.maybe_publish(force=True)
+        try:
+            self.maybe_publish(force=True)
+        except RECONNECTABLE as exc:  # the pending entries stay pending: the next run replays them
+            log.warning("final publication skipped, redis unavailable: %s", exc)
+
+    def _on_disconnect(self, exc: BaseException, backoff: float) -> None:
+        self.stats.reconnects += 1
+        log.warning("redis unavailable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, backoff)
+        self._forget_unpublished()
+
+    def _forget_unpublished(self) -> None:
+        """Drop the state a restarted process would not have: the reward join, the stream history, the
+        examples waiting for a step and the weights not yet published. Their entries are still pending in
+        the group and come back on the next `start()`, which also resumes each arm from its last published
+        snapshot. Replay buffers, holdouts and counters are kept (history, not delivery state)."""
+        counters = dict(self.joiner.counters)
+        self.joiner = RewardJoiner(**self._joiner_args)
+        self.joiner.counters.update(counters)
+        self.history = HistoryTracker(**self._history_args)
+        self._unacked = {a: deque() for a in self.arms}
+        self._dirty.clear()
+        for learner in self.arms.values():
+            learner.rewind()
+        self._recovered = False
 
     # -- one batch ---------------------------------------------------------------------------------------
     def _process(self, rows: list[tuple[Any, Any]]) -> None:
         events, done = [], []
+        contexts: dict[str, tuple[str, ...]] = {}  # one fallback tuple per request, shared by its impressions
         for entry_id, fields in rows:
             sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
             ev = decode_entry(sid, fields or {})
@@ -185,7 +263,9 @@ class OnlineLearner:
                 done.append(sid)
                 continue
             if ev["event_type"] == "impression":
-                ev["context"] = self.history.context(ev)
+                rid = ev.get("request_id") or ""
+                ctx = contexts.get(rid)
+                ev["context"] = contexts[rid] = self.history.context(ev) if ctx is None else ctx
             else:
                 self.history.observe(ev)
             events.append(ev)
@@ -245,6 +325,44 @@ class OnlineLearner:
             arm, self.arms[arm].model.base_version, report.holdout_after, report.holdout_base,
         )  # fmt: skip
 
+    # -- base-version changes ----------------------------------------------------------------------------
+    def maybe_rebase(self, force: bool = False) -> list[str]:
+        """Every `base_poll_s`, ask `rebase` whether each arm's registry alias moved; switch the arms that
+        moved. Returns the arms switched. A registry error keeps the current bases (logged)."""
+        now = time.monotonic()
+        if self.rebase is None or (not force and now - self._last_base_poll < self.base_poll_s):
+            return []
+        self._last_base_poll = now
+        switched = []
+        for arm, learner in list(self.arms.items()):
+            try:
+                new = self.rebase(arm, learner.model.base_version)
+            except Exception as exc:  # an unreachable registry must not stop learning
+                log.warning("arm %s: base version not checked (%s: %s)", arm, type(exc).__name__, exc)
+                continue
+            if new is not None and new.model.base_version != learner.model.base_version:
+                self._switch_base(arm, new)
+                switched.append(arm)
+        return switched
+
+    def _switch_base(self, arm: str, new: ArmLearner) -> None:
+        """Learn `arm` on a new base from now on: fresh replay buffer, holdout and revert rule (they were
+        scored against the old base); the new base weights are published at once (snapshot 0), so the API,
+        which serves a snapshot only on its own base version, never mixes the two. The old base's labelled
+        examples still waiting for a step are acknowledged unlearned (at most `update_every` per arm)."""
+        old = self.arms[arm].model.base_version
+        queue = self._unacked[arm]
+        done = [s for _, sids in queue for s in sids]
+        self.stats.acked_examples += len(queue)
+        queue.clear()
+        self.arms[arm] = new
+        self._dirty.discard(arm)
+        self._publish(arm)
+        self._ack(done)
+        self.stats.rebases += 1
+        log.info("arm %s: base version %s -> %s (published snapshot version %s)", arm, old,
+                 new.model.base_version, self._versions.get(arm))  # fmt: skip
+
     # -- publication and acknowledgement -----------------------------------------------------------------
     def maybe_publish(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -292,6 +410,18 @@ class OnlineLearner:
     def held_entries(self) -> int:
         """Stream entries of labelled examples kept pending until a publication covers them."""
         return sum(len(sids) for q in self._unacked.values() for _, sids in q)
+
+    def state_sizes(self) -> dict[str, int]:
+        """Entries held by each bounded in-memory structure (what O-1's memory audit reads)."""
+        sizes = {f"join_{k}": v for k, v in self.joiner.sizes().items()}
+        sizes.update({f"history_{k}": v for k, v in self.history.sizes().items()})
+        sizes["unacked"] = sum(len(q) for q in self._unacked.values())
+        sizes["reports"] = len(self.stats.reports)
+        for arm, learner in self.arms.items():
+            sizes[f"replay[{arm}]"] = len(learner._buffer)
+            sizes[f"holdout[{arm}]"] = len(learner._holdout)
+            sizes[f"fresh[{arm}]"] = learner.n_fresh
+        return sizes
 
     def published_version(self, arm: str) -> int | None:
         return self._versions.get(arm)

@@ -15,7 +15,15 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from reco.experiments.report import ReportConfig, ReportError, build_report, read_events, render_html, render_json
+from reco.experiments.report import (
+    ReportConfig,
+    ReportError,
+    build_report,
+    configured_traffic,
+    read_events,
+    render_html,
+    render_json,
+)
 
 MLFLOW_EXPERIMENT = "reco-ab-reports"
 
@@ -44,7 +52,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def run_ab_report(
     *,
-    experiment: str,
+    experiment: str | None,
     control: str,
     end: str | date,
     lake_dir: str | Path,
@@ -52,11 +60,14 @@ def run_ab_report(
     start: str | date | None = None,
     tracking_uri: str | None = None,
     traffic: Mapping[str, float] | None = None,
+    experiments_path: str | Path | None = None,
     min_days: int = 14,
     planned_days: int = 28,
 ) -> dict[str, Any]:
     """Report on `experiment` from its first day (`start`, default: the lake's first day) to `end`.
 
+    The SRM test uses `traffic` when given, else the experiment's arm shares in the experiment config
+    (`experiments_path`, None = built-in); `experiment` None = the config's first experiment.
     Returns {"json", "html", "decision", "srm_flagged", "mlflow_run_id"}; raises `ReportError` on bad
     input and `SRMFlagged` (after writing) when the sample ratio is off.
     """
@@ -70,8 +81,12 @@ def run_ab_report(
     start_d = _day(start) or days[0]
     if end_d < start_d:
         raise ReportError(f"report date {end_d} is before the experiment start {start_d}")
+    source = "traffic parameter"
+    if not traffic:
+        experiment, traffic, source = configured_traffic(experiment, experiments_path)
+    assert experiment is not None  # set by the config lookup when not given
     cfg = ReportConfig(control=control, experiment=experiment, start=start_d, end=end_d, traffic=traffic,
-                       min_days=min_days, planned_days=planned_days)  # fmt: skip
+                       traffic_source=source, min_days=min_days, planned_days=planned_days)  # fmt: skip
     report = build_report(read_events(lake_dir, start_d, end_d, cfg.pre_period_days), cfg)
     folder = Path(reports_dir) / experiment
     json_path, html_path = folder / f"{end_d.isoformat()}.json", folder / f"{end_d.isoformat()}.html"

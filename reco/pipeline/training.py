@@ -10,9 +10,13 @@ files of one training job (training set, candidate bundle). Day ranges are inclu
 as in `EventLake`.
 
 Idempotency: the lake, validated and quarantine partitions of a day are rewritten whole; the training
-job is identified by `fingerprint(validated snapshot, training config, parent version)`, and when a
-version with that fingerprint is registered already, `train` short-circuits and every later task
-passes it through, so a rerun of an interval creates no model version.
+job is identified by `fingerprint(validated snapshot, training config, parent version, online snapshot
+run)`, and when a version with that fingerprint is registered already, `train` short-circuits and every
+later task passes it through, so a rerun of an interval creates no model version.
+
+Warm start: from the arm's current version, with the weights of the newest good online snapshot the
+learner checkpointed on that version when there is one (`reco.online.handoff`); the snapshot's run id is
+in the fingerprint (a newer snapshot -> a new version) and in the lineage tag `parent_online_run`.
 """
 
 from __future__ import annotations
@@ -215,7 +219,7 @@ def train_config(epochs: int, **overrides: Any) -> dict[str, Any]:
 
 
 def parent_ref(tracking_uri: str, model_name: str, arm: str) -> str | None:
-    """Warm-start source: the arm's current version, else the champion, else None (cold start)."""
+    """Warm-start parent version: the arm's current version, else the champion, else None (cold start)."""
     from reco import registry
 
     client = registry.client_for(tracking_uri)
@@ -225,6 +229,42 @@ def parent_ref(tracking_uri: str, model_name: str, arm: str) -> str | None:
         if mv is not None:
             return str(mv.version)
     return None
+
+
+def online_parent(tracking_uri: str, model_name: str, arm: str, parent: str | None) -> str | None:
+    """MLflow run id of the newest good online snapshot of `arm` learned on `parent` (the hand-off from
+    `reco learn`), or None. A snapshot on another base version is never used: its weights belong to a
+    different registry version (possibly another architecture or vocabulary)."""
+    if parent is None:
+        return None
+    from reco import registry
+    from reco.online.handoff import latest_online_run
+
+    found = latest_online_run(registry.client_for(tracking_uri), model_name, arm, base_version=parent)
+    return None if found is None else found[0]
+
+
+def _warm_init(client: Any, model_name: str, parent: str | None, online_run: str | None) -> tuple[Any, str]:
+    """The bundle to warm-start from and a note saying what it is: the parent version with the online
+    snapshot's weights when there is one (loaded with `weights_only=True`), else the parent as registered."""
+    from reco import registry
+
+    if parent is None:
+        return None, "cold"
+    init = registry.load_bundle(client, model_name, parent)[0]
+    if online_run is None:
+        return init, "warm"
+    import torch
+
+    from reco.online.handoff import download_online_weights
+
+    try:
+        state = torch.load(download_online_weights(client, online_run), weights_only=True, map_location="cpu")
+        init.model.load_state_dict(state)
+    except (RuntimeError, OSError, KeyError) as e:  # a snapshot that does not fit: the registered weights
+        init = registry.load_bundle(client, model_name, parent)[0]
+        return init, f"warm (online snapshot {online_run} not loadable: {type(e).__name__})"
+    return init, f"warm (online snapshot {online_run})"
 
 
 def train(
@@ -246,18 +286,18 @@ def train(
 
     cfg = train_config(epochs, **(config or {}))
     parent = parent_ref(tracking_uri, model_name, arm)
-    fp = registry.fingerprint(training_set["snapshot_id"], cfg, parent)
+    online_run = online_parent(tracking_uri, model_name, arm, parent)
+    fp = registry.fingerprint(training_set["snapshot_id"], cfg, parent, online_run)
     client = registry.client_for(tracking_uri)
     existing = registry.find_by_fingerprint(client, model_name, fp) or _rerun_of(
         client, model_name, parent, fp_args=(training_set["snapshot_id"], cfg)
     )
-    base = {"fingerprint": fp, "parent_version": parent, "train_config": cfg}
+    base = {"fingerprint": fp, "parent_version": parent, "parent_online_run": online_run, "train_config": cfg}
     if existing is not None:
         return {**base, "existing_version": str(existing.version)}
     events, split = _split(training_set["events"])
     catalog = ItemCatalog.from_parquet(training_set["catalog"])
-    init = registry.load_bundle(client, model_name, parent)[0] if parent else None
-    warm_note = "warm" if init is not None else "cold"
+    init, warm_note = _warm_init(client, model_name, parent, online_run)
     train_rows = events.iloc[split.train_rows]
     valid_sessions, valid_targets, _ = split.sessions("valid")  # best epoch by validation NDCG@10
     valid = (valid_sessions, valid_targets)
@@ -288,7 +328,8 @@ def _rerun_of(client: Any, model_name: str, parent: str | None, fp_args: tuple[s
     mv = registry.get_version(client, model_name, parent)
     own_parent = mv.tags.get("parent_version")
     own_parent = None if own_parent in (None, "none") else own_parent
-    return mv if mv.tags.get("fingerprint") == registry.fingerprint(*fp_args, own_parent) else None
+    own_fp = registry.fingerprint(*fp_args, own_parent, mv.tags.get("parent_online_run"))
+    return mv if mv.tags.get("fingerprint") == own_fp else None
 
 
 def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
@@ -298,11 +339,24 @@ def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- evaluate + gate
 
 
+#: Temperature of the candidate's Plackett-Luce policy over a logged slate (its scores are logits).
+OFFPOLICY_TAU = 1.0
+#: Event columns the off-policy estimate reads.
+_OFFPOLICY_COLUMNS = ("event_id", "ts", "session_id", "item_id", "event_type", "request_id", "position",
+                      "propensity", "page_type", "device")  # fmt: skip
+
+
 def evaluate(
-    tracking_uri: str, model_name: str, training_set: dict[str, Any], candidate: dict[str, Any]
+    tracking_uri: str,
+    model_name: str,
+    training_set: dict[str, Any],
+    candidate: dict[str, Any],
+    offpolicy_tau: float = OFFPOLICY_TAU,
 ) -> dict[str, Any]:
     """Candidate and current champion on the SAME holdout (the test side of the split of this job's
-    events), through the served scoring path."""
+    events), through the served scoring path; plus the candidate's off-policy CTR estimate on the job's
+    logged traffic (`offpolicy_estimate`), whose headline figures join the candidate's metrics (and so its
+    MLflow run metrics and `metric.offpolicy_*` version tags)."""
     if candidate.get("existing_version"):
         return {"skipped": True}
     from reco import registry
@@ -310,7 +364,9 @@ def evaluate(
     from reco.models.bundle import ModelBundle
 
     _, split = _split(training_set["events"])
-    cand = evaluate_split(ModelBundle.load(candidate["candidate_dir"]), split)["model"]["all"]
+    cand_bundle = ModelBundle.load(candidate["candidate_dir"])
+    cand = evaluate_split(cand_bundle, split)["model"]["all"]
+    offpolicy = offpolicy_estimate(training_set["events"], cand_bundle, tau=offpolicy_tau)
     client = registry.client_for(tracking_uri)
     champ_mv = registry.alias_version(client, model_name, registry.CHAMPION)
     champ = None
@@ -319,16 +375,86 @@ def evaluate(
         champ = evaluate_split(bundle, split)["model"]["all"]
     return {
         "skipped": False,
-        "candidate": cand,
+        "candidate": {**cand, **offpolicy_metrics(offpolicy)},
         "champion": champ,
         "champion_version": None if champ_mv is None else str(champ_mv.version),
         "holdout_users": len(split.sessions("test")[1]),
+        "offpolicy": offpolicy,
     }
 
 
-def gate(candidate: dict[str, Any], evaluation: dict[str, Any], tolerance: float = 0.01) -> dict[str, Any]:
+def offpolicy_estimate(
+    events_path: str, bundle: Any, tau: float = OFFPOLICY_TAU, alpha: float = 0.05, max_weight: float | None = None
+) -> dict[str, Any]:
+    """The candidate's CTR under its own policy, estimated from the traffic logged in the job's events
+    (impressions with request_id, position and propensity, clicks joined by (request_id, item_id)).
+
+    The candidate's policy: for each logged request, a Plackett-Luce ranking of the served slate by the
+    candidate's scores with temperature `tau` (0 = its greedy ranking), the scores computed from the
+    request's session as rebuilt from the log (the same session's earlier views and clicks) through the
+    served scoring path (`bundle.score_batch`). IPS, SNIPS and DR estimates with CIs, next to the logged
+    policy's CTR: `reco.experiments.offpolicy.slate_policy_value`. Without logged traffic (e.g. the
+    MovieLens files): {"status": "none", "reason": ...}.
+    """
+    import pyarrow.parquet as pq
+
+    from reco.experiments.offpolicy import logged_slates, score_slates, slate_policy_value
+
+    names = set(pq.read_schema(events_path).names)
+    missing = sorted({"request_id", "position", "propensity", "session_id"} - names)
+    if missing:
+        return {"status": "none", "reason": f"the events have no {', '.join(missing)} column(s)"}
+    table = pq.read_table(events_path, columns=[c for c in _OFFPOLICY_COLUMNS if c in names])
+    logged = logged_slates(table)
+    if logged is None:
+        return {"status": "none", "reason": "no impressions logged with propensities in the job's interval"}
+    scores = score_slates(bundle.score_batch, logged)
+    return {"status": "estimated", **slate_policy_value(logged, scores, tau, alpha, max_weight)}
+
+
+def offpolicy_metrics(offpolicy: dict[str, Any]) -> dict[str, float]:
+    """Flat `offpolicy_*` metrics of an estimate (finite values only; none without logged traffic).
+
+    >>> offpolicy_metrics({"status": "none", "reason": "no impressions"})
+    {}
+    """
+    if offpolicy.get("status") != "estimated":
+        return {}
+    out = {"offpolicy_n": float(offpolicy["logged"]["impressions"]),
+           "offpolicy_requests": float(offpolicy["logged"]["requests"]),
+           "offpolicy_logged_ctr": offpolicy["logged"]["ctr"]}  # fmt: skip
+    for m in ("snips", "ips", "dr"):
+        if m in offpolicy:
+            e = offpolicy[m]
+            out |= {f"offpolicy_{m}_ctr": e["value"], f"offpolicy_{m}_ci_low": e["ci"][0],
+                    f"offpolicy_{m}_ci_high": e["ci"][1]}  # fmt: skip
+    out["offpolicy_ess"] = offpolicy["ips"]["effective_sample_size"]
+    return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
+
+
+def offpolicy_summary(offpolicy: dict[str, Any] | None) -> str:
+    """One line for the gate's output and logs.
+
+    >>> offpolicy_summary(None)
+    'none (not evaluated)'
+    """
+    if not offpolicy or offpolicy.get("status") != "estimated":
+        return f"none ({(offpolicy or {}).get('reason', 'not evaluated')})"
+    s, lg = offpolicy.get("snips") or offpolicy["ips"], offpolicy["logged"]
+    return (f"{s['method']} CTR {s['value']:.4f} [{s['ci'][0]:.4f}, {s['ci'][1]:.4f}] vs logged {lg['ctr']:.4f} "
+            f"({lg['impressions']} impressions, {lg['requests']} requests, "
+            f"ESS {s['effective_sample_size']:.0f}, tau {offpolicy['policy']['tau']})")  # fmt: skip
+
+
+def gate(
+    candidate: dict[str, Any], evaluation: dict[str, Any], tolerance: float = 0.01, offpolicy_reject: bool = False
+) -> dict[str, Any]:
     """Accept the candidate unless: a metric is NaN, NDCG@10 falls more than `tolerance` (absolute)
-    below the champion's, or the saved bundle fails to load and score a smoke batch."""
+    below the champion's, or the saved bundle fails to load and score a smoke batch.
+
+    The off-policy estimate is reported (`offpolicy`: one line, "none (...)" without logged traffic) and
+    does not decide, unless `offpolicy_reject` (off by default): then a candidate whose SNIPS CTR interval
+    lies wholly below the logged policy's CTR is rejected too."""
     if evaluation.get("skipped"):
         return {"skipped": True, "passed": True, "reason": "already registered"}
     reasons = []
@@ -341,10 +467,15 @@ def gate(candidate: dict[str, Any], evaluation: dict[str, Any], tolerance: float
             f"{GATE_METRIC} {cand[GATE_METRIC]:.4f} < champion v{evaluation['champion_version']} "
             f"{champ[GATE_METRIC]:.4f} - tolerance {tolerance}"
         )
+    op = evaluation.get("offpolicy")
+    worse = op and op.get("status") == "estimated" and "snips" in op and op["snips"]["ci"][1] < op["logged"]["ctr"]
+    if offpolicy_reject and worse:
+        reasons.append(f"off-policy SNIPS CTR interval below the logged CTR: {offpolicy_summary(op)}")
     smoke = _smoke(candidate["candidate_dir"])
     if smoke:
         reasons.append(smoke)
-    return {"skipped": False, "passed": not reasons, "reason": "; ".join(reasons) or "passed"}
+    return {"skipped": False, "passed": not reasons, "reason": "; ".join(reasons) or "passed",
+            "offpolicy": offpolicy_summary(op)}  # fmt: skip
 
 
 def _smoke(bundle_dir: str) -> str | None:
@@ -391,6 +522,7 @@ def register(
         metrics=metrics,
         train_config=candidate["train_config"],
         code_revision=registry.code_revision(),
+        parent_online_run=candidate.get("parent_online_run"),
         extra={"warm_start": candidate.get("warm_start", "cold")[:250], "gate": verdict["reason"][:500]},
     )
     run = client.create_run(registry.ensure_experiment(client, experiment), tags={"fingerprint": lineage.fingerprint})
