@@ -95,7 +95,8 @@ EVENT_SCHEMA = pa.schema(
     ]
 )
 EVENT_COLUMNS: tuple[str, ...] = tuple(EVENT_SCHEMA.names)
-assert tuple(Event.model_fields) == EVENT_COLUMNS, "Arrow schema and pydantic model drifted apart"
+if tuple(Event.model_fields) != EVENT_COLUMNS:  # not an assert: it must hold under `python -O` too
+    raise RuntimeError("Arrow schema and pydantic model drifted apart")
 
 
 def events_to_table(events: list[Event]) -> pa.Table:

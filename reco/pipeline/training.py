@@ -409,7 +409,10 @@ def offpolicy_estimate(
     if logged is None:
         return {"status": "none", "reason": "no impressions logged with propensities in the job's interval"}
     scores = score_slates(bundle.score_batch, logged)
-    return {"status": "estimated", **slate_policy_value(logged, scores, tau, alpha, max_weight)}
+    try:
+        return {"status": "estimated", **slate_policy_value(logged, scores, tau, alpha, max_weight)}
+    except ValueError as e:  # e.g. a propensity outside (0, 1]: report, never fail the training job on it
+        return {"status": "none", "reason": f"not estimable: {e}"}
 
 
 def offpolicy_metrics(offpolicy: dict[str, Any]) -> dict[str, float]:
