@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from reco.local_stack import pid_alive
+
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "redis_executable", "resolve_url", "start_embedded", "stop_embedded"]
 
 _STATE = "server.json"
@@ -76,16 +78,6 @@ def _ping(url: str, timeout_s: float = 0.5) -> bool:
         client.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _terminate(pid: int, timeout_s: float) -> bool:
     """SIGTERM (redis saves and exits), SIGKILL after timeout_s. Reaps the child when it is ours."""
     try:
@@ -99,7 +91,7 @@ def _terminate(pid: int, timeout_s: float) -> bool:
             if done:
                 return True
         except ChildProcessError:  # not our child: poll for it to be gone
-            if not _alive(pid):
+            if not pid_alive(pid):
                 return True
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
@@ -113,7 +105,7 @@ def _running(state_file: Path) -> EmbeddedRedis | None:
     except (OSError, ValueError):
         return None
     url, pid = state.get("url"), state.get("pid")
-    if isinstance(url, str) and isinstance(pid, int) and _alive(pid) and _ping(url):
+    if isinstance(url, str) and isinstance(pid, int) and pid_alive(pid) and _ping(url):
         return EmbeddedRedis(url, pid, owned=False, state_file=state_file)
     return None
 

@@ -81,56 +81,13 @@ def airflow_db() -> Path:
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real `mlflow server` (SQLite backend, local artifacts) on a free loopback port."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    """A real `mlflow server` (SQLite backend, served local artifacts) on a free loopback port, started
+    and supervised the way `make demo` / `make up` start theirs."""
+    from reco.local_stack import LocalStack, mlflow_service
 
-    root = tmp_path_factory.mktemp("mlflow-server")
+    home = tmp_path_factory.mktemp("mlflow-home")
+    stack = LocalStack(home)
     port = _free_port()
-    mlflow = Path(sys.executable).parent / "mlflow"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            str(mlflow),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--serve-artifacts",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}") from None
-            time.sleep(0.5)
-    else:
-        proc.terminate()
-        raise RuntimeError("mlflow server did not become healthy in 120 s")
-    yield uri
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stack.start(mlflow_service(home, port))
+    yield f"http://127.0.0.1:{port}"
+    stack.stop_started()
