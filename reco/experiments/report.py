@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from reco.experiments import stats as S
 
@@ -36,6 +37,8 @@ SCHEMA_VERSION = 1
 #: Columns the report reads (the others are never loaded).
 REQUIRED_COLUMNS = ("event_id", "ts", "user_id", "item_id", "event_type", "request_id", "arm")
 OPTIONAL_COLUMNS = ("model_version", "value")
+#: Columns read dictionary-encoded from the lake (few distinct values, or many repeats).
+_DICT_COLUMNS = ("event_type", "arm", "model_version", "user_id")
 _EPOCH = date(1970, 1, 1)
 _DEDUP_KEY = b"reco.deduplicated"
 _KINDS = pa.array(["impression", "click", "purchase"])
@@ -115,8 +118,14 @@ def read_events(
         # the lake stores each day deduplicated by event_id, and a redelivered event has the same ts (same
         # day): no event_id column and no second dedup needed; the partitions already bound the dates
         cols = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c != "event_id"]
-        table = lake.read(lo, end, columns=cols)
-        return table.replace_schema_metadata({_DEDUP_KEY: b"lake"})
+        days = [d for d in lake.days() if (lo is None or d >= lo) and (end is None or d <= end)]
+        if not days:
+            return lake.read(lo, end, columns=cols).replace_schema_metadata({_DEDUP_KEY: b"lake"})
+        # Repetitive strings stay dictionary-encoded as Parquet stores them (no per-row string copies: less
+        # memory and faster filters); one shared dictionary per column so that joins and group-bys accept them.
+        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=list(_DICT_COLUMNS)))
+        table = ds.dataset([str(lake.partition_path(d)) for d in days], format=fmt).to_table(columns=cols)
+        return table.unify_dictionaries().replace_schema_metadata({_DEDUP_KEY: b"lake"})
     elif path.is_file() and path.suffix.lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
@@ -221,18 +230,21 @@ def aggregate(table: pa.Table, start: date | None = None, end: date | None = Non
     if imps.num_rows == 0:
         raise ReportError("no impressions in the selected window")
     clicks = table.select(["request_id", "item_id"]).filter(pc.equal(code, 1))
-    keys = clicks.group_by(["request_id", "item_id"]).aggregate([])
-    keys = keys.append_column("_hit", pa.array(np.ones(keys.num_rows, dtype=np.int8)))
-    # Arrow's hash join builds on the right input: keep the click side (small) on the right
-    orphans = (
-        imps.select(["request_id", "item_id"])
-        .join(clicks, keys=["request_id", "item_id"], join_type="right anti")
-        .num_rows
+    keys = clicks.group_by(["request_id", "item_id"]).aggregate([([], "count_all")])
+    keys = keys.append_column("_k", pa.array(np.arange(keys.num_rows, dtype=np.int64)))
+    # One inner join of the impression keys (with their row numbers only: no payload columns to carry) against
+    # the distinct click keys (small: Arrow's hash join builds on the right input) gives both the clicked
+    # impressions and, by the keys never matched, the orphan clicks.
+    probe = imps.select(["request_id", "item_id"]).append_column(
+        "_row", pa.array(np.arange(imps.num_rows, dtype=np.int64))
     )
-    joined = imps.select(["user_id", "arm", "day", "request_id", "item_id"]).join(
-        keys, keys=["request_id", "item_id"], join_type="left outer"
-    )
-    joined = joined.append_column("clicked", pc.cast(pc.is_valid(joined.column("_hit")), pa.int64()))
+    hits = probe.join(keys, keys=["request_id", "item_id"], join_type="inner")
+    clicked = np.zeros(imps.num_rows, dtype=np.int64)
+    clicked[hits.column("_row").to_numpy()] = 1
+    matched = np.unique(hits.column("_k").to_numpy())
+    per_key = keys.column("count_all").to_numpy()
+    orphans = int(per_key.sum() - per_key[matched].sum())
+    joined = imps.select(["user_id", "arm", "day"]).append_column("clicked", pa.array(clicked))
     per_day = joined.group_by(["user_id", "arm", "day"]).aggregate([("clicked", "count"), ("clicked", "sum")])
     per_day = per_day.rename_columns(["user_id", "arm", "day", "imps", "clicks"])
     # users as int codes from here on: pandas groups integers much faster than strings
