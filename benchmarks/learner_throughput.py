@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 
-def produce(redis_url: str, prefix: str, rate: float, n_items: int, stop, counter) -> None:
+def produce(redis_url: str, prefix: str, rate: float, n_items: int, stop, counter, max_session: int = 10) -> None:
     """The traffic producer, in its own process (as the API is): `rate` labelled impressions/s."""
     import redis
 
@@ -42,7 +42,8 @@ def produce(redis_url: str, prefix: str, rate: float, n_items: int, stop, counte
         for _ in range(per_tick // 10):
             rid, r = f"r{r}", r + 1
             t_sim += timedelta(milliseconds=50)
-            write_request_context(pipe, prefix, rid, [str(x) for x in rng.integers(1, n_items + 1, 10)])
+            length = 10 if max_session == 10 else int(rng.integers(1, max_session + 1))  # varied widths: real sessions
+            write_request_context(pipe, prefix, rid, [str(x) for x in rng.integers(1, n_items + 1, length)])
             for pos, item in enumerate(rng.integers(1, n_items + 1, 10), 1):
                 common = dict(user_id=f"u{r % 1000}", session_id=f"s{r}", item_id=str(item), request_id=rid)
                 events.append(Event(event_id=f"{rid}:{pos}", ts=t_sim, event_type="impression", position=pos,
@@ -93,6 +94,10 @@ def main() -> None:
     ap.add_argument("--update-every", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the learner")
+    ap.add_argument("--replay", type=int, default=0, help="replay rows per mini-batch")
+    ap.add_argument("--max-session", type=int, default=10, help="session length (10: fixed; else uniform 1..N)")
+    ap.add_argument("--read-count", type=int, default=5000, help="stream entries per XREADGROUP")
+    ap.add_argument("--no-learner", action="store_true", help="producer only (the baseline of a p99 A/B)")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = ap.parse_args()
     if args.minutes is not None:
@@ -119,20 +124,26 @@ def main() -> None:
     client = redis.Redis.from_url(args.redis_url)
     prefix = f"bench-learn-{uuid.uuid4().hex[:8]}"
     store = RedisStore(client, prefix, stream_maxlen=None)
-    arm = ArmLearner(model, update_every=args.update_every, batch_size=args.batch_size, replay=0, seed=0)
-    learner = OnlineLearner(store, {"treatment": arm}, window_s=60, read_count=5000, publish_every_s=1.0)
+    arm = ArmLearner(model, update_every=args.update_every, batch_size=args.batch_size, replay=args.replay, seed=0)
+    learner = OnlineLearner(store, {"treatment": arm}, window_s=60, read_count=args.read_count,
+                             publish_every_s=1.0)  # fmt: skip
     learner.start()
 
     stop = mp.Event()
     counter = mp.Value("q", 0)
-    producer = mp.Process(target=produce, args=(args.redis_url, prefix, args.rate, n_items, stop, counter))
+    producer = mp.Process(
+        target=produce, args=(args.redis_url, prefix, args.rate, n_items, stop, counter, args.max_session)
+    )
     lags: list[tuple[float, int]] = []
     rss: list[tuple[float, float]] = []
     t0 = time.monotonic()
     producer.start()
     next_sample = t0
     while time.monotonic() - t0 < args.seconds:
-        learner.poll(block_ms=100)
+        if args.no_learner:
+            time.sleep(0.1)
+        else:
+            learner.poll(block_ms=100)
         if time.monotonic() >= next_sample:
             lag = learner.lag()
             lags.append((time.monotonic() - t0, lag["lag"] + lag["pending"]))
