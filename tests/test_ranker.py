@@ -147,3 +147,13 @@ def test_bundle_rejects_a_vocabulary_that_does_not_fit_the_model():
     bundle = _bundle()
     with pytest.raises(BundleError, match="item ids"):
         ModelBundle(bundle.model, bundle.item_ids[:-1], bundle.catalog, {})
+
+
+def test_config_from_json_lists_equals_config_from_tuples():
+    """A JSON list and a tuple mean the same architecture (warm starts compare them)."""
+    from reco.models.ranker import RankerConfig
+
+    a = RankerConfig(n_items=10, n_categories=3, mlp_dims=[16, 8])
+    b = RankerConfig(n_items=12, n_categories=4, mlp_dims=(16, 8))
+    assert a.mlp_dims == (16, 8) and a.architecture() == b.architecture()
+    assert RankerConfig.from_dict(a.to_dict()) == a

@@ -59,6 +59,12 @@ class RankerConfig:
     page_types: tuple[str, ...] = PAGE_TYPES  # index 0 of the context tables = unknown value
     devices: tuple[str, ...] = DEVICES
 
+    def __post_init__(self) -> None:
+        # Sequences arrive as JSON lists from configs and params: store tuples so that two configs that
+        # mean the same compare equal (a warm start compares architectures).
+        for name in ("mlp_dims", "page_types", "devices"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -68,8 +74,7 @@ class RankerConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown RankerConfig fields: {sorted(unknown)}")
-        tuples = {"mlp_dims", "page_types", "devices"}
-        return cls(**{k: tuple(v) if k in tuples else v for k, v in d.items()})
+        return cls(**d)
 
     def architecture(self) -> dict[str, Any]:
         """Everything but the vocabulary sizes: what must match for a warm start."""
