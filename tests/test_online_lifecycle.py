@@ -173,3 +173,23 @@ def test_learner_constructor_keeps_parameters() -> None:
     store = RedisStore(connect("redis://127.0.0.1:1/0"), "never-used")
     ol = OnlineLearner(store, {}, reconnect_backoff_s=0.25, base_poll_s=5.0, history_args={"max_keys": 10})
     assert (ol.reconnect_backoff_s, ol.base_poll_s, ol.history.max_keys) == (0.25, 5.0, 10)
+
+
+def test_check_reports_a_polling_learner_healthy_and_a_silent_one_not(
+    redis_url: str, redis_prefix: str, monkeypatch
+) -> None:
+    """`reco learn --check` (the compose healthcheck) reads the heartbeat the run loop writes."""
+    from typer.testing import CliRunner
+
+    from reco.cli import app
+
+    monkeypatch.setenv("RECO_REDIS_URL", redis_url)
+    monkeypatch.setenv("RECO_REDIS_PREFIX", redis_prefix)
+    store = RedisStore(redis.Redis.from_url(redis_url), redis_prefix)
+    before = CliRunner().invoke(app, ["learn", "--check", "--consumer", "learner-1"])
+    assert before.exit_code == 1 and "has not polled" in before.output
+
+    ol = _online(store, _learner(), consumer="learner-1")
+    ol.run(idle_exit_s=0.2)
+    after = CliRunner().invoke(app, ["learn", "--check", "--consumer", "learner-1"])
+    assert after.exit_code == 0 and "healthy" in after.output

@@ -48,7 +48,32 @@ def tracking_problem(uri: str, timeout_s: float = 3.0) -> str | None:
         return f"MLflow tracking server unreachable at {uri}: {reason}"
 
 
+def _check(consumer: str) -> int:
+    """0 when the learner `consumer` beat within the heartbeat TTL, else 1 (with the reason)."""
+    from reco.online.control import last_beat
+    from reco.settings import RecoSettings
+    from reco.store import connect
+
+    settings = RecoSettings()
+    if not settings.redis_url:
+        typer.secho("error: --check needs RECO_REDIS_URL (the learner's Redis)", fg="red", err=True)
+        return 2
+    try:
+        when = last_beat(connect(settings.redis_url, socket_timeout=2.0), settings.redis_prefix, consumer)
+    except Exception as exc:  # any Redis failure means "not healthy", said in one line
+        typer.echo(f"unhealthy: redis unavailable ({exc})")
+        return 1
+    if when is None:
+        typer.echo(f"unhealthy: learner {consumer!r} has not polled in the last minute")
+        return 1
+    typer.echo(f"healthy: learner {consumer!r} polled {time.time() - when:.0f} s ago")
+    return 0
+
+
 def learn(
+    check: bool = typer.Option(
+        False, "--check", help="healthcheck: exit 0 when this consumer's learner polled in the last minute"
+    ),
     arms: str | None = typer.Option(
         None, help="comma-separated arms to learn (default: every arm of the experiment config)"
     ),
@@ -73,6 +98,8 @@ def learn(
     seed: int = typer.Option(0, help="seed of the holdout split and replay sampling"),
 ) -> None:
     """Consume the event stream, learn online per arm under guardrails, publish weight snapshots."""
+    if check:
+        raise typer.Exit(_check(consumer))
     import torch
     from redis import RedisError
 

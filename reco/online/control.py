@@ -40,6 +40,25 @@ def stats_key(prefix: str, arm: str) -> str:
     return f"{prefix}:online:stats:{arm}"
 
 
+def heartbeat_key(prefix: str, consumer: str) -> str:
+    return f"{prefix}:online:heartbeat:{consumer}"
+
+
+#: A learner that has not beaten for this long is reported unhealthy (`reco learn --check`).
+HEARTBEAT_TTL_S = 60
+
+
+def beat(client: Any, prefix: str, consumer: str, now: float) -> None:
+    """Record that `consumer` is alive and polling (the key expires when it stops)."""
+    client.set(heartbeat_key(prefix, consumer), repr(now), ex=HEARTBEAT_TTL_S)
+
+
+def last_beat(client: Any, prefix: str, consumer: str) -> float | None:
+    """Unix time of the consumer's last heartbeat, None when it has not beaten within the TTL."""
+    raw = client.get(heartbeat_key(prefix, consumer))
+    return None if raw is None else float(raw)
+
+
 def write_request_context(
     client: Any, prefix: str, request_id: str, session_items: Sequence[str], ttl_s: int = REQUEST_CONTEXT_TTL_S
 ) -> None:

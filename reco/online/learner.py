@@ -30,7 +30,7 @@ from typing import Any
 import redis
 
 from reco.online.arm import ArmLearner, StepReport
-from reco.online.control import paused_arms, read_request_contexts, reverts_key, stats_key
+from reco.online.control import beat, paused_arms, read_request_contexts, reverts_key, stats_key
 from reco.online.examples import encode
 from reco.online.history import HistoryTracker
 from reco.online.join import Labelled, RewardJoiner
@@ -130,6 +130,7 @@ class OnlineLearner:
         self.joiner_args = joiner_args
         self.history_args = history_args
         self.stats = LearnerStats()
+        self._last_beat = 0.0
         self._joiner_args = {"window_s": window_s, **(joiner_args or {})}
         self._history_args = dict(history_args or {})
         self.joiner = RewardJoiner(**self._joiner_args)
@@ -213,6 +214,7 @@ class OnlineLearner:
             try:
                 self.maybe_rebase()
                 n = self.poll()
+                self._heartbeat()
             except RECONNECTABLE as exc:
                 self._on_disconnect(exc, backoff)
                 waited = 0.0
@@ -230,6 +232,13 @@ class OnlineLearner:
             self.maybe_publish(force=True)
         except RECONNECTABLE as exc:  # the pending entries stay pending: the next run replays them
             log.warning("final publication skipped, redis unavailable: %s", exc)
+
+    def _heartbeat(self) -> None:
+        """At most every 5 s: tell `reco learn --check` (the compose healthcheck) that this loop runs."""
+        now = time.time()
+        if now - self._last_beat >= 5.0:
+            beat(self.store.client, self.store.prefix, self.consumer, now)
+            self._last_beat = now
 
     def _on_disconnect(self, exc: BaseException, backoff: float) -> None:
         self.stats.reconnects += 1
