@@ -273,9 +273,9 @@ def test_embedded_services_bind_to_loopback(tmp_path) -> None:
     assert host_of(api_server.argv) == "127.0.0.1"
     for s in airflow.services():  # no component is told to listen on every interface
         assert "0.0.0.0" not in s.argv and "::" not in s.argv
-    # The test fixture's MLflow server too.
+    # The test fixture's MLflow server too: it is started from the same `mlflow_service` (checked above).
     conftest = (ROOT / "tests" / "conftest.py").read_text()
-    assert '"--host",\n            "127.0.0.1"' in conftest
+    assert "stack.start(mlflow_service(home, port))" in conftest
 
 
 @pytest.mark.integration
