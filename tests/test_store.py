@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 
@@ -104,12 +105,11 @@ def test_log_impressions_rejects_other_types(store: RedisStore) -> None:
         store.log_impressions([ev("x", "click", "i")])
 
 
-def test_request_context_reads_everything_in_one_round_trip(store: RedisStore) -> None:
-    store.put_item_features({"i1": {"category": "drama", "title": "One"}})
-    store.put_user_profile("u1", {"segment": "new"})
-    store.ingest([ev("v1", "view", "i1"), ev("i", "impression", "i1", request_id="r", arm="control")])
+@contextlib.contextmanager
+def round_trips(client: redis.Redis):
+    """Count round trips on the real client: each direct command by name, each pipeline as "pipeline"."""
     calls: list[str] = []
-    pipeline, execute_command = store.client.pipeline, store.client.execute_command
+    pipeline, execute_command = client.pipeline, client.execute_command
 
     def counting_pipeline(*args, **kwargs):
         calls.append("pipeline")
@@ -119,12 +119,19 @@ def test_request_context_reads_everything_in_one_round_trip(store: RedisStore) -
         calls.append(str(args[0]))
         return execute_command(*args, **kwargs)
 
-    # count round trips on the real client: direct commands and pipelines
-    store.client.pipeline, store.client.execute_command = counting_pipeline, counting_command
+    client.pipeline, client.execute_command = counting_pipeline, counting_command
     try:
-        ctx = store.request_context("u1", "s1", ["i1", "i2"], "control", ["drama", "comedy"])
+        yield calls
     finally:
-        store.client.pipeline, store.client.execute_command = pipeline, execute_command
+        client.pipeline, client.execute_command = pipeline, execute_command
+
+
+def test_request_context_reads_everything_in_one_round_trip(store: RedisStore) -> None:
+    store.put_item_features({"i1": {"category": "drama", "title": "One"}})
+    store.put_user_profile("u1", {"segment": "new"})
+    store.ingest([ev("v1", "view", "i1"), ev("i", "impression", "i1", request_id="r", arm="control")])
+    with round_trips(store.client) as calls:
+        ctx = store.request_context("u1", "s1", ["i1", "i2"], "control", ["drama", "comedy"])
     assert calls == ["pipeline"]
     assert ctx.session_items == ["i1"] and ctx.user_items == ["i1"]
     assert ctx.user_profile["segment"] == "new"
@@ -204,22 +211,8 @@ def test_impression_log_writes_the_learners_request_context_in_the_same_round_tr
     from reco.online.control import read_request_contexts
 
     imps = [ev(f"r1:{p}", "impression", f"i{p}", request_id="r1", arm="control", position=p) for p in (1, 2)]
-    calls: list[str] = []
-    pipeline, execute_command = store.client.pipeline, store.client.execute_command
-
-    def counting_pipeline(*args, **kwargs):
-        calls.append("pipeline")
-        return pipeline(*args, **kwargs)
-
-    def counting_command(*args, **kwargs):
-        calls.append(str(args[0]))
-        return execute_command(*args, **kwargs)
-
-    store.client.pipeline, store.client.execute_command = counting_pipeline, counting_command
-    try:
+    with round_trips(store.client) as calls:
         result = store.log_impressions(imps, categories={"i1": "drama"}, request_context=["a", "b"])
-    finally:
-        store.client.pipeline, store.client.execute_command = pipeline, execute_command
     assert calls in (["EVALSHA"], ["EVALSHA", "SCRIPT LOAD", "EVALSHA"])  # one call (+ a cold script cache)
     assert (result.accepted, result.duplicates) == (2, 0)
     assert read_request_contexts(store.client, store.prefix, ["r1", "r0"]) == {"r1": ("a", "b")}
