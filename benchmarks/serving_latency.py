@@ -31,14 +31,33 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from reco.store import RedisStore
 from fastapi.responses import Response
 
 from serving.schemas import RecommendationRequest  # module level: FastAPI resolves the probes' annotations here
 
 ROOT = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("RECO_TEST_ML100K", "/work/shared/data/movielens-100k"))
+
+
+def seed_session(store: RedisStore, items: list[str], seed: int = 0) -> list[str]:
+    """The benchmark user's 20-item session (user "bench", session "bench-s") plus 300 views by others
+    (trending), written through the store; returns the session items."""
+    from reco.data.events import Event
+
+    rng = np.random.default_rng(seed)
+    session = [str(i) for i in rng.choice(items, 20, replace=False)]
+    ts = datetime.now(UTC)
+    store.ingest([Event(event_id=f"b{i}", ts=ts, user_id="bench", session_id="bench-s", item_id=it, event_type="view")
+                  for i, it in enumerate(session)])  # fmt: skip
+    store.ingest([Event(event_id=f"t{i}", ts=ts, user_id=f"t{i}", item_id=str(it), event_type="view")
+                  for i, it in enumerate(rng.choice(items, 300))])  # fmt: skip
+    return session
 
 
 def full_bundle(seed: int = 0):
@@ -105,7 +124,6 @@ def main() -> None:
     import httpx
     import torch
 
-    from reco.data.events import Event
     from reco.recommend import Recommender, RecoRequest, ServedModel
     from reco.store import RedisStore, connect
     from serving.models import ModelCache
@@ -120,14 +138,7 @@ def main() -> None:
         ModelCache(tmp / "cache").save(arm, "1", bundle)
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     store = RedisStore(connect(args.redis_url), prefix)
-    items = bundle.item_ids[1:]
-    rng = np.random.default_rng(0)
-    session = [str(i) for i in rng.choice(items, 20, replace=False)]
-    ts = datetime.now(UTC)
-    store.ingest([Event(event_id=f"b{i}", ts=ts, user_id="bench", session_id="bench-s", item_id=it, event_type="view")
-                  for i, it in enumerate(session)])  # fmt: skip
-    store.ingest([Event(event_id=f"t{i}", ts=ts, user_id=f"t{i}", item_id=str(it), event_type="view")
-                  for i, it in enumerate(rng.choice(items, 300))])  # fmt: skip
+    session = seed_session(store, bundle.item_ids[1:])
 
     # The exact 500 candidates a request ranks, from the same pipeline code.
     served = ServedModel.build(bundle, "1")

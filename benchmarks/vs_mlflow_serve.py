@@ -31,11 +31,9 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-from serving_latency import free_port, full_bundle, percentiles, post, process_cpu_s
+from serving_latency import free_port, full_bundle, percentiles, post, process_cpu_s, seed_session
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -83,7 +81,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from reco.candidates import trending_candidates
-    from reco.data.events import Event
     from reco.experiments.assignment import Assignment, ExplorationConfig
     from reco.recommend import Recommender, RecoRequest, ServedModel, _session_for_model
     from reco.store import RedisStore, connect
@@ -95,14 +92,7 @@ def main() -> None:
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     store = RedisStore(connect(args.redis_url), prefix)
-    rng = np.random.default_rng(0)
-    items = bundle.item_ids[1:]
-    session = [str(i) for i in rng.choice(items, 20, replace=False)]
-    ts = datetime.now(UTC)
-    store.ingest([Event(event_id=f"b{i}", ts=ts, user_id="bench", session_id="bench-s", item_id=it, event_type="view")
-                  for i, it in enumerate(session)])  # fmt: skip
-    store.ingest([Event(event_id=f"t{i}", ts=ts, user_id=f"t{i}", item_id=str(it), event_type="view")
-                  for i, it in enumerate(rng.choice(items, 300))])  # fmt: skip
+    session = seed_session(store, bundle.item_ids[1:])
     # The candidates the reco pipeline ranks for this session, from the same code.
     served = ServedModel.build(bundle, version)
     rec = Recommender(store=store, assign=lambda u: Assignment("e", "control", "arm-control", ExplorationConfig(), 0.0),
