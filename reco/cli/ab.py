@@ -67,15 +67,7 @@ def report(
     min_days: int = typer.Option(14, "--min-days", help="days before a ship/stop decision is allowed"),
 ) -> None:
     """Aggregate events per arm, run the statistics and print (or write) the report."""
-    from reco.experiments.report import (
-        ReportConfig,
-        ReportError,
-        build_report,
-        configured_traffic,
-        read_events,
-        render_html,
-        render_json,
-    )
+    from reco.experiments.report import ReportError, render_html, render_json, report_for
 
     if fmt not in ("json", "html"):
         _fail(f"--format must be json or html, got {fmt!r}")
@@ -83,13 +75,9 @@ def report(
     if d0 and d1 and d1 < d0:
         _fail(f"--end {d1} is before --start {d0}")
     try:
-        shares, source = parse_traffic(traffic), "--traffic"
-        if shares is None:  # the shares the experiment is configured with (what assignment used)
-            experiment, shares, source = configured_traffic(experiment, experiments)
-        cfg = ReportConfig(control=control, experiment=experiment or "default", start=d0, end=d1, traffic=shares,
-                           traffic_source=source, min_days=min_days)  # fmt: skip
-        table = read_events(events, d0, d1, cfg.pre_period_days if d0 else 0)
-        rep = build_report(table, cfg)
+        rep = report_for(events, control=control, experiment=experiment, start=d0, end=d1,
+                         traffic=parse_traffic(traffic), traffic_source="--traffic", experiments_path=experiments,
+                         min_days=min_days)  # fmt: skip
     except (ReportError, ValueError, OSError) as e:
         _fail(str(e))
         return

@@ -397,6 +397,30 @@ def _lift_json(lf: S.Lift) -> dict[str, Any]:
     }
 
 
+def report_for(
+    events: str | Path,
+    *,
+    control: str,
+    experiment: str | None = None,
+    start: date | None = None,
+    end: date | None = None,
+    traffic: Mapping[str, float] | None = None,
+    traffic_source: str = "traffic parameter",
+    experiments_path: str | Path | None = None,
+    min_days: int = 14,
+    planned_days: int = 28,
+) -> dict[str, Any]:
+    """The report of `events` (lake, Parquet or CSV) for one experiment: the SRM test uses `traffic` when
+    given, else the arm shares in the experiment config (what assignment used). Shared by `reco ab report`
+    and the `reco_ab_report` DAG task."""
+    if not traffic:
+        experiment, traffic, traffic_source = configured_traffic(experiment, experiments_path)
+    cfg = ReportConfig(control=control, experiment=experiment or "default", start=start, end=end,
+                       traffic=dict(traffic), traffic_source=traffic_source, min_days=min_days,
+                       planned_days=planned_days)  # fmt: skip
+    return build_report(read_events(events, start, end, cfg.pre_period_days if start else 0), cfg)
+
+
 def build_report(table: pa.Table, config: ReportConfig) -> dict[str, Any]:
     """Events (as read by `read_events`) -> the report dict documented in docs/ab-report.md.
 

@@ -15,15 +15,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from reco.experiments.report import (
-    ReportConfig,
-    ReportError,
-    build_report,
-    configured_traffic,
-    read_events,
-    render_html,
-    render_json,
-)
+from reco.experiments.report import ReportError, render_html, render_json, report_for
 
 MLFLOW_EXPERIMENT = "reco-ab-reports"
 
@@ -81,13 +73,10 @@ def run_ab_report(
     start_d = _day(start) or days[0]
     if end_d < start_d:
         raise ReportError(f"report date {end_d} is before the experiment start {start_d}")
-    source = "traffic parameter"
-    if not traffic:
-        experiment, traffic, source = configured_traffic(experiment, experiments_path)
-    assert experiment is not None  # set by the config lookup when not given
-    cfg = ReportConfig(control=control, experiment=experiment, start=start_d, end=end_d, traffic=traffic,
-                       traffic_source=source, min_days=min_days, planned_days=planned_days)  # fmt: skip
-    report = build_report(read_events(lake_dir, start_d, end_d, cfg.pre_period_days), cfg)
+    report = report_for(lake_dir, control=control, experiment=experiment, start=start_d, end=end_d,
+                        traffic=traffic, experiments_path=experiments_path, min_days=min_days,
+                        planned_days=planned_days)  # fmt: skip
+    experiment = report["experiment"]
     folder = Path(reports_dir) / experiment
     json_path, html_path = folder / f"{end_d.isoformat()}.json", folder / f"{end_d.isoformat()}.html"
     _atomic_write(json_path, render_json(report))
