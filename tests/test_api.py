@@ -115,6 +115,7 @@ def test_promoting_a_version_swaps_models_without_failing_requests(client: TestC
 
     failures: list[str] = []
     versions: list[str] = []
+    last_by_arm: dict[str, str] = {}  # each arm swaps on its own poll: the test waits for all of them
     stop = threading.Event()
 
     def load(worker: int) -> None:
@@ -125,7 +126,9 @@ def test_promoting_a_version_swaps_models_without_failing_requests(client: TestC
             if r.status_code != 200:
                 failures.append(r.text)
             else:
-                versions.append(r.json()["model_version"])
+                body = r.json()
+                versions.append(body["model_version"])
+                last_by_arm[body["experiment_group"]] = body["model_version"]
 
     threads = [threading.Thread(target=load, args=(w,)) for w in range(3)]
     for t in threads:
@@ -136,7 +139,8 @@ def test_promoting_a_version_swaps_models_without_failing_requests(client: TestC
             promote(mlflow, registry["name"], alias, registry["v2"], who="tests", reason="hot swap")
         deadline = threading.Event()
         for _ in range(100):  # the manager polls every 0.2 s
-            if versions and versions[-1] == registry["v2"] and versions.count(registry["v2"]) >= 5:
+            swapped = len(last_by_arm) == len(ARMS) and set(last_by_arm.values()) == {registry["v2"]}
+            if swapped and versions.count(registry["v2"]) >= 5:
                 break
             deadline.wait(0.1)
     finally:
@@ -146,7 +150,7 @@ def test_promoting_a_version_swaps_models_without_failing_requests(client: TestC
         for alias in ARMS:
             promote(mlflow, registry["name"], alias, registry["v1"], who="tests", reason="reset")
     assert failures == []
-    assert registry["v1"] in versions and versions[-1] == registry["v2"]
+    assert registry["v1"] in versions and set(last_by_arm.values()) == {registry["v2"]}
     assert set(versions) == {registry["v1"], registry["v2"]}
 
 
