@@ -60,6 +60,21 @@ def seed_session(store: RedisStore, items: list[str], seed: int = 0) -> list[str
     return session
 
 
+def request_candidates(store: RedisStore, served) -> list[str]:
+    """The exact candidates the benchmark request ranks (user "bench", session "bench-s"), from the
+    pipeline's own candidate code."""
+    from reco.experiments.assignment import Assignment, ExplorationConfig
+    from reco.recommend import Recommender, RecoRequest, _session_for_model
+
+    rec = Recommender(store=store, assign=lambda u: Assignment("e", "control", "arm-control", ExplorationConfig(), 0.0),
+                      models=lambda a: served)  # fmt: skip
+    features = store.request_context("bench", "bench-s", [], "control", served.categories, trending_k=100)
+    trending = [str(iid) for iid, _ in features.trending_top]
+    cands = rec._candidates(RecoRequest("bench", session_id="bench-s", limit=20), served,
+                            _session_for_model(features, served.index), trending)  # fmt: skip
+    return [served.index.ids[r] for r in cands.rows]
+
+
 def full_bundle(seed: int = 0):
     import torch
 
@@ -124,7 +139,7 @@ def main() -> None:
     import httpx
     import torch
 
-    from reco.recommend import Recommender, RecoRequest, ServedModel
+    from reco.recommend import ServedModel
     from reco.store import RedisStore, connect
     from serving.models import ModelCache
 
@@ -141,20 +156,7 @@ def main() -> None:
     session = seed_session(store, bundle.item_ids[1:])
 
     # The exact 500 candidates a request ranks, from the same pipeline code.
-    served = ServedModel.build(bundle, "1")
-    from reco.experiments.assignment import Assignment, ExplorationConfig
-
-    rec = Recommender(store=store, assign=lambda u: Assignment("e", "control", "arm-control", ExplorationConfig(), 0.0),
-                      models=lambda a: served)  # fmt: skip
-
-    from reco.candidates import trending_candidates
-    from reco.recommend import _session_for_model
-
-    features = store.request_context("bench", "bench-s", [], "control", served.categories, trending_k=100)
-    trending = trending_candidates(features.trending_top)
-    req = RecoRequest("bench", session_id="bench-s", limit=20)
-    cands = rec._candidates(req, served, _session_for_model(features, served.index), trending).candidates
-    cand_ids = [c.item_id for c in cands]
+    cand_ids = request_candidates(store, ServedModel.build(bundle, "1"))
     bare: list[float] = []
 
     port = free_port()

@@ -33,7 +33,7 @@ import time
 import uuid
 from pathlib import Path
 
-from serving_latency import free_port, full_bundle, percentiles, post, process_cpu_s, seed_session
+from serving_latency import free_port, full_bundle, percentiles, post, process_cpu_s, request_candidates, seed_session
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -80,9 +80,7 @@ def main() -> None:
     ap.add_argument("--redis-url", default=os.environ.get("RECO_REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = ap.parse_args()
 
-    from reco.candidates import trending_candidates
-    from reco.experiments.assignment import Assignment, ExplorationConfig
-    from reco.recommend import Recommender, RecoRequest, ServedModel, _session_for_model
+    from reco.recommend import ServedModel
     from reco.store import RedisStore, connect
 
     tmp = Path(tempfile.mkdtemp(prefix="reco-vs-mlflow-"))
@@ -94,14 +92,7 @@ def main() -> None:
     store = RedisStore(connect(args.redis_url), prefix)
     session = seed_session(store, bundle.item_ids[1:])
     # The candidates the reco pipeline ranks for this session, from the same code.
-    served = ServedModel.build(bundle, version)
-    rec = Recommender(store=store, assign=lambda u: Assignment("e", "control", "arm-control", ExplorationConfig(), 0.0),
-                      models=lambda a: served)  # fmt: skip
-    features = store.request_context("bench", "bench-s", [], "control", served.categories, trending_k=100)
-    req = RecoRequest("bench", session_id="bench-s", limit=20)
-    trending = trending_candidates(features.trending_top)
-    cand_ids = [c.item_id for c in rec._candidates(req, served, _session_for_model(features, served.index), trending)
-                .candidates]  # fmt: skip
+    cand_ids = request_candidates(store, ServedModel.build(bundle, version))
 
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT),
            "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}  # fmt: skip

@@ -118,17 +118,18 @@ class EpsilonGreedy:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         eps = self.current_epsilon
-        remaining = list(ranked_items)
+        # Positions, not items: only the chosen items are read from `ranked_items` (a lazy sequence stays lazy).
+        remaining = list(range(len(ranked_items)))
         out: list[Selection[T]] = []
         for slot in range(min(n, len(remaining))):
             pool = len(remaining) - 1
             if slot < self.protected_top or pool == 0 or eps == 0.0:
-                out.append(Selection(remaining.pop(0), False, 1.0))
+                out.append(Selection(ranked_items[remaining.pop(0)], False, 1.0))
             elif self._rng.random() < eps:
                 pick = 1 + self._rng.randrange(pool)
-                out.append(Selection(remaining.pop(pick), True, eps / pool))
+                out.append(Selection(ranked_items[remaining.pop(pick)], True, eps / pool))
             else:
-                out.append(Selection(remaining.pop(0), False, 1.0 - eps))
+                out.append(Selection(ranked_items[remaining.pop(0)], False, 1.0 - eps))
         return out
 
 
@@ -196,7 +197,9 @@ class ThompsonSampling:
         n = min(n, len(ranked_items))
         if n == 0:
             return []
-        scores = np.asarray([it.score for it in ranked_items], dtype=np.float64)
+        # A sequence that carries its columns (`scores`, `categories`) is read without touching its items.
+        scores = getattr(ranked_items, "scores", None)
+        scores = np.asarray([it.score for it in ranked_items] if scores is None else scores, dtype=np.float64)
         if not np.all(np.isfinite(scores)):
             raise ValueError("scores must be finite")
         greedy_rank = np.empty(len(scores), dtype=np.int64)
@@ -204,9 +207,11 @@ class ThompsonSampling:
         lo, hi = scores.min(), scores.max()
         norm = (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
 
-        cats = sorted({it.category for it in ranked_items})
+        categories = getattr(ranked_items, "categories", None)
+        categories = [it.category for it in ranked_items] if categories is None else categories
+        cats = sorted(set(categories))
         cat_index = {c: i for i, c in enumerate(cats)}
-        item_cat = np.asarray([cat_index[it.category] for it in ranked_items])
+        item_cat = np.asarray([cat_index[c] for c in categories])
         params = np.asarray([self.posterior(stats.get(c)) for c in cats])
         # Row 0 is the served draw, rows 1..K the propensity re-samples.
         theta = self._rng.beta(params[:, 0], params[:, 1], size=(self.n_propensity_samples + 1, len(cats)))

@@ -11,6 +11,11 @@ Sources (`Source`):
 
 `EmbeddingIndex` holds the row-normalised embedding matrix once per model (built off the request
 path, when the model is loaded) so that a lookup is a single matrix product.
+
+The request path stays in the model's embedding-row space: each source answers a `RowList` (rows and
+anchor rows as int arrays) and `merge` dedups them with a boolean mask, so no per-candidate Python object
+is built for the ~900 items the sources return (that cost more than the model's forward pass).
+`Candidate` is the object view, for callers outside the request path.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from enum import StrEnum
 from time import monotonic
+from typing import NamedTuple
 
 import numpy as np
 
@@ -56,17 +62,30 @@ class Candidate:
     anchor: str | None = None  # the session/context item that led here (similarity sources only)
 
 
+class RowList(NamedTuple):
+    """One source's answer in embedding-row space, best first. Rows are distinct within one list."""
+
+    rows: np.ndarray  # (k,) int64 rows of the model's item table
+    anchors: np.ndarray  # (k,) int64 row of the item that led here; 0 = none
+
+    @classmethod
+    def of(cls, rows: Sequence[int] | np.ndarray) -> RowList:
+        rows = np.asarray(rows, dtype=np.int64)
+        return cls(rows, np.zeros(len(rows), dtype=np.int64))
+
+
 class EmbeddingIndex:
     """Cosine nearest neighbours over a fixed item embedding matrix.
 
-    Rows are aligned with `item_ids`; a `<pad>` row and all-zero rows are never returned.
+    Rows are aligned with `item_ids`; a `<pad>` row and all-zero rows are never returned. The request
+    path works on rows (`row_list`, `similar_rows`); `similar` is the same search as `Candidate` objects.
 
     >>> emb = np.array([[0, 0], [1, 0], [0.9, 0.1], [0, 1]], dtype=np.float32)
     >>> idx = EmbeddingIndex(["<pad>", "a", "b", "c"], emb)
     >>> [(c.item_id, c.anchor) for c in idx.similar(["a"], k=2)]
     [('b', 'a'), ('c', 'a')]
-    >>> "a" in idx, "<pad>" in idx, len(idx)
-    (True, False, 3)
+    >>> "a" in idx, "<pad>" in idx, len(idx), idx.row_list(["c", "zz", "a"]).rows.tolist()
+    (True, False, 3, [3, 1])
     """
 
     def __init__(self, item_ids: Sequence[str], embeddings: np.ndarray) -> None:
@@ -75,10 +94,10 @@ class EmbeddingIndex:
             raise ValueError(f"embeddings shape {emb.shape} does not match {len(item_ids)} item ids")
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         self._unit = np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)
-        self._ids = list(item_ids)
-        self._row = {iid: i for i, iid in enumerate(self._ids) if iid != PAD}
+        self.ids: list[str] = list(item_ids)  # row -> item id
+        self._row = {iid: i for i, iid in enumerate(self.ids) if iid != PAD}
         # Rows that must never be returned: padding and items without an embedding.
-        self._invalid = (norms[:, 0] == 0) | np.array([iid == PAD for iid in self._ids])
+        self._invalid = (norms[:, 0] == 0) | np.array([iid == PAD for iid in self.ids])
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._row
@@ -86,9 +105,18 @@ class EmbeddingIndex:
     def __len__(self) -> int:
         return len(self._row)
 
+    @property
+    def n_rows(self) -> int:
+        return len(self.ids)
+
     def rows(self, item_ids: Iterable[str]) -> list[int]:
         """Matrix rows of the known ids (unknown ids are skipped)."""
-        return [r for iid in item_ids if (r := self._row.get(iid)) is not None]
+        get = self._row.get
+        return [r for iid in item_ids if (r := get(iid)) is not None]
+
+    def row_list(self, item_ids: Iterable[str]) -> RowList:
+        """A source list of the known ids, in the order given (unknown and repeated ids are skipped)."""
+        return RowList.of(self.rows(dict.fromkeys(item_ids)))
 
     def similarity(self, a_ids: Sequence[str], b_ids: Sequence[str]) -> np.ndarray:
         """Cosine similarity matrix (len(a), len(b)); unknown ids get all-zero rows/columns."""
@@ -99,27 +127,37 @@ class EmbeddingIndex:
         sims[:, b < 0] = 0.0
         return sims
 
-    def similar(
-        self, query_ids: Sequence[str], k: int, exclude: Collection[str] = (), source: Source = Source.session_similar
-    ) -> list[Candidate]:
-        """The `k` items most similar to any query item (max over the queries), best first."""
-        q = self.rows(query_ids)
-        if not q or k <= 0:
-            return []
+    def similar_rows(
+        self, query_rows: Sequence[int], k: int, exclude_rows: Sequence[int] = ()
+    ) -> tuple[RowList, np.ndarray]:
+        """The `k` rows most similar to any query row (max over the queries), best first, each with the
+        query row behind it as anchor; plus their cosine similarities."""
+        q = np.asarray(query_rows, dtype=np.int64)
+        if not len(q) or k <= 0:
+            return RowList.of([]), np.zeros(0)
         sims = self._unit @ self._unit[q].T  # (n_items, n_query)
         best_q = sims.argmax(axis=1)
         best = sims[np.arange(len(sims)), best_q]
         best[self._invalid] = -np.inf
         best[q] = -np.inf
-        for iid in exclude:
-            if (r := self._row.get(iid)) is not None:
-                best[r] = -np.inf
+        best[np.asarray(exclude_rows, dtype=np.int64)] = -np.inf
         k = min(k, int(np.isfinite(best).sum()))
         if k == 0:
-            return []
+            return RowList.of([]), np.zeros(0)
         top = np.argpartition(-best, k - 1)[:k]
         top = top[np.argsort(-best[top], kind="stable")]
-        return [Candidate(self._ids[r], source, float(best[r]), self._ids[q[best_q[r]]]) for r in top]
+        return RowList(top, q[best_q[top]]), best[top]
+
+    def similar(
+        self, query_ids: Sequence[str], k: int, exclude: Collection[str] = (), source: Source = Source.session_similar
+    ) -> list[Candidate]:
+        """`similar_rows` by item id, as candidates (score = cosine similarity)."""
+        found, sims = self.similar_rows(self.rows(query_ids), k, self.rows(exclude))
+        ids = self.ids
+        return [
+            Candidate(ids[r], source, float(s), ids[a])
+            for r, a, s in zip(found.rows.tolist(), found.anchors.tolist(), sims.tolist(), strict=True)
+        ]
 
 
 class PopularIndex:
@@ -144,6 +182,11 @@ class PopularIndex:
 
     def __len__(self) -> int:
         return len(self._ranked)
+
+    @property
+    def item_ids(self) -> list[str]:
+        """Every item, most popular first."""
+        return [iid for iid, _ in self._ranked]
 
     def top(self, n: int, exclude: Collection[str] = ()) -> list[Candidate]:
         if not exclude:  # the request path: one list per size, built once (candidates are immutable)
@@ -179,35 +222,55 @@ class CandidateConfig:
     source_timeout_s: float = 0.05
 
 
+#: Source code (`CandidateResult.sources`) -> source.
+SOURCES: tuple[Source, ...] = tuple(Source)
+_CODE = {source: code for code, source in enumerate(SOURCES)}
+
+
 @dataclass
 class CandidateResult:
-    candidates: list[Candidate]
+    """The merged candidates as parallel arrays (merge order), in the model's embedding-row space."""
+
+    rows: np.ndarray  # (C,) int64 item rows
+    sources: np.ndarray  # (C,) int8 codes into SOURCES: the source that keeps the item
+    anchors: np.ndarray  # (C,) int64 row of the session/context item that led here; 0 = none
     per_source: dict[str, int] = field(default_factory=dict)  # merged count by winning source
     failed: list[str] = field(default_factory=list)  # sources that errored or ran past their budget
 
+    def __len__(self) -> int:
+        return len(self.rows)
 
-#: An in-process source: a zero-argument callable returning candidates.
-SourceFn = Callable[[], list[Candidate]]
+    def candidates(self, item_ids: Sequence[str]) -> list[Candidate]:
+        """As `Candidate` objects (`item_ids`: row -> id); score is not kept by the merge: 0.0."""
+        return [
+            Candidate(item_ids[r], SOURCES[s], 0.0, item_ids[a] if a else None)
+            for r, s, a in zip(self.rows.tolist(), self.sources.tolist(), self.anchors.tolist(), strict=True)
+        ]
+
+
+#: A source: a zero-argument callable (in-process numpy work) or a Future (I/O running elsewhere).
+SourceFn = Callable[[], RowList]
 
 
 def gather(
-    sources: Mapping[Source, SourceFn | Future[list[Candidate]]],
+    sources: Mapping[Source, SourceFn | Future[RowList]],
     fallback: SourceFn,
     *,
     config: CandidateConfig,
-    exclude: Collection[str] = (),
-    valid: Callable[[str], bool] | None = None,
+    n_rows: int,
+    exclude: Sequence[int] = (),
 ) -> CandidateResult:
     """Collect every source, then merge.
 
-    A source is either a `Future` already running elsewhere (I/O: Redis), waited for under
+    A source is either a `Future` already running elsewhere (I/O), waited for under
     `config.source_timeout_s` counted from this call, or a callable run inline (CPU-only numpy work,
     which gains nothing from a thread hop). A source that raises or runs late is left out and named in
     `failed`; it never fails the request. `fallback` (the in-process popular list) fills up to
-    `config.max_candidates`. Items in `exclude` or rejected by `valid` are dropped.
+    `config.max_candidates`. Rows in `exclude` and row 0 (padding) are dropped; `n_rows` is the size of
+    the model's item table.
     """
     deadline = monotonic() + config.source_timeout_s
-    results: dict[Source, list[Candidate]] = {}
+    results: dict[Source, RowList] = {}
     failed: list[str] = []
     # Inline sources first: they overlap with the I/O the futures are waiting on.
     ordered = sorted(sources.items(), key=lambda kv: isinstance(kv[1], Future))
@@ -225,40 +288,42 @@ def gather(
             failed.append(str(name))
             log.warning("candidate source %s failed: %s", name, exc)
     results[Source.popular] = fallback()
-    merged = merge(results, config.max_candidates, exclude=exclude, valid=valid)
-    per_source: dict[str, int] = {}
-    for c in merged:
-        per_source[str(c.source)] = per_source.get(str(c.source), 0) + 1
-    return CandidateResult(merged, per_source, failed)
+    merged = merge(results, config.max_candidates, n_rows=n_rows, exclude=exclude)
+    merged.failed = failed
+    return merged
 
 
 def merge(
-    results: Mapping[Source, list[Candidate]],
-    limit: int,
-    *,
-    exclude: Collection[str] = (),
-    valid: Callable[[str], bool] | None = None,
-) -> list[Candidate]:
-    """Dedup by item id (the first source in `SOURCE_PRIORITY` keeps the item), cap at `limit`.
+    results: Mapping[Source, RowList], limit: int, *, n_rows: int, exclude: Sequence[int] = ()
+) -> CandidateResult:
+    """Dedup by row (the first source in `SOURCE_PRIORITY` keeps the item), cap at `limit`, in numpy.
 
-    >>> a = Candidate("x", Source.trending, 3.0)
-    >>> b = Candidate("x", Source.session_similar, 0.9, anchor="s")
-    >>> [(c.item_id, c.source) for c in merge({Source.trending: [a], Source.session_similar: [b]}, 10)]
-    [('x', <Source.session_similar: 'session_similar'>)]
+    >>> session = RowList(np.array([1]), np.array([4]))  # item row 1, found from session item row 4
+    >>> out = merge({Source.trending: RowList.of([3, 1]), Source.session_similar: session}, 10, n_rows=5)
+    >>> out.rows.tolist(), [str(SOURCES[s]) for s in out.sources], out.anchors.tolist(), out.per_source
+    ([1, 3], ['session_similar', 'trending'], [4, 0], {'session_similar': 1, 'trending': 1})
     """
-    seen: set[str] = set(exclude)
-    out: list[Candidate] = []
+    taken = np.zeros(n_rows, dtype=bool)
+    taken[0] = True  # padding
+    taken[np.asarray(exclude, dtype=np.int64)] = True
+    parts: list[tuple[np.ndarray, np.ndarray, int]] = []
+    n = 0
     for source in SOURCE_PRIORITY:
-        for c in results.get(source, ()):
-            if len(out) >= limit:
-                return out
-            if c.item_id in seen or (valid is not None and not valid(c.item_id)):
-                continue
-            seen.add(c.item_id)
-            out.append(c)
-    return out
-
-
-def trending_candidates(scores: Sequence[tuple[str, float]]) -> list[Candidate]:
-    """Redis trending `(item_id, score)` pairs (best first) -> candidates."""
-    return [Candidate(str(iid), Source.trending, float(s)) for iid, s in scores]
+        found = results.get(source)
+        if found is None or n >= limit:
+            continue
+        rows, anchors = found
+        keep = ~taken[rows]
+        rows, anchors = rows[keep][: limit - n], anchors[keep][: limit - n]
+        taken[rows] = True
+        parts.append((rows, anchors, _CODE[source]))
+        n += len(rows)
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return CandidateResult(empty, np.zeros(0, dtype=np.int8), empty)
+    return CandidateResult(
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([np.full(len(p[0]), p[2], dtype=np.int8) for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        {str(SOURCES[code]): len(rows) for rows, _, code in parts if len(rows)},
+    )

@@ -26,20 +26,20 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from reco.candidates import (
-    Candidate,
+    SOURCES,
     CandidateConfig,
     CandidateResult,
     EmbeddingIndex,
     PopularIndex,
+    RowList,
     Source,
     SourceFn,
     gather,
-    trending_candidates,
 )
 from reco.data.catalog import UNKNOWN_CATEGORY
 from reco.data.events import Event, EventType, PageType
 from reco.explain import anchors_by_attention, reason
-from reco.rules import RuleConfig, apply_rules
+from reco.rules import RuleConfig, rule_positions
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,35 @@ class Ranked(NamedTuple):
     source: Source
     category: str
     anchor: str | None = None
+
+
+class RankedList(Sequence[Ranked]):
+    """The ranked candidates of one request as parallel arrays, in serving order; a `Ranked` is built
+    only for the items read (the page and the exploration picks), not for all ~500 candidates.
+
+    `scores` and `categories` are the columns Thompson sampling reads without touching the items.
+    """
+
+    def __init__(self, model: ServedModel, rows: np.ndarray, scores: np.ndarray, sources: np.ndarray,
+                 anchors: np.ndarray) -> None:  # fmt: skip
+        self._model = model
+        self._rows, self._sources, self._anchors = rows.tolist(), sources.tolist(), anchors.tolist()
+        self.scores = scores
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        ids, r, a = self._model.index.ids, self._rows[k], self._anchors[k]
+        return Ranked(ids[r], float(self.scores[k]), SOURCES[self._sources[k]], self._model.row_category[r],
+                      ids[a] if a else None)  # fmt: skip
+
+    @property
+    def categories(self) -> list[str]:
+        cat = self._model.row_category
+        return [cat[r] for r in self._rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +205,14 @@ class ServedModel:
     version: str
     index: EmbeddingIndex
     popular: PopularIndex
+    scorer: Any  # reco.models.bundle.FrozenScorer of `bundle`
+    popular_rows: RowList  # every item, most popular first, as the `popular` source answers it
     online_snapshot: int | None = None
     categories: tuple[str, ...] = ()  # every catalogue category (Thompson evidence is read for all)
-    # Plain dict lookups for the request path (the catalogue is a DataFrame: ~0.1 ms per title lookup).
+    # Plain lookups for the request path (the catalogue is a DataFrame: ~0.1 ms per title lookup).
     category_of: Mapping[str, str] = field(default_factory=dict)
     title_of: Mapping[str, str] = field(default_factory=dict)
+    row_category: Sequence[str] = ()  # embedding row -> category
 
     def category(self, item_id: str) -> str:
         return self.category_of.get(item_id, UNKNOWN_CATEGORY)
@@ -194,7 +226,7 @@ class ServedModel:
         popularity: Mapping[str, float] | None = None,
         online_snapshot: int | None = None,
     ) -> ServedModel:
-        """Precompute the normalised embedding matrix and the popular lists of `bundle`.
+        """Precompute the normalised embedding matrix, the scorer's item table and the popular lists of `bundle`.
 
         `popularity` (item -> count) defaults to the bundle's `meta["popularity"]`, then to catalogue order.
         """
@@ -212,9 +244,11 @@ class ServedModel:
         ids = catalog.item_ids
         all_categories = dict(zip(ids, catalog.categories_of(ids), strict=True))
         titles = {iid: t for iid in ids if (t := catalog.title(iid)) is not None}
+        row_category = [all_categories.get(iid, UNKNOWN_CATEGORY) for iid in index.ids]
         return cls(
-            bundle, str(version), index, popular, online_snapshot, tuple(catalog.categories), all_categories, titles
-        )
+            bundle, str(version), index, popular, bundle.frozen_scorer(), index.row_list(popular.item_ids),
+            online_snapshot, tuple(catalog.categories), all_categories, titles, row_category,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -302,7 +336,7 @@ class Recommender:
         self._executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="reco-src")
         self._log_executor = log_executor
         self._on_log_error = on_log_error
-        self._trending: tuple[float, list[Candidate]] | None = None  # (monotonic read time, list)
+        self._trending: tuple[float, list[str]] | None = None  # (monotonic read time, item ids best first)
 
     def recommend(self, req: RecoRequest) -> RecoResult:
         t0 = perf_counter()
@@ -326,21 +360,7 @@ class Recommender:
         session = _session_for_model(features, model.index)
         cands = self._candidates(req, model, session, trending)
         degraded += [f"candidates:{s}" for s in cands.failed]
-        ids = [c.item_id for c in cands.candidates]
-        category = model.category
-        get_category = model.category_of.get
-        categories = [get_category(i, UNKNOWN_CATEGORY) for i in ids]
-        ranked, attention = self._rank(model, req, session.items, cands.candidates, categories, degraded)
-        ranked = apply_rules(
-            ranked,
-            page_type=req.page_type,
-            context_item_id=req.context_item_id,
-            consumed=session.consumed,
-            cart=features.cart_items if features is not None else (),
-            category_of=category,
-            window=req.limit,
-            config=self.config.rules,
-        )
+        ranked, attention = self._rank(model, req, session, cands, features, degraded)
         thompson = dict(features.thompson) if features is not None else {}
         chosen = self.explorer_for(assignment, thompson).select(ranked, req.limit)
         items = self._explain(model, chosen, session.items, attention)
@@ -366,31 +386,33 @@ class Recommender:
     # --- steps ---
 
     def _candidates(
-        self, req: RecoRequest, model: ServedModel, session: _Session, trending: list[Candidate] | None
+        self, req: RecoRequest, model: ServedModel, session: _Session, trending: list[str] | None
     ) -> CandidateResult:
         cfg = self.config.candidates
         index = model.index
         sources: dict[Source, SourceFn | Future] = {}
-        if session.items:
-            recent = session.items[-MAX_SESSION:]
-            sources[Source.session_similar] = lambda: index.similar(recent, cfg.session_k)
-        if req.page_type == PageType.product and req.context_item_id in index:
-            ctx = str(req.context_item_id)
-            sources[Source.context_similar] = lambda: index.similar([ctx], cfg.context_k, source=Source.context_similar)
+        if len(session.rows):
+            recent = session.rows[-MAX_SESSION:]
+            sources[Source.session_similar] = lambda: index.similar_rows(recent, cfg.session_k)[0]
+        context = index.rows([req.context_item_id]) if req.page_type == PageType.product and req.context_item_id else []
+        if context:
+            sources[Source.context_similar] = lambda: index.similar_rows(context, cfg.context_k)[0]
         if self.store is not None:
             # Read with the features (or cached); with both missing (Redis failing) the source failed too.
-            sources[Source.trending] = (lambda: list(trending)) if trending is not None else _unavailable
-        exclude = {req.context_item_id} if req.page_type == PageType.product and req.context_item_id else set()
+            sources[Source.trending] = (lambda: index.row_list(trending)) if trending is not None else _unavailable
+        popular = model.popular_rows
         return gather(
             sources,
-            lambda: model.popular.top(cfg.popular_k),
+            lambda: RowList(popular.rows[: cfg.popular_k], popular.anchors[: cfg.popular_k]),
             config=cfg,
-            exclude=exclude,
-            valid=index.__contains__,
+            n_rows=index.n_rows,
+            exclude=context,
         )
 
-    def _read_features(self, req: RecoRequest, assignment: Any, model: ServedModel) -> tuple[Any | None, list | None]:
-        """(the request's features, the trending candidates); either is None when Redis failed."""
+    def _read_features(
+        self, req: RecoRequest, assignment: Any, model: ServedModel
+    ) -> tuple[Any | None, list[str] | None]:
+        """(the request's features, the trending item ids); either is None when Redis failed."""
         if self.store is None:
             return None, None
         trending = self._cached_trending()
@@ -414,11 +436,11 @@ class Recommender:
             self._trending = None
             return None, None
         if trending_k:
-            trending = trending_candidates(features.trending_top)
+            trending = [str(iid) for iid, _ in features.trending_top]
             self._trending = (monotonic(), trending)
         return features, trending
 
-    def _cached_trending(self) -> list[Candidate] | None:
+    def _cached_trending(self) -> list[str] | None:
         """The process's trending list while it is fresh (None: read it again)."""
         cached = self._trending  # one read: another thread may replace it
         if cached is None or monotonic() - cached[0] >= self.config.trending_refresh_s:
@@ -439,18 +461,18 @@ class Recommender:
         self,
         model: ServedModel,
         req: RecoRequest,
-        session: list[str],
-        cands: list[Candidate],
-        categories: list[str],
+        session: _Session,
+        cands: CandidateResult,
+        features: Any | None,
         degraded: list[str],
-    ) -> tuple[list[Ranked], np.ndarray | None]:
-        """Score every candidate with the arm's model (one forward); best first, plus the session attention."""
-        if not cands:
-            return [], None
-        result = model.bundle.score(session, [c.item_id for c in cands], str(req.page_type), req.device)
-        scores = _as_numpy(result.scores).reshape(-1).astype(np.float64)
-        attention = getattr(result, "attention", None)
-        attention = None if attention is None else _as_numpy(attention).reshape(-1)
+    ) -> tuple[RankedList, np.ndarray | None]:
+        """Score every candidate with the arm's model (one forward), order best first and apply the business
+        rules; plus the session attention. All in arrays: items are built later, for the page only."""
+        if not len(cands):
+            return RankedList(model, cands.rows, np.zeros(0), cands.sources, cands.anchors), None
+        result = model.scorer.score(session.rows, cands.rows, str(req.page_type), req.device)
+        scores = np.asarray(result.scores, dtype=np.float64).reshape(-1)
+        attention: np.ndarray | None = np.asarray(result.attention).reshape(-1)
         if not np.all(np.isfinite(scores)):
             # A broken forward (NaN/inf) must not reach users: keep the retrieval order instead.
             log.warning("model %s produced non-finite scores; serving retrieval order", model.version)
@@ -458,9 +480,21 @@ class Recommender:
             scores = np.linspace(1.0, 0.0, num=len(cands), endpoint=False)
             attention = None
         order = np.argsort(-scores, kind="stable")
-        ranked = [
-            Ranked(cands[i].item_id, float(scores[i]), cands[i].source, categories[i], cands[i].anchor) for i in order
-        ]
+        rows = cands.rows[order]
+        ids, row_category = model.index.ids, model.row_category
+        ranked_rows = rows.tolist()
+        keep = rule_positions(
+            [ids[r] for r in ranked_rows],
+            [row_category[r] for r in ranked_rows],
+            page_type=req.page_type,
+            context_item_id=req.context_item_id,
+            consumed=session.consumed,
+            cart=features.cart_items if features is not None else (),
+            window=req.limit,
+            config=self.config.rules,
+        )
+        final = order[keep]
+        ranked = RankedList(model, cands.rows[final], scores[final], cands.sources[final], cands.anchors[final])
         return ranked, attention
 
     def _explain(
@@ -552,6 +586,7 @@ def _request_id() -> str:
 @dataclass(frozen=True)
 class _Session:
     items: list[str]  # what the encoder sees (known items, most recent last)
+    rows: np.ndarray  # their embedding rows
     consumed: frozenset[str]  # what the rules drop
 
 
@@ -562,15 +597,11 @@ def _session_for_model(features: Any | None, index: EmbeddingIndex) -> _Session:
     consumed = frozenset(items)
     if not items and features is not None:
         items = list(getattr(features, "user_items", []) or [])
-    known = [i for i in items if i in index]
-    return _Session(known[-MAX_SESSION:], consumed)
+    known = [i for i in items if i in index][-MAX_SESSION:]
+    return _Session(known, np.asarray(index.rows(known), dtype=np.int64), consumed)
 
 
-def _as_numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-
-def _unavailable() -> list[Candidate]:
+def _unavailable() -> RowList:
     raise RuntimeError("store unavailable")
 
 

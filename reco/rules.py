@@ -12,7 +12,7 @@ The rules take any ranked objects that have an `item_id`, best first, and keep t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -57,6 +57,30 @@ def excluded_items(
     return out
 
 
+def diversified_order(categories: Sequence[Hashable], max_per_category: int, window: int) -> list[int]:
+    """Positions of a best-first list reordered so that no category has more than `max_per_category`
+    items in the first `window` slots; the deferred items follow in their ranked order. Only the items
+    needed to fill the window are looked at (the rest keep their order), so the cost is O(window + deferred).
+
+    >>> diversified_order(["x", "x", "x", "y", "x"], 2, window=3)
+    [0, 1, 3, 2, 4]
+    """
+    if max_per_category <= 0:
+        raise ValueError("max_per_category must be >= 1")
+    head: list[int] = []
+    deferred: list[int] = []
+    counts: dict[Hashable, int] = {}
+    for pos, cat in enumerate(categories):
+        if len(head) >= window:
+            return head + deferred + list(range(pos, len(categories)))
+        if counts.get(cat, 0) >= max_per_category:
+            deferred.append(pos)
+            continue
+        counts[cat] = counts.get(cat, 0) + 1
+        head.append(pos)
+    return head + deferred
+
+
 def cap_per_category(
     ranked: Sequence[T], category_of: Callable[[str], str], max_per_category: int, window: int
 ) -> list[T]:
@@ -68,23 +92,34 @@ def cap_per_category(
     >>> [i.item_id for i in cap_per_category(items, cats.get, 2, window=3)]
     ['a', 'b', 'd', 'c', 'e']
     """
-    if max_per_category <= 0:
-        raise ValueError("max_per_category must be >= 1")
-    head: list[T] = []
-    deferred: list[T] = []
-    counts: dict[str, int] = {}
-    for item in ranked:
-        if len(head) >= window:
-            deferred.append(item)
-            continue
-        cat = category_of(item.item_id)
-        if counts.get(cat, 0) >= max_per_category:
-            deferred.append(item)
-            continue
-        counts[cat] = counts.get(cat, 0) + 1
-        head.append(item)
-    # Deferred items keep their ranked order behind the diversified head.
-    return head + deferred
+    order = diversified_order([category_of(item.item_id) for item in ranked], max_per_category, window)
+    return [ranked[pos] for pos in order]
+
+
+def rule_positions(
+    item_ids: Sequence[str],
+    categories: Sequence[Hashable],
+    *,
+    page_type: PageType | str,
+    context_item_id: str | None = None,
+    consumed: Collection[str] = (),
+    cart: Collection[str] = (),
+    window: int,
+    config: RuleConfig = RuleConfig(),
+) -> list[int]:
+    """All rules in order over a best-first list given as parallel columns: the positions to serve, in
+    serving order (exclusions dropped, then the diversity cap over the first `window` slots).
+
+    >>> rule_positions(["p", "a", "b", "c"], ["x"] * 4, page_type="product", context_item_id="p", consumed={"a"},
+    ...                window=2, config=RuleConfig(max_per_category=1))
+    [2, 3]
+    """
+    drop = excluded_items(page_type, context_item_id=context_item_id, consumed=consumed, cart=cart, config=config)
+    kept = [pos for pos, iid in enumerate(item_ids) if iid not in drop] if drop else list(range(len(item_ids)))
+    if config.max_per_category is None:
+        return kept
+    order = diversified_order([categories[pos] for pos in kept], config.max_per_category, window)
+    return [kept[k] for k in order]
 
 
 def apply_rules(
@@ -98,7 +133,7 @@ def apply_rules(
     window: int,
     config: RuleConfig = RuleConfig(),
 ) -> list[T]:
-    """All rules in order: exclusions, then the diversity cap over the first `window` slots.
+    """`rule_positions` over ranked objects.
 
     >>> from types import SimpleNamespace as S
     >>> items = [S(item_id=i) for i in ["p", "a", "b", "c"]]
@@ -107,8 +142,9 @@ def apply_rules(
     >>> [i.item_id for i in out]
     ['b', 'c']
     """
-    drop = excluded_items(page_type, context_item_id=context_item_id, consumed=consumed, cart=cart, config=config)
-    kept = [item for item in ranked if item.item_id not in drop]
-    if config.max_per_category is None:
-        return kept
-    return cap_per_category(kept, category_of, config.max_per_category, window)
+    ids = [item.item_id for item in ranked]
+    positions = rule_positions(
+        ids, [category_of(i) for i in ids], page_type=page_type, context_item_id=context_item_id,
+        consumed=consumed, cart=cart, window=window, config=config,
+    )  # fmt: skip
+    return [ranked[pos] for pos in positions]

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from reco.candidates import (
-    Candidate,
+    SOURCES,
     CandidateConfig,
     EmbeddingIndex,
     PopularIndex,
+    RowList,
     Source,
     gather,
     merge,
-    trending_candidates,
 )
 
 
@@ -62,37 +62,59 @@ def test_popular_is_stable_and_per_category() -> None:
     assert pop.top(1)[0].score == 1.0 and pop.top(1)[0].source == Source.popular
 
 
-def test_merge_keeps_the_most_specific_source_and_caps() -> None:
+def test_similar_rows_match_similar_by_id(index: EmbeddingIndex) -> None:
+    found, sims = index.similar_rows(index.rows(["1", "2"]), k=4, exclude_rows=index.rows(["3"]))
+    by_id = index.similar(["1", "2"], k=4, exclude={"3"})
+    assert [index.ids[r] for r in found.rows] == [c.item_id for c in by_id]
+    assert [index.ids[a] for a in found.anchors] == [c.anchor for c in by_id]
+    assert sims.tolist() == pytest.approx([c.score for c in by_id])
+
+
+def test_row_list_skips_unknown_and_repeated_ids(index: EmbeddingIndex) -> None:
+    assert index.row_list(["3", "x", "1", "3", "<pad>"]).rows.tolist() == [3, 1]
+
+
+def names(res, index: EmbeddingIndex) -> list[tuple[str, str]]:
+    return [(index.ids[r], str(SOURCES[s])) for r, s in zip(res.rows, res.sources, strict=True)]
+
+
+def test_merge_keeps_the_most_specific_source_and_caps(index: EmbeddingIndex) -> None:
     results = {
-        Source.popular: [Candidate("a", Source.popular, 1.0), Candidate("b", Source.popular, 0.5)],
-        Source.trending: trending_candidates([("a", 9.0), ("c", 3.0)]),
+        Source.popular: index.row_list(["1", "2"]),
+        Source.trending: index.row_list(["1", "3"]),
+        Source.session_similar: RowList(np.array(index.rows(["3"])), np.array(index.rows(["7"]))),
     }
-    out = merge(results, limit=2)
-    assert [(c.item_id, c.source) for c in out] == [("a", Source.trending), ("c", Source.trending)]
-    assert [c.item_id for c in merge(results, limit=10, exclude={"c"}, valid=lambda i: i != "b")] == ["a"]
+    out = merge(results, limit=2, n_rows=index.n_rows)
+    assert names(out, index) == [("3", "session_similar"), ("1", "trending")]
+    assert [index.ids[a] if a else None for a in out.anchors] == ["7", None]
+    assert out.per_source == {"session_similar": 1, "trending": 1}
+    everything = merge(results, limit=10, n_rows=index.n_rows, exclude=index.rows(["2"]))
+    assert names(everything, index) == [("3", "session_similar"), ("1", "trending")]  # 2 excluded, 1 once
+    assert merge({}, limit=5, n_rows=index.n_rows).rows.tolist() == []
 
 
-def test_gather_drops_a_slow_and_a_failing_source_but_answers() -> None:
+def test_gather_drops_a_slow_and_a_failing_source_but_answers(index: EmbeddingIndex) -> None:
     release = threading.Event()
 
-    def slow() -> list[Candidate]:
+    def slow() -> RowList:
         release.wait(5)
-        return [Candidate("slow", Source.session_similar, 1.0)]
+        return index.row_list(["9"])
 
-    def broken() -> list[Candidate]:
+    def broken() -> RowList:
         raise ConnectionError("redis down")
 
-    def inline_broken() -> list[Candidate]:
+    def inline_broken() -> RowList:
         raise ValueError("bad embedding")
 
     with ThreadPoolExecutor(4) as pool:
         res = gather(
             {Source.session_similar: pool.submit(slow), Source.trending: pool.submit(broken),
              Source.context_similar: inline_broken},
-            lambda: [Candidate("p", Source.popular, 1.0)],
+            lambda: index.row_list(["4"]),
             config=CandidateConfig(source_timeout_s=0.05),
+            n_rows=index.n_rows,
         )  # fmt: skip
         release.set()
-    assert [c.item_id for c in res.candidates] == ["p"]
+    assert [c.item_id for c in res.candidates(index.ids)] == ["4"]
     assert sorted(res.failed) == ["context_similar", "session_similar", "trending"]
     assert res.per_source == {"popular": 1}

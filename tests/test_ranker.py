@@ -112,6 +112,38 @@ def test_bundle_uses_the_last_max_session_len_items():
     np.testing.assert_allclose(res.scores, bundle.score(long_session[-50:], ["i1", "i2"]).scores, atol=1e-6)
 
 
+def _trained_like(bundle: ModelBundle) -> ModelBundle:
+    """Random weights everywhere (biases too), as training leaves them, so that every term counts."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in bundle.model.named_parameters():
+            if name != "item_emb.weight":
+                p.normal_(0, 0.3)
+    return bundle
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [{}, {"gru_layers": 1, "mlp_dims": (32,)}, {"gru_layers": 3, "mlp_dims": (32, 16, 8), "max_session_len": 5}],
+    ids=["default", "1-layer", "3-layer-short-window"],
+)
+@pytest.mark.parametrize(
+    "session",
+    [["i1", "i7", "i3"], [], ["i4", "unknown", "i2"], [f"i{1 + k % N_ITEMS}" for k in range(80)]],
+    ids=["short", "cold", "with-unknown", "longer-than-the-encoder-reads"],
+)
+def test_frozen_scorer_gives_the_bundle_scores_on_rows(arch, session):
+    bundle = _trained_like(ModelBundle(_model(**arch), _bundle().item_ids, _bundle().catalog, {}))
+    cands = ["i2", "i3", "i5", "i9", "i30"]  # i2/i3 are in sessions: the "seen" feature matters
+    got = bundle.frozen_scorer().score(bundle.index_of(session), bundle.index_of(cands), "cart", "tablet")
+    want = bundle.score(session, cands, page_type="cart", device="tablet")
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5, rtol=1e-5)
+    assert got.attention.shape == (len(session),)  # aligned with every row given, 0 where not read
+    tail = len(want.attention)
+    np.testing.assert_allclose(got.attention[len(session) - tail :], want.attention, atol=1e-6)
+    assert np.all(got.attention[: len(session) - tail] == 0)
+
+
 def test_index_of_maps_unknown_ids_to_padding():
     bundle = _bundle()
     assert bundle.index_of(["i3", "zzz", PAD]).tolist() == [3, 0, 0]

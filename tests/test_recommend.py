@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -113,23 +112,13 @@ def test_thompson_arm_runs_on_prior_without_redis(model: ServedModel) -> None:
     assert len(res.items) == 6 and all(0.0 < it.propensity <= 1.0 for it in res.items)
 
 
-class NanBundle:
-    """A real bundle whose forward went bad (NaN scores)."""
-
-    def __init__(self, bundle) -> None:
-        self._b = bundle
-        self.item_ids, self.catalog, self.meta = bundle.item_ids, bundle.catalog, bundle.meta
-
-    def item_embeddings(self):
-        return self._b.item_embeddings()
-
-    def score(self, session, cands, page_type, device):
-        res = self._b.score(session, cands, page_type, device)
-        return SimpleNamespace(scores=np.full(len(cands), np.nan), attention=res.attention)
-
-
 def test_non_finite_scores_fall_back_to_retrieval_order() -> None:
-    model = ServedModel.build(NanBundle(tiny_bundle()), "9")
+    import torch
+
+    broken = tiny_bundle()  # a real bundle whose forward went bad (NaN scores)
+    with torch.no_grad():
+        broken.model.mlp[-1].bias.fill_(float("nan"))
+    model = ServedModel.build(broken, "9")
     res = make(None, model).recommend(RecoRequest("u6", limit=4))
     assert "ranker" in res.degraded and len(res.items) == 4
     assert all(np.isfinite(it.score) for it in res.items)

@@ -8,8 +8,9 @@ with `torch.load(weights_only=True)`), `items.json` (vocabulary; row i of the em
 The session given to `score` is the user's recent history, oldest first: the encoder reads its last
 `max_session_len` items; the ranker's "already seen" feature uses all of it.
 
-`score` and `score_batch` are THE scoring path: serving, the offline evaluation and the quality
-benchmark all go through `score_batch`, so the offline figures are those of the served ranking.
+`score` and `score_batch` are THE scoring path of the offline evaluation and the quality benchmark.
+Serving scores through `frozen_scorer()` (`reco.models.scorer`), the same function computed in numpy from
+tables precomputed at load; tests hold the two equal, so the offline figures are those of the served ranking.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from reco.data.catalog import ItemCatalog
+
+if TYPE_CHECKING:
+    from reco.models.scorer import FrozenScorer
 
 PAD = "<pad>"
 _FILES = ("config.json", "weights.pt", "items.json", "catalog.parquet", "meta.json")
@@ -124,6 +128,12 @@ class ModelBundle:
             a[pos] = attn[b, : len(r)]
             attention.append(a)
         return scores, attention
+
+    def frozen_scorer(self) -> FrozenScorer:
+        """Serving's scorer for this bundle (`reco.models.scorer`); its weights must not change afterwards."""
+        from reco.models.scorer import FrozenScorer
+
+        return FrozenScorer(self.model)
 
     def session_embedding(self, session_item_ids: Sequence[str]) -> np.ndarray:
         """The session's query vector in item space (d,): `item_embeddings() @ it` is the retrieval score."""

@@ -1,0 +1,132 @@
+"""`FrozenScorer`: serving's scorer, `SessionAwareRanker`'s forward for one session in numpy.
+
+A served model's weights never change (a new version or online snapshot is a new model object), so
+everything that depends on items only is computed once, when the model is loaded:
+
+- the GRU's first-layer input projection of every item, `item_emb @ W_ih + b_ih` (n_items, 3H): a
+  request gathers its session's rows instead of multiplying;
+- the item-only part of the MLP's first layer, `mlp_item([item_emb, cat_emb, pop_emb])` (n_items, m);
+- the page and device contributions to the MLP's first layer (one row per page type / device).
+
+What is left per request is the recurrence over the session, the attention and a few (500, 64)
+products. numpy on one thread does this in about half the time of the module's forward, whose
+cost at this size is mostly per-operator dispatch (measured in docs/benchmarks.md, "Serving"). The
+maths is the module's, term by term; tests hold the scores equal to `ModelBundle.score` (1e-5) across
+architectures, so the offline evaluation (which scores through torch) measures the served ranking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from reco.models.bundle import ScoreResult
+
+
+@dataclass(frozen=True)
+class _GruLayer:
+    w_ih_t: np.ndarray  # (in, 3H); unused for layer 0 (its input projection is the item table)
+    b_ih: np.ndarray  # (3H,)
+    w_hh_t: np.ndarray  # (H, 3H)
+    b_hh: np.ndarray  # (3H,)
+
+
+def _np(t: Any) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32, copy=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class FrozenScorer:
+    """Scores candidates for one session from precomputed tables (see the module docstring).
+
+    `model` is a `SessionAwareRanker`; it is read once here and may be dropped by the caller.
+    """
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        c = model.config
+        self.config = c
+        gru = model.encoder.gru
+        with torch.inference_mode():
+            emb = model.item_emb.weight
+            self._layers = [
+                _GruLayer(
+                    _np(getattr(gru, f"weight_ih_l{k}")).T.copy(),
+                    _np(getattr(gru, f"bias_ih_l{k}")),
+                    _np(getattr(gru, f"weight_hh_l{k}")).T.copy(),
+                    _np(getattr(gru, f"bias_hh_l{k}")),
+                )
+                for k in range(c.gru_layers)
+            ]
+            self._gi0 = _np(emb) @ self._layers[0].w_ih_t + self._layers[0].b_ih  # (N, 3H)
+            self._item_part = _np(model.item_features(torch.arange(c.n_items)))  # (N, m)
+            attn1, attn2 = model.encoder.attention[0], model.encoder.attention[2]
+            self._attn_w, self._attn_b, self._attn_v = _np(attn1.weight).T, _np(attn1.bias), _np(attn2.weight)[0]
+            self._q_w, self._q_b = _np(model.to_query.weight).T, _np(model.to_query.bias)  # (2H, d)
+            d = c.item_dim
+            w_s = _np(model.mlp_session.weight).T  # (d + 2 ctx, m): [query | page | device]
+            self._sess_q = w_s[:d]
+            self._page_part = _np(model.page_emb.weight) @ w_s[d : d + c.context_dim]  # (pages + 1, m)
+            self._device_part = _np(model.device_emb.weight) @ w_s[d + c.context_dim :]  # (devices + 1, m)
+            w_p = _np(model.mlp_pair.weight).T  # (d + 1, m): [query * item | seen]
+            self._pair_w, self._seen_w = w_p[:d], w_p[d]
+            self._emb = _np(emb)  # (N, d)
+            self._mlp = [(_np(m.weight).T, _np(m.bias)) for m in model.mlp if isinstance(m, torch.nn.Linear)]
+        self._context_index = model.context_index
+
+    def encode(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Known item rows (L >= 1,), oldest first -> (query (d,), attention (L,)); no rows: the cold-start
+        query of the module (one step over the padding row, no attention)."""
+        cold = len(rows) == 0
+        gi = self._gi0[rows if not cold else np.zeros(1, dtype=np.int64)]  # (L, 3H)
+        h_seq = gi
+        for k, layer in enumerate(self._layers):
+            if k:
+                gi = h_seq @ layer.w_ih_t + layer.b_ih
+            hidden = layer.w_hh_t.shape[0]
+            h = np.zeros(hidden, dtype=np.float32)
+            h_seq = np.empty((len(gi), hidden), dtype=np.float32)
+            for t in range(len(gi)):  # torch's GRU: r, z, n gates in that order
+                gh = h @ layer.w_hh_t + layer.b_hh
+                rz = _sigmoid(gi[t, : 2 * hidden] + gh[: 2 * hidden])
+                n = np.tanh(gi[t, 2 * hidden :] + rz[:hidden] * gh[2 * hidden :])
+                h = h_seq[t] = n + rz[hidden:] * (h - n)
+        if cold:
+            attention = np.zeros(0, dtype=np.float32)
+            local = np.zeros_like(h_seq[0])
+        else:
+            e = np.tanh(h_seq @ self._attn_w + self._attn_b) @ self._attn_v  # (L,)
+            attention = np.exp(e - e.max())
+            attention /= attention.sum()
+            local = attention @ h_seq
+        query = np.concatenate([local, h_seq[-1]]) @ self._q_w + self._q_b
+        return query, attention.astype(np.float32)
+
+    def score(self, session_rows: np.ndarray, candidate_rows: np.ndarray, page_type: str, device: str) -> ScoreResult:
+        """session_rows (L,) item rows, oldest first (row 0 = unknown, ignored; the encoder reads the last
+        max_session_len known rows, the "already seen" feature all of them); candidate_rows (C,) ->
+        logits (C,) and attention (L,) aligned with session_rows (0 where the encoder did not read)."""
+        session_rows = np.asarray(session_rows, dtype=np.int64)
+        candidate_rows = np.asarray(candidate_rows, dtype=np.int64)
+        known = np.flatnonzero(session_rows > 0)[-self.config.max_session_len :]
+        query, attn = self.encode(session_rows[known])
+        seen = np.isin(candidate_rows, session_rows[session_rows > 0])
+        page, dev = self._context_index(page_type, device)
+        e = self._emb[candidate_rows]  # (C, d)
+        h = (
+            self._item_part[candidate_rows]
+            + (query @ self._sess_q + self._page_part[page] + self._device_part[dev])
+            + e @ (query[:, None] * self._pair_w)  # == (e * query) @ W_pair
+            + seen[:, None] * self._seen_w
+        )  # (C, m): the first MLP layer, as `score_candidates` sums it
+        for w, b in self._mlp:
+            h = np.maximum(h, 0.0) @ w + b
+        attention = np.zeros(len(session_rows), dtype=np.float32)
+        attention[known] = attn
+        return ScoreResult(scores=e @ query + h[:, 0], attention=attention)
