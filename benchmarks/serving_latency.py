@@ -3,14 +3,19 @@
 Setup: a full-size `SessionAwareRanker` (default RankerConfig) over the MovieLens-100k catalogue
 (1,682 items; weights seeded, latency does not depend on training), served by the API app (uvicorn,
 1 worker, the allocator/BLAS settings of `reco serve`) from its local model cache; a 20-item session in
-Redis; every request ranks 500 candidates and returns 20. The bare forward is
-`bundle.score(session, the same 500 candidates)` in this process.
+Redis; every request ranks 500 candidates and returns 20. The bare forward is the module's own
+`SessionAwareRanker.forward(session, the same 500 candidates, page, device)` on tensors prepared
+beforehand, under `torch.inference_mode`, in this process. For reference the two scoring paths are timed
+in the same loop (alternating): `ModelBundle.score` (ids in, numpy out: what evaluation uses) and
+`FrozenScorer.score` (rows in: what the server uses inside the pipeline).
 
 The server is `bench_app` below: the real app plus two empty endpoints that parse the same request body
-and return a constant, one sync (thread pool, like /v1/recommendations) and one async. They measure the
-fixed cost of HTTP + uvicorn + FastAPI on this machine, which no pipeline work can remove. The three
-are measured interleaved (one recommendation, one bare forward, one empty call, ...), so machine load from
-other processes hits them alike.
+and return a constant, one async (on the event loop, like /v1/recommendations) and one sync (thread pool).
+They measure the fixed cost of HTTP + uvicorn + FastAPI on this machine, which no pipeline work can
+remove. All are measured interleaved (one recommendation, one bare forward, one scoring path, one empty
+call, ...), so machine load from other processes hits them alike; the bars are read from that phase. A
+second phase times blocks of back-to-back recommendations and back-to-back forwards (steady state: one
+request's impression log overlaps the next request).
 
     .venv/bin/python benchmarks/serving_latency.py [--requests 2000] [--redis-url redis://127.0.0.1:6379/0]
 
@@ -42,6 +47,9 @@ from fastapi.responses import Response
 from serving.schemas import RecommendationRequest  # module level: FastAPI resolves the probes' annotations here
 
 ROOT = Path(__file__).resolve().parents[1]
+WARMUP = 100  # interleaved rounds not timed
+BLOCK = 20  # calls of one kind in a row (back-to-back phase)
+ALTERNATE = ({"frozen_scorer", "empty_async"}, {"bundle_score", "empty_sync"})  # kinds timed every other round
 ML100K = Path(os.environ.get("RECO_TEST_ML100K", "/work/shared/data/movielens-100k"))
 
 
@@ -157,7 +165,20 @@ def main() -> None:
 
     # The exact 500 candidates a request ranks, from the same pipeline code.
     cand_ids = request_candidates(store, ServedModel.build(bundle, "1"))
-    bare: list[float] = []
+    model, scorer = bundle.model, bundle.frozen_scorer()
+    page, device = model.context_index("home", "mobile")
+    tensors = (torch.tensor([bundle.index_of(session)]), torch.tensor([bundle.index_of(cand_ids)]),
+               torch.tensor([page]), torch.tensor([device]))  # fmt: skip
+    rows = (bundle.index_of(session), bundle.index_of(cand_ids))
+
+    def bare_forward() -> None:
+        with torch.inference_mode():
+            model(*tensors)
+
+    score_paths = {
+        "bundle_score": lambda: bundle.score(session, cand_ids, "home", "mobile"),
+        "frozen_scorer": lambda: scorer.score(*rows, "home", "mobile"),
+    }
 
     port = free_port()
     env = {**os.environ, "RECO_HOME": str(tmp / "home"), "RECO_REDIS_URL": args.redis_url, "RECO_REDIS_PREFIX": prefix,
@@ -182,31 +203,47 @@ def main() -> None:
             body = {"user_id": "bench", "session_id": "bench-s", "limit": 20, "device": "mobile"}
             payload = json.dumps(body).encode()
             headers = {"Content-Type": "application/json"}
-            lat, server_lat, n_items = [], [], set()
-            empty: dict[str, list[float]] = {"sync": [], "async": []}
             # The timed client is the stdlib's (one keep-alive connection): httpx spends about 1 ms of
             # its own CPU per call, which would be charged to the server.
             conn = http_client.HTTPConnection("127.0.0.1", port, timeout=10)
-            for i in range(args.requests + 100):
-                t0 = time.perf_counter()
+            answers: list[bytes] = []
+
+            def recommend() -> None:
                 status, raw = post(conn, "/v1/recommendations", payload, headers)
-                dt = time.perf_counter() - t0
                 if status != 200:
                     raise RuntimeError(f"/v1/recommendations answered {status}: {raw[:300]!r}")
-                t1 = time.perf_counter()
-                bundle.score(session, cand_ids, "home", "mobile")
-                dt_bare = time.perf_counter() - t1
-                kind = "sync" if i % 2 else "async"
-                t2 = time.perf_counter()
-                post(conn, f"/bench/empty-{kind}", payload, headers)
-                dt_empty = time.perf_counter() - t2
-                if i >= 100:
-                    lat.append(dt)
-                    bare.append(dt_bare)
-                    empty[kind].append(dt_empty)
-                    answer = json.loads(raw)
-                    server_lat.append(answer["latency_ms"] / 1000)
-                    n_items.add(len(answer["items"]))
+                answers.append(raw)
+
+            calls = {
+                "http": recommend,
+                "bare_forward": bare_forward,
+                **score_paths,
+                "empty_sync": lambda: post(conn, "/bench/empty-sync", payload, headers),
+                "empty_async": lambda: post(conn, "/bench/empty-async", payload, headers),
+            }
+            timings: dict[str, list[float]] = {name: [] for name in calls}
+            back_to_back: dict[str, list[float]] = {name: [] for name in ("http", "bare_forward")}
+            # Interleaved, one call of each kind in turn: every kind meets the same machine state (the
+            # others' work in between, load from other processes); the bar is read from this phase.
+            for i in range(args.requests + WARMUP):
+                for name, fn in calls.items():
+                    if name in ALTERNATE and name not in ALTERNATE[i % 2]:
+                        continue  # the scoring paths (reference figures) and the empty endpoints alternate
+                    t0 = time.perf_counter()
+                    fn()
+                    if i >= WARMUP:
+                        timings[name].append(time.perf_counter() - t0)
+            # Back to back, blocks of BLOCK calls of one kind: a server under a steady stream of requests
+            # (the impression log of one request overlaps the next) against a forward in a tight loop.
+            for _ in range(args.requests // BLOCK):
+                for name in back_to_back:
+                    for _ in range(BLOCK):
+                        t0 = time.perf_counter()
+                        calls[name]()
+                        back_to_back[name].append(time.perf_counter() - t0)
+            parsed = [json.loads(raw) for raw in answers[WARMUP : WARMUP + args.requests]]
+            server_lat = [a["latency_ms"] / 1000 for a in parsed]
+            n_items = {len(a["items"]) for a in parsed}
             # CPU seconds per call, load-independent: the server process (all its threads, the impression
             # log included) for N recommendations and N empty calls, and this process for N bare forwards.
             n_cpu = 300
@@ -217,10 +254,11 @@ def main() -> None:
                 for _ in range(n_cpu):
                     post(conn, path, payload, headers)
                 cpu[name] = (process_cpu_s(server.pid) - c0) / n_cpu
-            c0 = time.thread_time()
-            for _ in range(n_cpu):
-                bundle.score(session, cand_ids, "home", "mobile")
-            cpu["bare_forward"] = (time.thread_time() - c0) / n_cpu
+            for name, fn in (("bare_forward", bare_forward), *score_paths.items()):
+                c0 = time.thread_time()
+                for _ in range(n_cpu):
+                    fn()
+                cpu[name] = (time.thread_time() - c0) / n_cpu
             conn.close()
     finally:
         server.terminate()
@@ -228,15 +266,18 @@ def main() -> None:
         keys = list(store.client.scan_iter(match=f"{prefix}:*", count=1000))
         if keys:
             store.client.delete(*keys)
-    http_p, bare_p = percentiles(lat), percentiles(bare)
-    sync_p = percentiles(empty["sync"])
+    p = {name: percentiles(ts) for name, ts in timings.items()}
+    http_p, bare_p, fixed_p = p["http"], p["bare_forward"], p["empty_async"]
     print(json.dumps({
         "benchmark": "serving_latency", "candidates": len(cand_ids), "limit": 20, "session": len(session),
-        "requests": len(lat), "torch_threads": args.torch_threads, "load_avg_1m": round(os.getloadavg()[0], 2),
+        "requests": len(timings["http"]), "torch_threads": args.torch_threads,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "http": http_p, "server_pipeline": percentiles(server_lat), "bare_forward": bare_p,
-        "empty_endpoint_sync": sync_p, "empty_endpoint_async": percentiles(empty["async"]),
+        "scoring_paths": {k: p[k] for k in score_paths},
+        "back_to_back": {k: percentiles(v) for k, v in back_to_back.items()},
+        "empty_endpoint_async": fixed_p, "empty_endpoint_sync": p["empty_sync"],
         "p50_ratio": round(http_p["p50_ms"] / bare_p["p50_ms"], 3),
-        "p50_ratio_net_of_fixed_http": round((http_p["p50_ms"] - sync_p["p50_ms"]) / bare_p["p50_ms"], 3),
+        "p50_ratio_net_of_fixed_http": round((http_p["p50_ms"] - fixed_p["p50_ms"]) / bare_p["p50_ms"], 3),
         "cpu_ms_per_call": {k: round(v * 1000, 3) for k, v in cpu.items()},
         "bar_p50_ratio_le_1.5": http_p["p50_ms"] <= 1.5 * bare_p["p50_ms"], "bar_p99_lt_30ms": http_p["p99_ms"] < 30,
         "items_per_response": sorted(n_items),

@@ -94,6 +94,7 @@ class EmbeddingIndex:
             raise ValueError(f"embeddings shape {emb.shape} does not match {len(item_ids)} item ids")
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         self._unit = np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)
+        self._unit_t = np.ascontiguousarray(self._unit.T)
         self.ids: list[str] = list(item_ids)  # row -> item id
         self._row = {iid: i for i, iid in enumerate(self.ids) if iid != PAD}
         # Rows that must never be returned: padding and items without an embedding.
@@ -135,9 +136,8 @@ class EmbeddingIndex:
         q = np.asarray(query_rows, dtype=np.int64)
         if not len(q) or k <= 0:
             return RowList.of([]), np.zeros(0)
-        sims = self._unit @ self._unit[q].T  # (n_items, n_query)
-        best_q = sims.argmax(axis=1)
-        best = sims[np.arange(len(sims)), best_q]
+        sims = self._unit[q] @ self._unit_t  # (n_query, n_items): row-major reductions over the queries
+        best = sims.max(axis=0)
         best[self._invalid] = -np.inf
         best[q] = -np.inf
         best[np.asarray(exclude_rows, dtype=np.int64)] = -np.inf
@@ -146,7 +146,7 @@ class EmbeddingIndex:
             return RowList.of([]), np.zeros(0)
         top = np.argpartition(-best, k - 1)[:k]
         top = top[np.argsort(-best[top], kind="stable")]
-        return RowList(top, q[best_q[top]]), best[top]
+        return RowList(top, q[sims[:, top].argmax(axis=0)]), best[top]  # anchor: the query it is closest to
 
     def similar(
         self, query_ids: Sequence[str], k: int, exclude: Collection[str] = (), source: Source = Source.session_similar

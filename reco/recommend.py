@@ -39,7 +39,7 @@ from reco.candidates import (
 from reco.data.catalog import UNKNOWN_CATEGORY
 from reco.data.events import Event, EventType, PageType
 from reco.explain import anchors_by_attention, reason
-from reco.rules import RuleConfig, rule_positions
+from reco.rules import RuleConfig, excluded_items, rule_positions
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,7 @@ class ServedModel:
     category_of: Mapping[str, str] = field(default_factory=dict)
     title_of: Mapping[str, str] = field(default_factory=dict)
     row_category: Sequence[str] = ()  # embedding row -> category
+    row_category_code: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # row -> code
 
     def category(self, item_id: str) -> str:
         return self.category_of.get(item_id, UNKNOWN_CATEGORY)
@@ -245,9 +246,11 @@ class ServedModel:
         all_categories = dict(zip(ids, catalog.categories_of(ids), strict=True))
         titles = {iid: t for iid in ids if (t := catalog.title(iid)) is not None}
         row_category = [all_categories.get(iid, UNKNOWN_CATEGORY) for iid in index.ids]
+        codes = {c: k for k, c in enumerate(dict.fromkeys(row_category))}
         return cls(
             bundle, str(version), index, popular, bundle.frozen_scorer(), index.row_list(popular.item_ids),
             online_snapshot, tuple(catalog.categories), all_categories, titles, row_category,
+            np.array([codes[c] for c in row_category], dtype=np.int32),
         )  # fmt: skip
 
 
@@ -262,8 +265,7 @@ class RecoRequest:
     ts: datetime | None = None  # event time of the served impressions; None = now (simulations set it)
 
 
-@dataclass(frozen=True)
-class RecoItem:
+class RecoItem(NamedTuple):
     item_id: str
     score: float
     reason: str
@@ -299,6 +301,9 @@ class PipelineConfig:
     # The trending list is the same for every request: it is read (in the features round trip) at most
     # once per this many seconds per process, not parsed anew for every request. 0 = every request.
     trending_refresh_s: float = 1.0
+    # After a features read that failed slowly (half the budget or more: a hung Redis), requests skip the
+    # read for this long (served degraded at once) instead of each waiting out the budget again.
+    features_cooldown_s: float = 1.0
 
 
 class Recommender:
@@ -337,6 +342,7 @@ class Recommender:
         self._log_executor = log_executor
         self._on_log_error = on_log_error
         self._trending: tuple[float, list[str]] | None = None  # (monotonic read time, item ids best first)
+        self._features_paused_until = 0.0  # monotonic time; see PipelineConfig.features_cooldown_s
 
     def recommend(self, req: RecoRequest) -> RecoResult:
         t0 = perf_counter()
@@ -413,7 +419,7 @@ class Recommender:
         self, req: RecoRequest, assignment: Any, model: ServedModel
     ) -> tuple[Any | None, list[str] | None]:
         """(the request's features, the trending item ids); either is None when Redis failed."""
-        if self.store is None:
+        if self.store is None or monotonic() < self._features_paused_until:
             return None, None
         trending = self._cached_trending()
         trending_k = self.config.candidates.trending_k if trending is None else 0
@@ -427,11 +433,16 @@ class Recommender:
         if not self.config.features_inline:
             features = self._features(self._executor.submit(read))
         else:
+            started = monotonic()
             try:
                 features = read()
             except Exception as exc:  # Redis down or past its socket timeout: rank without online features
                 log.warning("request features unavailable: %s", exc)
                 features = None
+                if monotonic() - started >= self.config.features_timeout_s / 2:
+                    # A read that fails slowly (a hung Redis, not a refused connection) would cost every
+                    # request its whole budget: serve without features for a while, then try again.
+                    self._features_paused_until = monotonic() + self.config.features_cooldown_s
         if features is None:  # Redis is failing: no trending list either (the popular fallback serves)
             self._trending = None
             return None, None
@@ -453,6 +464,7 @@ class Recommender:
         except FutureTimeout:
             fut.cancel()
             log.warning("request features ran past %.0f ms", self.config.features_timeout_s * 1000)
+            self._features_paused_until = monotonic() + self.config.features_cooldown_s
         except Exception as exc:  # Redis down: rank without online features
             log.warning("request features unavailable: %s", exc)
         return None
@@ -481,15 +493,17 @@ class Recommender:
             attention = None
         order = np.argsort(-scores, kind="stable")
         rows = cands.rows[order]
-        ids, row_category = model.index.ids, model.row_category
-        ranked_rows = rows.tolist()
-        keep = rule_positions(
-            [ids[r] for r in ranked_rows],
-            [row_category[r] for r in ranked_rows],
-            page_type=req.page_type,
+        dropped = excluded_items(
+            req.page_type,
             context_item_id=req.context_item_id,
             consumed=session.consumed,
             cart=features.cart_items if features is not None else (),
+            config=self.config.rules,
+        )
+        keep = rule_positions(
+            rows,
+            model.row_category_code[rows],
+            drop=model.index.rows(dropped),
             window=req.limit,
             config=self.config.rules,
         )

@@ -169,14 +169,17 @@ class RankerPyfunc(mlflow.pyfunc.PythonModel):
         from reco.models.bundle import ModelBundle
 
         self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT])
+        self.scorer = self.bundle.frozen_scorer()  # the server's scorer: same scores, precomputed item tables
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         out = []
+        index_of = self.bundle.index_of
         for row in model_input.to_dict("records"):
             page = row.get("page_type") or "home"
             device = row.get("device") or "desktop"
-            res = self.bundle.score(list(row["session_item_ids"]), list(row["candidate_item_ids"]), page, device)
-            out.append([float(s) for s in res.scores])
+            res = self.scorer.score(index_of(list(row["session_item_ids"])), index_of(list(row["candidate_item_ids"])),
+                                    page, device)  # fmt: skip
+            out.append(res.scores.astype(float).tolist())
         return pd.DataFrame({"scores": out})
 
 

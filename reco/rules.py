@@ -16,6 +16,8 @@ from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+import numpy as np
+
 from reco.data.events import PageType
 
 
@@ -97,29 +99,23 @@ def cap_per_category(
 
 
 def rule_positions(
-    item_ids: Sequence[str],
-    categories: Sequence[Hashable],
-    *,
-    page_type: PageType | str,
-    context_item_id: str | None = None,
-    consumed: Collection[str] = (),
-    cart: Collection[str] = (),
-    window: int,
-    config: RuleConfig = RuleConfig(),
-) -> list[int]:
-    """All rules in order over a best-first list given as parallel columns: the positions to serve, in
-    serving order (exclusions dropped, then the diversity cap over the first `window` slots).
+    keys: np.ndarray, categories: np.ndarray, *, drop: Collection[int], window: int, config: RuleConfig = RuleConfig()
+) -> np.ndarray:
+    """All rules in order over a best-first list given as integer columns (the request path's: item rows
+    and category codes): the positions to serve, in serving order. `drop` holds the keys that
+    `excluded_items` excludes; then the diversity cap orders the first `window` slots.
 
-    >>> rule_positions(["p", "a", "b", "c"], ["x"] * 4, page_type="product", context_item_id="p", consumed={"a"},
-    ...                window=2, config=RuleConfig(max_per_category=1))
-    [2, 3]
+    >>> rule_positions(np.array([7, 3, 5, 9]), np.array([0, 0, 0, 1]), drop={3}, window=2,
+    ...                config=RuleConfig(max_per_category=1)).tolist()
+    [0, 3, 2]
     """
-    drop = excluded_items(page_type, context_item_id=context_item_id, consumed=consumed, cart=cart, config=config)
-    kept = [pos for pos, iid in enumerate(item_ids) if iid not in drop] if drop else list(range(len(item_ids)))
+    if drop:
+        kept = np.flatnonzero(~np.isin(keys, np.fromiter(drop, dtype=np.int64, count=len(drop)), kind="table"))
+    else:
+        kept = np.arange(len(keys))
     if config.max_per_category is None:
         return kept
-    order = diversified_order([categories[pos] for pos in kept], config.max_per_category, window)
-    return [kept[k] for k in order]
+    return kept[diversified_order(categories[kept], config.max_per_category, window)]
 
 
 def apply_rules(
@@ -142,9 +138,8 @@ def apply_rules(
     >>> [i.item_id for i in out]
     ['b', 'c']
     """
-    ids = [item.item_id for item in ranked]
-    positions = rule_positions(
-        ids, [category_of(i) for i in ids], page_type=page_type, context_item_id=context_item_id,
-        consumed=consumed, cart=cart, window=window, config=config,
-    )  # fmt: skip
+    dropped = excluded_items(page_type, context_item_id=context_item_id, consumed=consumed, cart=cart, config=config)
+    drop = {pos for pos, item in enumerate(ranked) if item.item_id in dropped}
+    categories = np.array([category_of(item.item_id) for item in ranked], dtype=object)
+    positions = rule_positions(np.arange(len(ranked)), categories, drop=drop, window=window, config=config)
     return [ranked[pos] for pos in positions]

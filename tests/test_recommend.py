@@ -97,6 +97,30 @@ def test_dead_redis_degrades_but_answers(model: ServedModel) -> None:
     assert {"features", "candidates:trending"} <= set(res.degraded)
 
 
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "executor"])
+def test_a_hung_redis_is_skipped_for_the_cooldown_not_waited_for_by_every_request(model, inline: bool) -> None:
+    import socket
+
+    from reco.store import RedisStore, connect
+
+    class Counting(RedisStore):
+        reads = 0
+
+        def request_context(self, *args, **kwargs):
+            Counting.reads += 1
+            return super().request_context(*args, **kwargs)
+
+    with socket.socket() as hole:  # accepts connections (backlog) and never answers: a hung Redis
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)
+        client = connect(f"redis://127.0.0.1:{hole.getsockname()[1]}/0", socket_timeout=0.05)
+        config = PipelineConfig(features_timeout_s=0.05, features_inline=inline, features_cooldown_s=60)
+        rec = make(Counting(client, "hung"), model, config=config)
+        answers = [rec.recommend(RecoRequest("u3", session_id="s9", limit=5)) for _ in range(3)]
+    assert Counting.reads == 1  # the first request waited out the budget; the next two did not try
+    assert all(len(a.items) == 5 and "features" in a.degraded for a in answers)
+
+
 def test_epsilon_greedy_arm_explores_with_exact_propensities(model: ServedModel) -> None:
     rec = make(None, model, assign=arm("epsilon_greedy", 0.5), explorer_for=ArmPolicies(seed=3).explorer)
     items = [it for _ in range(5) for it in rec.recommend(RecoRequest("u4", limit=10)).items]

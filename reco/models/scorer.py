@@ -21,24 +21,46 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 
 from reco.models.bundle import ScoreResult
 
 
 @dataclass(frozen=True)
 class _GruLayer:
+    """One layer of torch's GRU, arranged for the per-step loop: the r and z gates' hidden bias is
+    folded into the input projection (`b_in`), only the n gate's stays apart (r multiplies it)."""
+
     w_ih_t: np.ndarray  # (in, 3H); unused for layer 0 (its input projection is the item table)
-    b_ih: np.ndarray  # (3H,)
+    b_in: np.ndarray  # (3H,): b_ih + [b_hr, b_hz, 0]
     w_hh_t: np.ndarray  # (H, 3H)
-    b_hh: np.ndarray  # (3H,)
+    b_hn: np.ndarray  # (H,)
+
+    @classmethod
+    def of(cls, gru: Any, k: int) -> _GruLayer:
+        b_ih, b_hh = _np(getattr(gru, f"bias_ih_l{k}")), _np(getattr(gru, f"bias_hh_l{k}"))
+        hidden = len(b_hh) // 3
+        b_in = b_ih + np.concatenate([b_hh[: 2 * hidden], np.zeros(hidden, dtype=np.float32)])
+        w_ih_t, w_hh_t = (_np(getattr(gru, f"weight_{w}_l{k}")).T.copy() for w in ("ih", "hh"))
+        return cls(w_ih_t, b_in, w_hh_t, b_hh[2 * hidden :].copy())
+
+    def run(self, gi: np.ndarray) -> np.ndarray:
+        """Input projections (L, 3H) (bias `b_in` included) -> hidden states (L, H), from h0 = 0."""
+        hidden = len(self.b_hn)
+        gi_rz, gi_n = gi[:, : 2 * hidden].copy(), gi[:, 2 * hidden :].copy()  # contiguous rows per step
+        w_hh_t, b_hn = self.w_hh_t, self.b_hn
+        h = np.zeros(hidden, dtype=np.float32)
+        out = np.empty((len(gi), hidden), dtype=np.float32)
+        for t in range(len(gi)):  # torch's gates: r, z, n; h' = n + z * (h - n)
+            gh = h @ w_hh_t
+            rz = expit(gi_rz[t] + gh[: 2 * hidden])
+            n = np.tanh(gi_n[t] + rz[:hidden] * (gh[2 * hidden :] + b_hn))
+            h = out[t] = n + rz[hidden:] * (h - n)
+        return out
 
 
 def _np(t: Any) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.float32, copy=True)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 class FrozenScorer:
@@ -55,16 +77,8 @@ class FrozenScorer:
         gru = model.encoder.gru
         with torch.inference_mode():
             emb = model.item_emb.weight
-            self._layers = [
-                _GruLayer(
-                    _np(getattr(gru, f"weight_ih_l{k}")).T.copy(),
-                    _np(getattr(gru, f"bias_ih_l{k}")),
-                    _np(getattr(gru, f"weight_hh_l{k}")).T.copy(),
-                    _np(getattr(gru, f"bias_hh_l{k}")),
-                )
-                for k in range(c.gru_layers)
-            ]
-            self._gi0 = _np(emb) @ self._layers[0].w_ih_t + self._layers[0].b_ih  # (N, 3H)
+            self._layers = [_GruLayer.of(gru, k) for k in range(c.gru_layers)]
+            self._gi0 = _np(emb) @ self._layers[0].w_ih_t + self._layers[0].b_in  # (N, 3H)
             self._item_part = _np(model.item_features(torch.arange(c.n_items)))  # (N, m)
             attn1, attn2 = model.encoder.attention[0], model.encoder.attention[2]
             self._attn_w, self._attn_b, self._attn_v = _np(attn1.weight).T, _np(attn1.bias), _np(attn2.weight)[0]
@@ -84,19 +98,9 @@ class FrozenScorer:
         """Known item rows (L >= 1,), oldest first -> (query (d,), attention (L,)); no rows: the cold-start
         query of the module (one step over the padding row, no attention)."""
         cold = len(rows) == 0
-        gi = self._gi0[rows if not cold else np.zeros(1, dtype=np.int64)]  # (L, 3H)
-        h_seq = gi
-        for k, layer in enumerate(self._layers):
-            if k:
-                gi = h_seq @ layer.w_ih_t + layer.b_ih
-            hidden = layer.w_hh_t.shape[0]
-            h = np.zeros(hidden, dtype=np.float32)
-            h_seq = np.empty((len(gi), hidden), dtype=np.float32)
-            for t in range(len(gi)):  # torch's GRU: r, z, n gates in that order
-                gh = h @ layer.w_hh_t + layer.b_hh
-                rz = _sigmoid(gi[t, : 2 * hidden] + gh[: 2 * hidden])
-                n = np.tanh(gi[t, 2 * hidden :] + rz[:hidden] * gh[2 * hidden :])
-                h = h_seq[t] = n + rz[hidden:] * (h - n)
+        h_seq = self._layers[0].run(self._gi0[rows if not cold else np.zeros(1, dtype=np.int64)])
+        for layer in self._layers[1:]:
+            h_seq = layer.run(h_seq @ layer.w_ih_t + layer.b_in)
         if cold:
             attention = np.zeros(0, dtype=np.float32)
             local = np.zeros_like(h_seq[0])
@@ -109,14 +113,18 @@ class FrozenScorer:
         return query, attention.astype(np.float32)
 
     def score(self, session_rows: np.ndarray, candidate_rows: np.ndarray, page_type: str, device: str) -> ScoreResult:
-        """session_rows (L,) item rows, oldest first (row 0 = unknown, ignored; the encoder reads the last
-        max_session_len known rows, the "already seen" feature all of them); candidate_rows (C,) ->
+        """session_rows (L,) item rows, oldest first (row 0 = unknown, ignored; the encoder reads the known
+        rows among the last max_session_len, the "already seen" feature all of them); candidate_rows (C,) ->
         logits (C,) and attention (L,) aligned with session_rows (0 where the encoder did not read)."""
         session_rows = np.asarray(session_rows, dtype=np.int64)
         candidate_rows = np.asarray(candidate_rows, dtype=np.int64)
-        known = np.flatnonzero(session_rows > 0)[-self.config.max_session_len :]
+        start = max(0, len(session_rows) - self.config.max_session_len)  # as `ModelBundle.score`: the last
+        known = start + np.flatnonzero(session_rows[start:] > 0)  # max_session_len given, then the known ones
         query, attn = self.encode(session_rows[known])
-        seen = np.isin(candidate_rows, session_rows[session_rows > 0])
+        in_session = np.zeros(self.config.n_items, dtype=bool)
+        in_session[session_rows] = True
+        in_session[0] = False
+        seen = in_session[candidate_rows]
         page, dev = self._context_index(page_type, device)
         e = self._emb[candidate_rows]  # (C, d)
         h = (
