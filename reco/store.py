@@ -43,8 +43,11 @@ Feedback that arrives before its impression counts nothing (the server logs impr
 answers, long before a person clicks). `thompson_stats` returns the evidence (successes, failures),
 floored at 0 defensively; the bandit adds its prior.
 
-The API's impression log also writes the learner's request-context record (``P:reqctx:<request_id>``,
-format owned by `reco.online.control`) inside the same script call: one round trip.
+The API's impression log (`log_impressions` with a request context) runs its own script over one
+request's impressions: the per-event steps of the general ingest for an impression (dedup, XADD, the
+served-item record, the Thompson failure count), with the user counters, TTLs and the learner's
+request-context record (``P:reqctx:<request_id>``, format owned by `reco.online.control`) written once per
+request in the same call (a test holds the resulting state equal to the general ingest's).
 
 Ingest is one Lua script per batch: dedup + XADD + session/user/trending/Thompson updates run atomically
 in one round trip, so an accepted event is never lost and never counted twice. Keys are computed in
@@ -189,12 +192,7 @@ local uitems_max, user_ttl = tonumber(ARGV[7]), ARGV[8]
 local feedback_ttl, trending_max = ARGV[9], tonumber(ARGV[10])
 local ts_prefix, n, item_prefix = ARGV[11], tonumber(ARGV[12]), ARGV[13]
 local cart_max, cart_ttl = tonumber(ARGV[14]), ARGV[15]
-local ctx_key, ctx_value, ctx_ttl = ARGV[16], ARGV[17], ARGV[18]
-local H, F = 18, 13
-
-if ctx_key ~= '' then
-  redis.call('SET', ctx_key, ctx_value, 'EX', ctx_ttl)
-end
+local H, F = 15, 13
 
 local epoch = tonumber(redis.call('GET', epoch_key))
 if not epoch then
@@ -277,6 +275,54 @@ end
 return {accepted, duplicates}
 """
 
+# One request's impressions (the API's own log): the per-event steps `_INGEST_LUA` runs for an impression
+# (dedup, XADD, the served-item record and the arm's Thompson failure count), with what is the same for
+# every impression of a request (user counters, last_ts, TTLs, the learner's request context) done once.
+# 4 arguments per event instead of 13, ~4 Redis calls per event instead of ~9.
+_IMPRESSIONS_LUA = """
+local stream = KEYS[1]
+local seen_ttl, maxlen, user_key, user_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local req_key, arm, feedback_ttl, ts_key = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local ts, item_prefix = ARGV[9], ARGV[10]
+local ctx_key, ctx_value, ctx_ttl = ARGV[11], ARGV[12], ARGV[13]
+local H, F = 13, 4
+
+if ctx_key ~= '' then
+  redis.call('SET', ctx_key, ctx_value, 'EX', ctx_ttl)
+end
+local accepted, duplicates = 0, 0
+for b = H, #ARGV - 1, F do
+  local seen_key, payload, item, category = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  if redis.call('SET', seen_key, '1', 'NX', 'EX', seen_ttl) then
+    accepted = accepted + 1
+    if maxlen == '' then
+      redis.call('XADD', stream, '*', 'e', payload)
+    else
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', payload)
+    end
+    if req_key ~= '' and arm ~= '' then
+      if category == '' then
+        category = redis.call('HGET', item_prefix .. item, 'category') or 'unknown'
+      end
+      if redis.call('HSETNX', req_key, item, arm .. '\t' .. category) == 1 then
+        redis.call('HINCRBYFLOAT', ts_key, category .. ':b', 1)
+      end
+    end
+  else
+    duplicates = duplicates + 1
+  end
+end
+if accepted > 0 then
+  redis.call('HINCRBY', user_key, 'n:impression', accepted)
+  redis.call('HSET', user_key, 'last_ts', ts)
+  redis.call('EXPIRE', user_key, user_ttl)
+  if req_key ~= '' and arm ~= '' then
+    redis.call('EXPIRE', req_key, feedback_ttl)
+  end
+end
+return {accepted, duplicates}
+"""
+
 # Atomic read of the latest weights snapshot: version, blob, meta.
 _LATEST_WEIGHTS_LUA = """
 local v = redis.call('GET', KEYS[1])
@@ -336,6 +382,7 @@ class RedisStore:
         self.keep_weights = keep_weights
         self.cart_max = cart_max
         self._ingest = client.register_script(_INGEST_LUA)
+        self._impressions = client.register_script(_IMPRESSIONS_LUA)
         self._latest_weights = client.register_script(_LATEST_WEIGHTS_LUA)
 
     def key(self, *parts: str) -> str:
@@ -385,9 +432,7 @@ class RedisStore:
             duplicates += int(dup)
         return IngestResult(accepted, duplicates)
 
-    def _ingest_call(
-        self, chunk: Sequence[Event], categories: Mapping[str, str], context: Sequence[str] = ("", "", "")
-    ) -> tuple[list[str], list[str]]:
+    def _ingest_call(self, chunk: Sequence[Event], categories: Mapping[str, str]) -> tuple[list[str], list[str]]:
         header = [
             repr(time.time()),
             repr(float(self.trending_half_life_s)),
@@ -404,7 +449,6 @@ class RedisStore:
             self.key("item", ""),
             str(self.cart_max),
             str(self.session_ttl_s),
-            *context,  # request-context record: key, value, TTL ("" key: none)
         ]
         args = header + [a for e in chunk for a in self._event_args(e, categories)]
         keys = [self.stream_key, self.key("trending"), self.key("trending", "epoch"), self.key("popular")]
@@ -431,20 +475,39 @@ class RedisStore:
         request_ids = {e.request_id for e in events}
         if len(request_ids) != 1 or None in request_ids or len(events) > self.CHUNK:
             raise ValueError("a request context needs the impressions of exactly one request")
-        return self._log_with_context(events, categories or {}, request_ids.pop(), request_context)
+        if len({(e.user_id, e.arm) for e in events}) != 1:
+            raise ValueError("the impressions of one request name one user and one arm")
+        return self._log_request(events, categories or {}, request_ids.pop(), request_context)
 
     @_guard
-    def _log_with_context(
+    def _log_request(
         self, events: Sequence[Event], categories: Mapping[str, str], request_id: str, session: Sequence[str]
     ) -> IngestResult:
-        # The learner owns the record's key and format (`write_request_context`: a JSON list, with TTL);
-        # it is written inside the ingest script instead of a pipeline next to it, because a pipelined
-        # script call costs an extra SCRIPT EXISTS round trip in redis-py.
+        # The learner owns the request-context record's key and format (`write_request_context`: a JSON
+        # list, with TTL); it is written inside the script instead of a pipeline next to it, because a
+        # pipelined script call costs an extra SCRIPT EXISTS round trip in redis-py.
         from reco.online.control import REQUEST_CONTEXT_TTL_S, request_context_key
 
-        context = (request_context_key(self.prefix, request_id), json.dumps(list(session)), str(REQUEST_CONTEXT_TTL_S))
-        keys, args = self._ingest_call(events, categories, context)
-        acc, dup = self._ingest(keys=keys, args=args)
+        first = events[0]
+        args = [
+            str(self.seen_ttl_s),
+            "" if self.stream_maxlen is None else str(self.stream_maxlen),
+            self.key("user", first.user_id),
+            str(self.user_ttl_s),
+            self.key("req", request_id),
+            first.arm or "",
+            str(self.feedback_ttl_s),
+            self.key("ts", first.arm or ""),
+            repr(events[-1].ts.timestamp()),
+            self.key("item", ""),
+            request_context_key(self.prefix, request_id),
+            json.dumps(list(session)),
+            str(REQUEST_CONTEXT_TTL_S),
+        ]
+        seen = self.key("seen", "")
+        for e in events:  # "" category: the script reads P:item:<id> category
+            args += (seen + e.event_id, e.model_dump_json(), e.item_id, categories.get(e.item_id, ""))
+        acc, dup = self._impressions(keys=[self.stream_key], args=args)
         return IngestResult(int(acc), int(dup))
 
     # -- request features -----------------------------------------------------------------------

@@ -220,3 +220,47 @@ def test_impression_log_writes_the_learners_request_context_in_the_same_round_tr
     assert store.thompson_stats("control", ["drama"]) == {"drama": (0.0, 1.0)}
     with pytest.raises(ValueError, match="one request"):
         store.log_impressions([*imps, ev("r2:1", "impression", "i1", request_id="r2")], request_context=[])
+
+
+def test_the_request_impression_script_leaves_the_state_the_general_ingest_leaves(redis_url: str) -> None:
+    """`log_impressions(..., request_context=...)` runs its own script (per-request work done once): for the
+    same impressions it must leave every key as `ingest` does, duplicates included."""
+    import uuid
+
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    imps = [Event(event_id=f"r1:{p}", ts=ts, user_id="u1", session_id="s1", item_id=f"i{p}", event_type="impression",
+                  request_id="r1", arm="control", position=p, propensity=0.5) for p in (1, 2, 3)]  # fmt: skip
+    categories = {"i1": "drama", "i2": "comedy"}  # i3: read from P:item:i3 by the script
+    states = []
+    client = connect(redis_url)
+    for general in (True, False):
+        store = RedisStore(client, f"test-{uuid.uuid4().hex[:8]}")
+        try:
+            store.put_item_features({"i3": {"category": "horror"}})
+
+            def log(batch: list[Event], store: RedisStore = store, general: bool = general):
+                if general:
+                    return store.ingest(batch, categories=categories)
+                return store.log_impressions(batch, categories=categories, request_context=["a"])
+
+            first, again = log(imps[:2]), log(imps)  # the second call repeats two impressions
+            keys = {k.decode().removeprefix(store.prefix) for k in client.scan_iter(match=f"{store.prefix}:*")}
+            # Not impression state: the request context (written by the request path only, by design) and
+            # the trending epoch (initialised by every general ingest call).
+            keys -= {":reqctx:r1", ":trending:epoch"}
+            states.append({
+                "results": [(first.accepted, first.duplicates), (again.accepted, again.duplicates)],
+                "keys": keys,
+                "stream": [f[b"e"] for _, f in client.xrange(store.stream_key)],
+                "user": client.hgetall(store.key("user", "u1")),
+                "req": client.hgetall(store.key("req", "r1")),
+                "thompson": store.thompson_stats("control", ["drama", "comedy", "horror"]),
+                "ttls": sorted(k for k in keys if client.ttl(store.prefix + k) > 0),
+            })  # fmt: skip
+        finally:
+            for key in client.scan_iter(match=f"{store.prefix}:*"):
+                client.delete(key)
+    client.close()
+    general, request = states
+    assert request == general
+    assert general["results"] == [(2, 0), (1, 2)] and len(general["stream"]) == 3
