@@ -156,3 +156,32 @@ def test_selections_are_valid_for_any_input(scores: list[float], n: int, eps: fl
         assert len(sel) == min(n, len(items))
         assert len({s.item for s in sel}) == len(sel)  # no item twice
         assert all(0.0 < s.propensity <= 1.0 for s in sel)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_thompson_ranks_only_each_categorys_head_and_serves_the_slates_of_ranking_everything(weight: float) -> None:
+    """`select` ranks each category's first n items only; with the same draws, ranking every item must
+    give the same slate and propensities (scores with ties, rule-reordered input, every weight)."""
+    import numpy as np
+
+    from reco.bandits import _top_n
+
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        size, n = int(rng.integers(1, 60)), int(rng.integers(1, 25))
+        items = [ScoredItem(str(i), float(s), f"c{c}") for i, (s, c) in
+                 enumerate(zip(rng.integers(0, 6, size), rng.integers(0, 4, size), strict=True))]  # fmt: skip
+        stats = {f"c{c}": (float(rng.integers(0, 20)), float(rng.integers(0, 80))) for c in range(4)}
+        policy = ThompsonSampling(weight=weight, n_propensity_samples=30, seed=trial)
+        got = policy.select(items, n, stats)
+        # The reference: the same draws (same seed, same order of categories), every item ranked.
+        scores = np.array([it.score for it in items])
+        lo, hi = scores.min(), scores.max()
+        norm = (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
+        cats = sorted({it.category for it in items})
+        item_cat = np.array([cats.index(it.category) for it in items])
+        params = np.array([policy.posterior(stats.get(c)) for c in cats])
+        theta = np.random.default_rng(trial).beta(params[:, 0], params[:, 1], size=(31, len(cats)))
+        top = _top_n((1 - weight) * norm[None, :] + weight * theta[:, item_cat], min(n, size))
+        assert [s.item.item_id for s in got] == [items[i].item_id for i in top[0]]
+        assert [s.propensity for s in got] == pytest.approx(list((top == top[0][None, :]).mean(axis=0)))
