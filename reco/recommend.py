@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -66,12 +67,14 @@ class Store(Protocol):
         item_features: bool = True,
         trending_k: int = 0,
     ) -> Any: ...
-    def log_impressions(
+    def log_request(
         self,
-        events: Sequence[Event],
-        *,
-        categories: Mapping[str, str] | None = None,
-        request_context: Sequence[str] | None = None,
+        request_id: str,
+        user_id: str,
+        arm: str,
+        ts: datetime,
+        impressions: Sequence[ImpressionRecord],
+        session: Sequence[str],
     ) -> Any: ...
 
 
@@ -563,11 +566,10 @@ class Recommender:
     ) -> None:
         assert self.log_store is not None
         try:
-            events = impression_events(req, request_id, arm, version, items, ts=ts)
             # The category of each served item drives the arm's Thompson statistics in the store; the
             # session the ranker saw is the learner's request-context record (same round trip).
-            categories = {it.item_id: it.category for it in items}
-            self.log_store.log_impressions(events, categories=categories, request_context=session)
+            records = impression_records(req, request_id, arm, version, items, ts=ts)
+            self.log_store.log_request(request_id, req.user_id, arm, ts, records, session)
         except Exception as exc:  # counted by the caller's hook; the response has already been decided
             log.warning("impression log failed for %d items: %s", len(items), exc)
             self._on_log_error(exc)
@@ -619,6 +621,41 @@ def _unavailable() -> RowList:
     raise RuntimeError("store unavailable")
 
 
+class ImpressionRecord(NamedTuple):
+    """One served impression as the store's request log takes it: the event already serialised."""
+
+    event_id: str
+    item_id: str
+    payload: str  # the `Event` as JSON (what the stream holds)
+    category: str  # drives the arm's Thompson statistics
+
+
+def _impression_fields(
+    req: RecoRequest, request_id: str, arm: str, model_version: str, items: Sequence[RecoItem]
+) -> list[dict[str, Any]]:
+    """Each served item's impression event, but `ts`: values already valid for `Event` (device cut to the
+    schema's 32 characters, propensity clamped into (0, 1])."""
+    page, device = PageType(req.page_type), req.device[:32] if req.device else None
+    return [
+        {
+            "event_id": f"{request_id}:{it.position}",
+            "user_id": req.user_id,
+            "session_id": req.session_id,
+            "item_id": it.item_id,
+            "event_type": EventType.impression,
+            "request_id": request_id,
+            "position": it.position,
+            "arm": arm,
+            "model_version": model_version,
+            "propensity": min(1.0, max(it.propensity, 1e-9)),
+            "is_exploration": it.is_exploration,
+            "page_type": page,
+            "device": device,
+        }
+        for it in items
+    ]
+
+
 def impression_events(
     req: RecoRequest,
     request_id: str,
@@ -636,25 +673,25 @@ def impression_events(
     ['r1:1']
     """
     now = ts or datetime.now(UTC)
-    # `model_construct` skips validation: every value is built here from validated inputs (device cut to
-    # the schema's 32 characters, propensity clamped into (0, 1]), and 20 validations per request are CPU
-    # the impression thread would take from the request threads.
+    # `model_construct` skips validation: every value is built from validated inputs.
+    return [Event.model_construct(ts=now, **f) for f in _impression_fields(req, request_id, arm, model_version, items)]
+
+
+def impression_records(
+    req: RecoRequest, request_id: str, arm: str, model_version: str, items: Sequence[RecoItem], *, ts: datetime
+) -> list[ImpressionRecord]:
+    """`impression_events` serialised for the store's request log, with plain `json.dumps`: building and
+    dumping 20 pydantic models took ~0.25 ms of the impression thread's GIL time per request (tests hold
+    each payload equal to its `Event`).
+
+    >>> it = RecoItem("i1", 0.5, "Trending now", "trending", 1, False, 1.0, "Drama")
+    >>> rec = impression_records(RecoRequest("u"), "r1", "control", "3", [it], ts=datetime(2026, 1, 1, tzinfo=UTC))
+    >>> rec[0].event_id, rec[0].category, Event.model_validate_json(rec[0].payload).ts.year
+    ('r1:1', 'Drama', 2026)
+    """
+    stamp = ts.astimezone(UTC).isoformat()
+    fields = _impression_fields(req, request_id, arm, model_version, items)
     return [
-        Event.model_construct(
-            event_id=f"{request_id}:{it.position}",
-            ts=now,
-            user_id=req.user_id,
-            session_id=req.session_id,
-            item_id=it.item_id,
-            event_type=EventType.impression,
-            request_id=request_id,
-            position=it.position,
-            arm=arm,
-            model_version=model_version,
-            propensity=min(1.0, max(it.propensity, 1e-9)),
-            is_exploration=it.is_exploration,
-            page_type=PageType(req.page_type),
-            device=req.device[:32] if req.device else None,
-        )
-        for it in items
+        ImpressionRecord(f["event_id"], it.item_id, json.dumps({"ts": stamp, **f}, separators=(",", ":")), it.category)
+        for f, it in zip(fields, items, strict=True)
     ]

@@ -62,7 +62,8 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from datetime import datetime
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import redis
 
@@ -126,6 +127,13 @@ class RequestFeatures:
     thompson: dict[str, tuple[float, float]]
     cart_items: list[str] = field(default_factory=list)  # the session's cart, oldest addition first
     trending_top: list[tuple[str, float]] = field(default_factory=list)  # top `trending_k`, best first
+
+
+class _Impression(NamedTuple):  # `log_request`'s input, built from an Event by `log_impressions`
+    event_id: str
+    item_id: str
+    payload: str
+    category: str
 
 
 @dataclass(frozen=True)
@@ -208,7 +216,9 @@ end
 
 # Per event the script reads _FIELDS arguments (see `RedisStore._event_args`).
 _FIELDS = 13
-_INGEST_LUA = _LUA_COMMON + """
+_INGEST_LUA = (
+    _LUA_COMMON
+    + """
 local stream, trending, epoch_key, popular = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, half_life = tonumber(ARGV[1]), tonumber(ARGV[2])
 local seen_ttl, maxlen = ARGV[3], ARGV[4]
@@ -289,12 +299,15 @@ if touched then
 end
 return {accepted, duplicates}
 """
+)
 
 # One request's impressions (the API's own log): the per-event steps `_INGEST_LUA` runs for an impression
 # (dedup, XADD, the served-item record and the arm's Thompson failure count), with what is the same for
 # every impression of a request (user counters, last_ts, TTLs, the learner's request context) done once.
 # 4 arguments per event instead of 13, ~4 Redis calls per event instead of ~9.
-_IMPRESSIONS_LUA = _LUA_COMMON + """
+_IMPRESSIONS_LUA = (
+    _LUA_COMMON
+    + """
 local stream = KEYS[1]
 local seen_ttl, maxlen, user_key, user_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local req_key, arm, feedback_ttl, ts_key = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -327,6 +340,7 @@ if accepted > 0 then
 end
 return {accepted, duplicates}
 """
+)
 
 # Atomic read of the latest weights snapshot: version, blob, meta.
 _LATEST_WEIGHTS_LUA = """
@@ -482,36 +496,54 @@ class RedisStore:
             raise ValueError("a request context needs the impressions of exactly one request")
         if len({(e.user_id, e.arm) for e in events}) != 1:
             raise ValueError("the impressions of one request name one user and one arm")
-        return self._log_request(events, categories or {}, request_ids.pop(), request_context)
+        first, categories = events[0], categories or {}
+        records = [
+            _Impression(e.event_id, e.item_id, e.model_dump_json(), categories.get(e.item_id, "")) for e in events
+        ]
+        return self.log_request(
+            request_ids.pop(), first.user_id, first.arm or "", events[-1].ts, records, request_context
+        )
 
     @_guard
-    def _log_request(
-        self, events: Sequence[Event], categories: Mapping[str, str], request_id: str, session: Sequence[str]
+    def log_request(
+        self,
+        request_id: str,
+        user_id: str,
+        arm: str,
+        ts: datetime,
+        impressions: Sequence[Any],
+        session: Sequence[str],
     ) -> IngestResult:
-        # The learner owns the request-context record's key and format (`write_request_context`: a JSON
-        # list, with TTL); it is written inside the script instead of a pipeline next to it, because a
-        # pipelined script call costs an extra SCRIPT EXISTS round trip in redis-py.
+        """One request's impressions, already serialised (the API's log): each has `event_id`, `item_id`,
+        `payload` (the `Event` as JSON) and `category` ("" = read ``P:item:<id>``). One script call sets
+        what `ingest` would for them, plus the learner's request-context record (``session``).
+
+        The learner owns the record's key and format (`write_request_context`: a JSON list, with TTL); it
+        is written inside the script instead of a pipeline next to it, because a pipelined script call
+        costs an extra SCRIPT EXISTS round trip in redis-py.
+        """
         from reco.online.control import REQUEST_CONTEXT_TTL_S, request_context_key
 
-        first = events[0]
+        if not impressions or len(impressions) > self.CHUNK:
+            raise ValueError(f"a request log takes 1..{self.CHUNK} impressions, got {len(impressions)}")
         args = [
             str(self.seen_ttl_s),
             "" if self.stream_maxlen is None else str(self.stream_maxlen),
-            self.key("user", first.user_id),
+            self.key("user", user_id),
             str(self.user_ttl_s),
             self.key("req", request_id),
-            first.arm or "",
+            arm,
             str(self.feedback_ttl_s),
-            self.key("ts", first.arm or ""),
-            repr(events[-1].ts.timestamp()),
+            self.key("ts", arm),
+            repr(ts.timestamp()),
             self.key("item", ""),
             request_context_key(self.prefix, request_id),
             json.dumps(list(session)),
             str(REQUEST_CONTEXT_TTL_S),
         ]
         seen = self.key("seen", "")
-        for e in events:  # "" category: the script reads P:item:<id> category
-            args += (seen + e.event_id, e.model_dump_json(), e.item_id, categories.get(e.item_id, ""))
+        for imp in impressions:
+            args += (seen + imp.event_id, imp.payload, imp.item_id, imp.category)
         acc, dup = self._impressions(keys=[self.stream_key], args=args)
         return IngestResult(int(acc), int(dup))
 

@@ -158,6 +158,25 @@ def test_impression_events_carry_the_serving_facts() -> None:
     assert all(e.event_type == "impression" and 0 < e.propensity <= 1 for e in events)
 
 
+def test_impression_records_serialise_exactly_the_impression_events() -> None:
+    """The request log writes `impression_records` (plain json.dumps, no pydantic models): each payload must
+    parse to the very `Event` that `impression_events` builds, for every field the request can vary."""
+    from reco.data.events import Event
+    from reco.recommend import RecoItem, impression_records
+
+    ts = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+    items = [RecoItem("i1", 0.5, "r", "trending", 1, False, 1.0, "Drama"),
+             RecoItem("i2", -1.0, "r", "popular", 2, True, 0.0, "unknown")]  # propensity 0 -> clamped  # fmt: skip
+    for req in (RecoRequest("u1", session_id="s1", device="x" * 40, page_type="cart"), RecoRequest("u2")):
+        records = impression_records(req, "rid", "treatment", "7", items, ts=ts)
+        events = impression_events(req, "rid", "treatment", "7", items, ts=ts)
+        assert [Event.model_validate_json(r.payload) for r in records] == events
+        assert [(r.event_id, r.item_id, r.category) for r in records] == [
+            ("rid:1", "i1", "Drama"),
+            ("rid:2", "i2", "unknown"),
+        ]
+
+
 def test_async_impression_failures_reach_the_hook(model: ServedModel) -> None:
     from reco.store import RedisStore, connect
 
