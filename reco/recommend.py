@@ -291,6 +291,9 @@ class RecoResult:
     alias: str
     degraded: list[str]
     candidates_per_source: dict[str, int] = field(default_factory=dict)
+    # `recommend(..., defer_log=True)`: starts the impression write; the caller runs it exactly once (the API:
+    # after the response is sent). None when there is nothing to write.
+    start_log: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -347,7 +350,10 @@ class Recommender:
         self._trending: tuple[float, list[str]] | None = None  # (monotonic read time, item ids best first)
         self._features_paused_until = 0.0  # monotonic time; see PipelineConfig.features_cooldown_s
 
-    def recommend(self, req: RecoRequest) -> RecoResult:
+    def recommend(self, req: RecoRequest, *, defer_log: bool = False) -> RecoResult:
+        """Run the pipeline. The impression write starts at once, or with `defer_log` when the caller runs
+        `result.start_log()` (the API does after sending the response, so that the log thread does not
+        take the GIL from the response path)."""
         t0 = perf_counter()
         request_id = _request_id()
         degraded: list[str] = []
@@ -373,12 +379,16 @@ class Recommender:
         thompson = dict(features.thompson) if features is not None else {}
         chosen = self.explorer_for(assignment, thompson).select(ranked, req.limit)
         items = self._explain(model, chosen, session.items, attention)
+        start_log = None
         if self.store is None:
             degraded.append("impressions")
         else:
-            self._log(req, request_id, assignment.arm, model.version, items, session.items)
+            start_log = self._log(req, request_id, assignment.arm, model.version, items, session.items)
             if features is None:
                 degraded.append("impressions")  # Redis is failing: the write will most likely fail too
+            if start_log is not None and not defer_log:
+                start_log()
+                start_log = None
         return RecoResult(
             request_id=request_id,
             user_id=req.user_id,
@@ -390,6 +400,7 @@ class Recommender:
             alias=assignment.alias,
             degraded=degraded,
             candidates_per_source=cands.per_source,
+            start_log=start_log,
         )
 
     # --- steps ---
@@ -545,14 +556,15 @@ class Recommender:
 
     def _log(
         self, req: RecoRequest, request_id: str, arm: str, version: str, items: list[RecoItem], session: list[str]
-    ) -> None:
+    ) -> Callable[[], None] | None:
+        """The impression write of this request, not started (None: nothing to write)."""
         if not items:
-            return
+            return None
         args = (req, request_id, arm, version, items, session, req.ts or datetime.now(UTC))
         if self._log_executor is None:
-            self._write_impressions(*args)
-        else:  # the events are built on the log thread too: nothing of it stays on the request path
-            self._log_executor.submit(self._write_impressions, *args)
+            return functools.partial(self._write_impressions, *args)
+        # The records are built on the log thread too: nothing of the write stays on the request path.
+        return functools.partial(self._log_executor.submit, self._write_impressions, *args)
 
     def _write_impressions(
         self,
@@ -689,7 +701,7 @@ def impression_records(
     >>> rec[0].event_id, rec[0].category, Event.model_validate_json(rec[0].payload).ts.year
     ('r1:1', 'Drama', 2026)
     """
-    stamp = ts.astimezone(UTC).isoformat()
+    stamp = ts.astimezone(UTC).isoformat().replace("+00:00", "Z")  # as pydantic writes it (the stream's form)
     fields = _impression_fields(req, request_id, arm, model_version, items)
     return [
         ImpressionRecord(f["event_id"], it.item_id, json.dumps({"ts": stamp, **f}, separators=(",", ":")), it.category)

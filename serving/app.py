@@ -20,7 +20,7 @@ import hmac
 import json
 import logging
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -274,11 +275,14 @@ def _add_routes(app: FastAPI) -> None:
         # better. Its one wait, the features read, is bounded by the features budget, and a Redis that
         # hangs is skipped for `features_cooldown_s` after one slow failure. Scale out with --workers.
         try:
-            result = services.recommender.recommend(req)
+            result = services.recommender.recommend(req, defer_log=True)
         except NoModelAvailable as exc:
             raise ApiError(503, f"not ready: {exc}", {"Retry-After": "5"}) from None
         services.metrics.observe(result)
-        return Response(response_json(result), media_type="application/json")
+        # The impression write starts once the response is sent (the log thread would otherwise take the
+        # GIL from the serialisation and the send).
+        background = None if result.start_log is None else BackgroundTask(_run_now, result.start_log)
+        return Response(response_json(result), media_type="application/json", background=background)
 
     @app.post(
         "/v1/events",
@@ -355,6 +359,11 @@ def _event_time(value: str) -> datetime:
               "type": "datetime_parsing"}]
         ) from None  # fmt: skip
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+async def _run_now(fn: Callable[[], Any]) -> None:
+    """A background task on the event loop (a plain function would be run through the thread pool)."""
+    fn()
 
 
 def response_json(result: RecoResult) -> bytes:

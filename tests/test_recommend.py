@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -171,6 +172,9 @@ def test_impression_records_serialise_exactly_the_impression_events() -> None:
         records = impression_records(req, "rid", "treatment", "7", items, ts=ts)
         events = impression_events(req, "rid", "treatment", "7", items, ts=ts)
         assert [Event.model_validate_json(r.payload) for r in records] == events
+        assert [json.loads(r.payload) for r in records] == [
+            json.loads(e.model_dump_json(exclude={"value"})) for e in events
+        ]
         assert [(r.event_id, r.item_id, r.category) for r in records] == [
             ("rid:1", "i1", "Drama"),
             ("rid:2", "i2", "unknown"),
