@@ -49,14 +49,25 @@ class _GruLayer:
         hidden = len(self.b_hn)
         gi_rz, gi_n = gi[:, : 2 * hidden].copy(), gi[:, 2 * hidden :].copy()  # contiguous rows per step
         w_hh_t, b_hn = self.w_hh_t, self.b_hn
-        h = np.zeros(hidden, dtype=np.float32)
-        out = np.empty((len(gi), hidden), dtype=np.float32)
+        out = np.empty((len(gi) + 1, hidden), dtype=np.float32)  # row 0: h0 = 0; row t + 1: h after step t
+        out[0] = 0.0
+        # Preallocated buffers and in-place ufuncs: at H = 128 each step is a dozen tiny operations, and
+        # allocating their results cost about a sixth of the loop (0.196 -> 0.163 ms a layer, measured alone).
+        gh, rz, n = (np.empty(k * hidden, dtype=np.float32) for k in (3, 2, 1))
+        gh_rz, gh_n, r, z = gh[: 2 * hidden], gh[2 * hidden :], rz[:hidden], rz[hidden:]
         for t in range(len(gi)):  # torch's gates: r, z, n; h' = n + z * (h - n)
-            gh = h @ w_hh_t
-            rz = expit(gi_rz[t] + gh[: 2 * hidden])
-            n = np.tanh(gi_n[t] + rz[:hidden] * (gh[2 * hidden :] + b_hn))
-            h = out[t] = n + rz[hidden:] * (h - n)
-        return out
+            h, h_new = out[t], out[t + 1]
+            np.matmul(h, w_hh_t, out=gh)
+            np.add(gi_rz[t], gh_rz, out=rz)
+            expit(rz, out=rz)
+            np.add(gh_n, b_hn, out=n)
+            n *= r
+            n += gi_n[t]
+            np.tanh(n, out=n)
+            np.subtract(h, n, out=h_new)
+            h_new *= z
+            h_new += n
+        return out[1:]
 
 
 def _np(t: Any) -> np.ndarray:
@@ -79,7 +90,7 @@ class FrozenScorer:
             emb = model.item_emb.weight
             self._layers = [_GruLayer.of(gru, k) for k in range(c.gru_layers)]
             self._gi0 = _np(emb) @ self._layers[0].w_ih_t + self._layers[0].b_in  # (N, 3H)
-            self._item_part = _np(model.item_features(torch.arange(c.n_items)))  # (N, m)
+            item_part = _np(model.item_features(torch.arange(c.n_items)))  # (N, m)
             attn1, attn2 = model.encoder.attention[0], model.encoder.attention[2]
             self._attn_w, self._attn_b, self._attn_v = _np(attn1.weight).T, _np(attn1.bias), _np(attn2.weight)[0]
             self._q_w, self._q_b = _np(model.to_query.weight).T, _np(model.to_query.bias)  # (2H, d)
@@ -90,7 +101,7 @@ class FrozenScorer:
             self._device_part = _np(model.device_emb.weight) @ w_s[d + c.context_dim :]  # (devices + 1, m)
             w_p = _np(model.mlp_pair.weight).T  # (d + 1, m): [query * item | seen]
             self._pair_w, self._seen_w = w_p[:d], w_p[d]
-            self._emb = _np(emb)  # (N, d)
+            self._item_table = np.concatenate([item_part, _np(emb)], axis=1)  # (N, m + d): one gather per request
             self._mlp = [(_np(m.weight).T, _np(m.bias)) for m in model.mlp if isinstance(m, torch.nn.Linear)]
         self._context_index = model.context_index
 
@@ -126,15 +137,15 @@ class FrozenScorer:
         in_session[0] = False
         seen = in_session[candidate_rows]
         page, dev = self._context_index(page_type, device)
-        e = self._emb[candidate_rows]  # (C, d)
-        h = (
-            self._item_part[candidate_rows]
-            + (query @ self._sess_q + self._page_part[page] + self._device_part[dev])
-            + e @ (query[:, None] * self._pair_w)  # == (e * query) @ W_pair
-            + seen[:, None] * self._seen_w
-        )  # (C, m): the first MLP layer, as `score_candidates` sums it
+        m = self._sess_q.shape[1]
+        item = self._item_table[candidate_rows]  # (C, m + d): [item part of the first layer | embedding]
+        # One product gives the pair term, (e * query) @ W_pair == e @ (query * W_pair), and the dot <e, query>.
+        pair_dot = item[:, m:] @ np.concatenate([query[:, None] * self._pair_w, query[:, None]], axis=1)
+        h = item[:, :m] + pair_dot[:, :m]
+        h += query @ self._sess_q + self._page_part[page] + self._device_part[dev]
+        h[seen] += self._seen_w  # (C, m): the first MLP layer, as `score_candidates` sums it
         for w, b in self._mlp:
-            h = np.maximum(h, 0.0) @ w + b
+            h = np.maximum(h, 0.0, out=h) @ w + b
         attention = np.zeros(len(session_rows), dtype=np.float32)
         attention[known] = attn
-        return ScoreResult(scores=e @ query + h[:, 0], attention=attention)
+        return ScoreResult(scores=pair_dot[:, m] + h[:, 0], attention=attention)
