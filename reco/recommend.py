@@ -41,6 +41,7 @@ from reco.data.catalog import UNKNOWN_CATEGORY
 from reco.data.events import Event, EventType, PageType
 from reco.explain import anchors_by_attention, reason
 from reco.rules import RuleConfig, excluded_items, rule_positions
+from reco.store import ImpressionRecord
 
 log = logging.getLogger(__name__)
 
@@ -631,15 +632,6 @@ def _session_for_model(features: Any | None, index: EmbeddingIndex) -> _Session:
 
 def _unavailable() -> RowList:
     raise RuntimeError("store unavailable")
-
-
-class ImpressionRecord(NamedTuple):
-    """One served impression as the store's request log takes it: the event already serialised."""
-
-    event_id: str
-    item_id: str
-    payload: str  # the `Event` as JSON (what the stream holds)
-    category: str  # drives the arm's Thompson statistics
 
 
 def _impression_fields(

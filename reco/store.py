@@ -70,6 +70,7 @@ import redis
 from reco.data.events import FEEDBACK_TYPES, Event, EventType
 
 __all__ = [
+    "ImpressionRecord",
     "IngestResult",
     "RedisStore",
     "RequestFeatures",
@@ -129,11 +130,13 @@ class RequestFeatures:
     trending_top: list[tuple[str, float]] = field(default_factory=list)  # top `trending_k`, best first
 
 
-class _Impression(NamedTuple):  # `log_request`'s input, built from an Event by `log_impressions`
+class ImpressionRecord(NamedTuple):
+    """One served impression as `log_request` takes it: the event already serialised."""
+
     event_id: str
     item_id: str
-    payload: str
-    category: str
+    payload: str  # the `Event` as JSON (what the stream holds)
+    category: str  # drives the arm's Thompson statistics ("" = read P:item:<id> category)
 
 
 @dataclass(frozen=True)
@@ -498,7 +501,7 @@ class RedisStore:
             raise ValueError("the impressions of one request name one user and one arm")
         first, categories = events[0], categories or {}
         records = [
-            _Impression(e.event_id, e.item_id, e.model_dump_json(), categories.get(e.item_id, "")) for e in events
+            ImpressionRecord(e.event_id, e.item_id, e.model_dump_json(), categories.get(e.item_id, "")) for e in events
         ]
         return self.log_request(
             request_ids.pop(), first.user_id, first.arm or "", events[-1].ts, records, request_context
@@ -511,11 +514,10 @@ class RedisStore:
         user_id: str,
         arm: str,
         ts: datetime,
-        impressions: Sequence[Any],
+        impressions: Sequence[ImpressionRecord],
         session: Sequence[str],
     ) -> IngestResult:
-        """One request's impressions, already serialised (the API's log): each has `event_id`, `item_id`,
-        `payload` (the `Event` as JSON) and `category` ("" = read ``P:item:<id>``). One script call sets
+        """One request's impressions, already serialised (the API's log). One script call sets
         what `ingest` would for them, plus the learner's request-context record (``session``).
 
         The learner owns the record's key and format (`write_request_context`: a JSON list, with TTL); it
