@@ -208,19 +208,14 @@ class ServedModel:
     bundle: Any  # reco.models.bundle.ModelBundle
     version: str
     index: EmbeddingIndex
-    popular: PopularIndex
-    scorer: Any  # reco.models.bundle.FrozenScorer of `bundle`
+    scorer: Any  # reco.models.scorer.FrozenScorer of `bundle`
     popular_rows: RowList  # every item, most popular first, as the `popular` source answers it
     online_snapshot: int | None = None
     categories: tuple[str, ...] = ()  # every catalogue category (Thompson evidence is read for all)
     # Plain lookups for the request path (the catalogue is a DataFrame: ~0.1 ms per title lookup).
-    category_of: Mapping[str, str] = field(default_factory=dict)
     title_of: Mapping[str, str] = field(default_factory=dict)
     row_category: Sequence[str] = ()  # embedding row -> category
     row_category_code: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # row -> code
-
-    def category(self, item_id: str) -> str:
-        return self.category_of.get(item_id, UNKNOWN_CATEGORY)
 
     @classmethod
     def build(
@@ -244,16 +239,15 @@ class ServedModel:
             ids = [i for i in bundle.item_ids if i in index]
             counts = {iid: float(len(ids) - k) for k, iid in enumerate(ids)}
         counts = {iid: c for iid, c in counts.items() if iid in index}
-        category_of = dict(zip(counts, catalog.categories_of(counts), strict=True))
-        popular = PopularIndex(counts, category_of)
         ids = catalog.item_ids
         all_categories = dict(zip(ids, catalog.categories_of(ids), strict=True))
+        popular = PopularIndex(counts, all_categories)  # its stable order: count descending, then item id
         titles = {iid: t for iid in ids if (t := catalog.title(iid)) is not None}
         row_category = [all_categories.get(iid, UNKNOWN_CATEGORY) for iid in index.ids]
         codes = {c: k for k, c in enumerate(dict.fromkeys(row_category))}
         return cls(
-            bundle, str(version), index, popular, bundle.frozen_scorer(), index.row_list(popular.item_ids),
-            online_snapshot, tuple(catalog.categories), all_categories, titles, row_category,
+            bundle, str(version), index, bundle.frozen_scorer(), index.row_list(popular.item_ids),
+            online_snapshot, tuple(catalog.categories), titles, row_category,
             np.array([codes[c] for c in row_category], dtype=np.int32),
         )  # fmt: skip
 

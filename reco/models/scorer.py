@@ -77,7 +77,7 @@ def _np(t: Any) -> np.ndarray:
 class FrozenScorer:
     """Scores candidates for one session from precomputed tables (see the module docstring).
 
-    `model` is a `SessionAwareRanker`; it is read once here and may be dropped by the caller.
+    `model` is a `SessionAwareRanker`; its weights are copied here (only `context_index` is called later).
     """
 
     def __init__(self, model: Any) -> None:
