@@ -483,11 +483,9 @@ class RedisStore:
         categories: Mapping[str, str] | None = None,
         request_context: Sequence[str] | None = None,
     ) -> IngestResult:
-        """The server's own impression log: same path as `ingest`, impressions only.
-
-        With `request_context` (the session items the request was ranked with) the learner's record
-        ``P:reqctx:<request_id>`` (as `reco.online.control.write_request_context` writes it) is set by the
-        same script call; the events must then all belong to one request.
+        """Impressions as `Event`s: through `ingest` or, with `request_context` (the session items the
+        request was ranked with), through `log_request`, which also sets the learner's record
+        ``P:reqctx:<request_id>`` in the same script call; the events must then all belong to one request.
         """
         wrong = [e.event_id for e in events if e.event_type != EventType.impression]
         if wrong:
