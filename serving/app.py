@@ -9,7 +9,9 @@ cost ~0.5 ms a request (see the endpoint). `/v1/events` and the admin routes sta
 pool): they wait on Redis. Dependencies are `async def` (they only read `app.state`): no thread hop. The response is
 serialised once, by hand, from the pipeline's result (`response_model` documents it in OpenAPI; FastAPI
 neither validates nor re-serialises a returned `Response`): building pydantic models and letting FastAPI
-dump them cost more than the rest of the HTTP layer together.
+dump them cost more than the rest of the HTTP layer together. A valid recommendation request does not even
+go through FastAPI's routing: `RecommendFastPath` (a pure ASGI middleware) validates the body with the same
+schema and answers through the same function as the route; anything else reaches the route unchanged.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -105,6 +108,8 @@ def create_app(settings: Settings | None = None, *, model_source: ModelSource | 
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "X-API-Key"],
         )
+    if settings.fast_path:
+        app.add_middleware(RecommendFastPath)  # inside BodyLimit: it gets bodies already held to the limit
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
     _add_routes(app)
@@ -260,29 +265,7 @@ def _add_routes(app: FastAPI) -> None:
         ts = None
         if x_reco_event_time is not None and services.settings.honour_event_time_header:
             ts = _event_time(x_reco_event_time)
-        req = RecoRequest(
-            user_id=body.user_id,
-            page_type=body.page_type,
-            context_item_id=body.context_item_id,
-            session_id=body.session_id,
-            device=body.device,
-            limit=body.limit,
-            ts=ts,
-        )
-        # On the event loop, not the thread pool: the pipeline holds the GIL nearly all the way (numpy scoring,
-        # Python rules), so pool threads could not overlap it anyway, and the hop to a pool thread and back
-        # cost ~0.5 ms a request (docs/benchmarks.md, "Serving"); throughput at 1-8 clients was the same or
-        # better. Its one wait, the features read, is bounded by the features budget, and a Redis that
-        # hangs is skipped for `features_cooldown_s` after one slow failure. Scale out with --workers.
-        try:
-            result = services.recommender.recommend(req, defer_log=True)
-        except NoModelAvailable as exc:
-            raise ApiError(503, f"not ready: {exc}", {"Retry-After": "5"}) from None
-        services.metrics.observe(result)
-        # The impression write starts once the response is sent (the log thread would otherwise take the
-        # GIL from the serialisation and the send).
-        background = None if result.start_log is None else BackgroundTask(_run_now, result.start_log)
-        return Response(response_json(result), media_type="application/json", background=background)
+        return _recommend(services, body, ts)
 
     @app.post(
         "/v1/events",
@@ -359,6 +342,108 @@ def _event_time(value: str) -> datetime:
               "type": "datetime_parsing"}]
         ) from None  # fmt: skip
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _recommend(services: Services, body: RecommendationRequest, ts: datetime | None) -> Response:
+    """Run the pipeline for one validated request: the response, with the impression write as its
+    background task (the route and `RecommendFastPath` both answer through here)."""
+    req = RecoRequest(
+        user_id=body.user_id,
+        page_type=body.page_type,
+        context_item_id=body.context_item_id,
+        session_id=body.session_id,
+        device=body.device,
+        limit=body.limit,
+        ts=ts,
+    )
+    # On the event loop, not the thread pool: the pipeline holds the GIL nearly all the way (numpy scoring,
+    # Python rules), so pool threads could not overlap it anyway, and the hop to a pool thread and back
+    # cost ~0.5 ms a request (docs/benchmarks.md, "Serving"); throughput at 1-8 clients was the same or
+    # better. Its one wait, the features read, is bounded by the features budget, and a Redis that
+    # hangs is skipped for `features_cooldown_s` after one slow failure. Scale out with --workers.
+    try:
+        result = services.recommender.recommend(req, defer_log=True)
+    except NoModelAvailable as exc:
+        raise ApiError(503, f"not ready: {exc}", {"Retry-After": "5"}) from None
+    services.metrics.observe(result)
+    # The impression write starts once the response is sent (the log thread would otherwise take the
+    # GIL from the serialisation and the send).
+    background = None if result.start_log is None else BackgroundTask(_run_now, result.start_log)
+    return Response(response_json(result), media_type="application/json", background=background)
+
+
+class RecommendFastPath:
+    """Pure ASGI middleware: a `POST /v1/recommendations` whose JSON body validates (and that carries no
+    `X-Reco-Event-Time` to honour) goes straight to the pipeline, past FastAPI's routing, dependency
+    resolution and exception middleware: ~0.1 ms of a ~2 ms request (docs/benchmarks.md, "Serving").
+
+    Everything else goes on to the app with its body replayed, untouched: invalid bodies, other content
+    types, the event-time header, other routes. So every error keeps the route's documented answer, and
+    the route stays the interface that OpenAPI documents; this only answers the requests the route would
+    answer 200 (or 503 before a model is loaded) in the same way.
+    """
+
+    PATH = "/v1/recommendations"
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        services = getattr(scope["app"].state, "services", None)
+        request = None if body is None or services is None else self._parse(scope, body, services)
+        if request is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        try:
+            response: Response = _recommend(services, request, None)
+        except ApiError as exc:
+            response = JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+        except Exception:  # as the app's handler for the unexpected: logged here, no internals to the client
+            log.exception("unhandled error on POST %s", self.PATH)
+            response = JSONResponse({"detail": "internal error"}, status_code=500)
+        await response(scope, receive, send)
+
+    @staticmethod
+    def _parse(scope: Scope, body: bytes, services: Services) -> RecommendationRequest | None:
+        for name, value in scope["headers"]:
+            if name == b"content-type" and not value.startswith(b"application/json"):
+                return None
+            if name == b"x-reco-event-time" and services.settings.honour_event_time_header:
+                return None
+        try:
+            return RecommendationRequest.model_validate_json(body)
+        except ValidationError:
+            return None
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body (None: the client went away first)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes | None, receive: Receive) -> Receive:
+    """`receive` that first hands out an already-read body (None: nothing was read; pass through)."""
+    pending: Message | None = None if body is None else {"type": "http.request", "body": body, "more_body": False}
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending is not None:
+            message, pending = pending, None
+            return message
+        return await receive()
+
+    return replay
 
 
 async def _run_now(fn: Callable[[], Any]) -> None:

@@ -34,6 +34,9 @@ class Settings(RecoSettings):
     max_per_category: int | None = Field(3, ge=1, description="diversity cap in the served page")
     exploration_seed: int | None = Field(None, description="seed of the exploration RNGs (tests, simulations)")
     log_impressions_async: bool = Field(True, description="write impressions off the request path")
+    fast_path: bool = Field(
+        True, description="answer valid POST /v1/recommendations past FastAPI's routing layer (same answers)"
+    )
     honour_event_time_header: bool = Field(
         False,
         description="stamp served impressions with the request's X-Reco-Event-Time (simulated time; demo only)",
