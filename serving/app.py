@@ -393,8 +393,10 @@ class RecommendFastPath:
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)
+        if body is None:  # the client went away: nothing to answer
+            return
         services = getattr(scope["app"].state, "services", None)
-        request = None if body is None or services is None else self._parse(scope, body, services)
+        request = None if services is None else self._parse(scope, body, services)
         if request is None:
             await self.app(scope, _replay(body, receive), send)
             return
@@ -432,9 +434,9 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
-def _replay(body: bytes | None, receive: Receive) -> Receive:
-    """`receive` that first hands out an already-read body (None: nothing was read; pass through)."""
-    pending: Message | None = None if body is None else {"type": "http.request", "body": body, "more_body": False}
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """`receive` that first hands out an already-read body, then passes through."""
+    pending: Message | None = {"type": "http.request", "body": body, "more_body": False}
 
     async def replay() -> Message:
         nonlocal pending
