@@ -109,8 +109,8 @@ def rule_positions(
     keys: np.ndarray, categories: np.ndarray, *, drop: Collection[int], window: int, config: RuleConfig = RuleConfig()
 ) -> np.ndarray:
     """All rules in order over a best-first list given as integer columns (the request path's: item rows
-    and category codes; keys are non-negative): the positions to serve, in serving order. `drop` holds the keys that
-    `excluded_items` excludes; then the diversity cap orders the first `window` slots.
+    and category codes; keys are non-negative): the positions to serve, in serving order. `drop` holds the
+    keys that `excluded_items` excludes; then the diversity cap orders the first `window` slots.
 
     >>> rule_positions(np.array([7, 3, 5, 9]), np.array([0, 0, 0, 1]), drop={3}, window=2,
     ...                config=RuleConfig(max_per_category=1)).tolist()
