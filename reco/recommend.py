@@ -67,6 +67,7 @@ class Store(Protocol):
         *,
         item_features: bool = True,
         trending_k: int = 0,
+        profile: bool = True,
     ) -> Any: ...
     def log_request(
         self,
@@ -437,7 +438,7 @@ class Recommender:
         categories = model.categories if getattr(exploration, "strategy", None) == "thompson" else ()
         read = functools.partial(
             self.store.request_context, req.user_id, req.session_id, [], assignment.arm, categories,
-            item_features=False, trending_k=trending_k,
+            item_features=False, trending_k=trending_k, profile=False,
         )  # fmt: skip
         if not self.config.features_inline:
             features = self._features(self._executor.submit(read))

@@ -70,6 +70,21 @@ def test_similar_rows_match_similar_by_id(index: EmbeddingIndex) -> None:
     assert sims.tolist() == pytest.approx([c.score for c in by_id])
 
 
+def test_similar_rows_remembers_a_search_without_exclusions(index: EmbeddingIndex) -> None:
+    rows = np.array(index.rows(["1", "2"]))
+    found, sims = index.similar_rows(rows, k=4)
+    again, _ = index.similar_rows(list(rows), k=4)  # the same question, asked as a list
+    assert index._memo.cache_info().hits == 1 and again.rows.tolist() == found.rows.tolist()
+    fresh, fresh_sims = index._similar_rows(rows, 4, ())  # the search itself, not remembered
+    assert found.rows.tolist() == fresh.rows.tolist() and found.anchors.tolist() == fresh.anchors.tolist()
+    np.testing.assert_array_equal(sims, fresh_sims)
+    assert index.similar_rows(rows, k=2)[0].rows.tolist() == found.rows[:2].tolist()  # k is part of the key
+    with pytest.raises(ValueError, match="read-only"):
+        found.rows[0] = 0
+    index.similar_rows(rows, k=4, exclude_rows=[3])  # with exclusions: searched every time
+    assert index._memo.cache_info().hits == 1
+
+
 def test_row_list_skips_unknown_and_repeated_ids(index: EmbeddingIndex) -> None:
     assert index.row_list(["3", "x", "1", "3", "<pad>"]).rows.tolist() == [3, 1]
 

@@ -149,6 +149,28 @@ def test_frozen_scorer_gives_the_bundle_scores_on_rows(arch, session):
     assert np.all(got.attention[: len(session) - tail] == 0)
 
 
+def test_frozen_scorer_remembers_a_session_until_it_changes():
+    """A session scored again (another page, a refresh) reuses its encoding; the scores are the same, and a
+    session that gained an item is encoded anew."""
+    bundle = _trained_like(ModelBundle(_model(), _bundle().item_ids, _bundle().catalog, {}))
+    scorer, cands = bundle.frozen_scorer(), bundle.index_of(["i2", "i5", "i9"])
+    session = bundle.index_of(["i1", "i7", "i3"])
+    first = scorer.score(session, cands, "home", "mobile")
+    again = scorer.score(session, cands, "product", "mobile")  # same session, other page: one encoding
+    assert scorer._encode_memo.cache_info().hits == 1
+    np.testing.assert_array_equal(first.attention, again.attention)
+    np.testing.assert_allclose(
+        again.scores,
+        bundle.score(["i1", "i7", "i3"], ["i2", "i5", "i9"], page_type="product", device="mobile").scores,
+        atol=1e-5,
+    )
+    longer = scorer.score(np.append(session, bundle.index_of(["i4"])), cands, "home", "mobile")
+    assert scorer._encode_memo.cache_info().misses == 2 and len(longer.attention) == 4
+    query, _ = scorer._encode_memo(session.tobytes())
+    with pytest.raises(ValueError, match="read-only"):  # what every later request shares cannot be changed
+        query[0] = 1.0
+
+
 def test_index_of_maps_unknown_ids_to_padding():
     bundle = _bundle()
     assert bundle.index_of(["i3", "zzz", PAD]).tolist() == [3, 0, 0]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 import redis
 
+import reco.store
 from reco.data.events import Event
 from reco.store import RedisStore, StoreUnavailable, connect
 
@@ -107,23 +109,30 @@ def test_log_impressions_rejects_other_types(store: RedisStore) -> None:
 
 @contextlib.contextmanager
 def round_trips(client: redis.Redis):
-    """Count round trips on the real client: each direct command by name, each pipeline as "pipeline"."""
+    """Count round trips on the real client: each direct command by name, each pipeline (redis-py's or the
+    store's own `_round_trip`) as "pipeline"."""
     calls: list[str] = []
-    pipeline, execute_command = client.pipeline, client.execute_command
+    pipeline, execute_command, round_trip = client.pipeline, client.execute_command, reco.store._round_trip
 
     def counting_pipeline(*args, **kwargs):
         calls.append("pipeline")
         return pipeline(*args, **kwargs)
+
+    def counting_round_trip(c, commands):
+        calls.append("pipeline")
+        return round_trip(c, commands)
 
     def counting_command(*args, **kwargs):
         calls.append(str(args[0]))
         return execute_command(*args, **kwargs)
 
     client.pipeline, client.execute_command = counting_pipeline, counting_command
+    reco.store._round_trip = counting_round_trip
     try:
         yield calls
     finally:
         client.pipeline, client.execute_command = pipeline, execute_command
+        reco.store._round_trip = round_trip
 
 
 def test_request_context_reads_everything_in_one_round_trip(store: RedisStore) -> None:
@@ -140,6 +149,37 @@ def test_request_context_reads_everything_in_one_round_trip(store: RedisStore) -
     assert ctx.thompson == {"drama": (0.0, 1.0), "comedy": (0.0, 0.0)}
     lean = store.request_context("u1", "s1", ["i1"], "control", [], item_features=False)
     assert lean.item_features == {"i1": {}} and lean.trending["i1"] == pytest.approx(1.0, rel=1e-2)
+
+
+def test_request_context_reads_the_same_over_resp3_and_skips_what_it_is_not_asked(
+    store: RedisStore, redis_url: str
+) -> None:
+    """The round trip reads raw replies: maps and score pairs come back differently over RESP3."""
+    store.put_user_profile("u1", {"segment": "new"})
+    store.put_item_features({"i1": {"category": "drama"}})
+    store.ingest([ev("v1", "view", "i1"), ev("v2", "view", "i2"), ev("c1", "add_to_cart", "i2")])
+    resp3 = RedisStore(redis.Redis.from_url(redis_url, protocol=3), store.prefix)
+    args = ("u1", "s1", ["i1", "i2"], "control", ["drama"])
+    kwargs = {"trending_k": 2}
+    ctx, ctx2 = resp3.request_context(*args, **kwargs), store.request_context(*args, **kwargs)
+    assert ctx.trending == pytest.approx(ctx2.trending, rel=1e-4)  # the decay moves with the clock
+    timeless = {"trending": {}, "trending_top": [m for m, _ in ctx.trending_top]}
+    assert replace(ctx, **timeless) == replace(ctx2, **timeless)
+    assert ctx.user_profile["segment"] == "new" and ctx.item_features["i1"] == {"category": "drama"}
+    assert [m for m, _ in ctx.trending_top] == ["i2", "i1"] and ctx.cart_items == ["i2"]
+    lean = store.request_context("u1", "s1", [], None, [], item_features=False, profile=False)
+    assert lean.user_profile == {} and lean.session_items == ["i1", "i2"] and lean.trending_top == []
+    resp3.client.close()
+
+
+def test_request_context_after_an_error_reply_reads_cleanly_again(store: RedisStore) -> None:
+    """An error reply mid-round-trip drops the connection, so later replies cannot answer the next call."""
+    store.ingest([ev("v1", "view", "i1")])
+    store.client.set(store.key("uitems", "u1"), "not a list")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        store.request_context("u1", "s1", [], None, [], item_features=False)
+    store.client.delete(store.key("uitems", "u1"))
+    assert store.request_context("u1", "s1", [], None, [], item_features=False).session_items == ["i1"]
 
 
 def test_request_context_for_unknown_user_is_empty(store: RedisStore) -> None:

@@ -17,6 +17,7 @@ architectures, so the offline evaluation (which scores through torch) measures t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +79,15 @@ class FrozenScorer:
     """Scores candidates for one session from precomputed tables (see the module docstring).
 
     `model` is a `SessionAwareRanker`; its weights are copied here (only `context_index` is called later).
+
+    `score` remembers the encoder's answer for the last `MEMO` sessions (keyed by their item rows): a
+    session is scored again on every request until its next event (pages, carousels, refreshes), and the
+    recurrence is the costliest per-request step (docs/benchmarks.md, "Serving"). The weights never
+    change, so neither do the answers; a session that changed is a new key.
     """
+
+    #: Session encodings remembered per model (~0.4 KB each).
+    MEMO = 4096
 
     def __init__(self, model: Any) -> None:
         import torch
@@ -104,6 +113,12 @@ class FrozenScorer:
             self._item_table = np.concatenate([item_part, _np(emb)], axis=1)  # (N, m + d): one gather per request
             self._mlp = [(_np(m.weight).T, _np(m.bias)) for m in model.mlp if isinstance(m, torch.nn.Linear)]
         self._context_index = model.context_index
+        self._encode_memo = functools.lru_cache(maxsize=self.MEMO)(self._encode_key)
+
+    def _encode_key(self, rows: bytes) -> tuple[np.ndarray, np.ndarray]:
+        query, attention = self.encode(np.frombuffer(rows, dtype=np.int64))
+        query.flags.writeable = attention.flags.writeable = False  # shared by every request that asks again
+        return query, attention
 
     def encode(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Known item rows (L >= 1,), oldest first -> (query (d,), attention (L,)); no rows: the cold-start
@@ -131,7 +146,7 @@ class FrozenScorer:
         candidate_rows = np.asarray(candidate_rows, dtype=np.int64)
         start = max(0, len(session_rows) - self.config.max_session_len)  # as `ModelBundle.score`: the last
         known = start + np.flatnonzero(session_rows[start:] > 0)  # max_session_len given, then the known ones
-        query, attn = self.encode(session_rows[known])
+        query, attn = self._encode_memo(session_rows[known].tobytes())
         in_session = np.zeros(self.config.n_items, dtype=bool)
         in_session[session_rows] = True
         in_session[0] = False
