@@ -17,6 +17,10 @@ returns with mlflow's scores for the same items.
 
     .venv/bin/python benchmarks/vs_mlflow_serve.py [--requests 500] [--redis-url redis://127.0.0.1:6379/0]
 
+Then a "moving session" phase (half as many pairs): before each pair the session gains a view (untimed),
+as when every request follows an event, so neither server can reuse what it remembered of the session
+(`FrozenScorer`'s encodings serve both; reco also remembers its session-similar search).
+
 Prints one JSON line. Bar: reco at least 3x faster per call (p50 ratio mlflow / reco >= 3).
 """
 
@@ -31,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from serving_latency import free_port, full_bundle, percentiles, post, process_cpu_s, request_candidates, seed_session
@@ -80,6 +85,7 @@ def main() -> None:
     ap.add_argument("--redis-url", default=os.environ.get("RECO_REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = ap.parse_args()
 
+    from reco.data.events import Event
     from reco.recommend import ServedModel
     from reco.store import RedisStore, connect
 
@@ -92,7 +98,8 @@ def main() -> None:
     store = RedisStore(connect(args.redis_url), prefix)
     session = seed_session(store, bundle.item_ids[1:])
     # The candidates the reco pipeline ranks for this session, from the same code.
-    cand_ids = request_candidates(store, ServedModel.build(bundle, version))
+    served = ServedModel.build(bundle, version)
+    cand_ids = request_candidates(store, served)
 
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT),
            "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}  # fmt: skip
@@ -121,25 +128,31 @@ def main() -> None:
         max_diff, versions = 0.0, set()
         warmup = 20
         for i in range(args.requests + warmup):
-            t0 = time.perf_counter()
-            status, raw_m = post(m_conn, "/invocations", mlflow_body, headers)
-            t1 = time.perf_counter()
-            if status != 200:
-                raise RuntimeError(f"mlflow answered {status}: {raw_m[:300]!r}")
-            status, raw_r = post(r_conn, "/v1/recommendations", reco_body, headers)
-            t2 = time.perf_counter()
-            if status != 200:
-                raise RuntimeError(f"reco answered {status}: {raw_r[:300]!r}")
+            (raw_m, raw_r), took = alternate(m_conn, mlflow_body, r_conn, reco_body)
             if i < warmup:
                 continue
-            lat["mlflow"].append(t1 - t0)
-            lat["reco"].append(t2 - t1)
+            lat["mlflow"].append(took[0])
+            lat["reco"].append(took[1])
             if i < warmup + 20:  # same model, same batch: reco's scores are mlflow's scores
                 m_scores = dict(zip(cand_ids, _mlflow_scores(json.loads(raw_m)), strict=True))
                 answer = json.loads(raw_r)
                 versions.add(answer["model_version"])
                 for it in answer["items"]:
                     max_diff = max(max_diff, abs(m_scores[it["item_id"]] - it["score"]))
+        # "Moving" session: before each pair (untimed) the session gains a view, as when every request
+        # follows an event, so neither server has seen the session before (no remembered encoding, no
+        # remembered search); mlflow's row carries the new session and its candidates, from the same code.
+        moving: dict[str, list[float]] = {"mlflow": [], "reco": []}
+        fresh = [i for i in bundle.item_ids[1:] if i not in set(session)]
+        for i in range(args.requests // 2):
+            store.ingest([Event(event_id=f"m{i}", ts=datetime.now(UTC), user_id="bench", session_id="bench-s",
+                                item_id=fresh[i % len(fresh)], event_type="view")])  # fmt: skip
+            moved = {**row, "session_item_ids": store.session_items("bench-s"),
+                     "candidate_item_ids": request_candidates(store, served)}  # fmt: skip
+            body = json.dumps({"dataframe_records": [moved]}).encode()
+            _, took = alternate(m_conn, body, r_conn, reco_body)
+            moving["mlflow"].append(took[0])
+            moving["reco"].append(took[1])
         # Server CPU per call (load-independent): each server's whole process tree, 200 calls each.
         cpu = {}
         servers = (("mlflow_models_serve", m_conn, mlflow_proc, "/invocations", mlflow_body),
@@ -165,6 +178,7 @@ def main() -> None:
         if keys:
             store.client.delete(*keys)
     m, r = percentiles(lat["mlflow"]), percentiles(lat["reco"])
+    mm, mr = percentiles(moving["mlflow"]), percentiles(moving["reco"])
     print(json.dumps({
         "benchmark": "vs_mlflow_serve", "registered_version": version, "reco_served_versions": sorted(versions),
         "candidates": len(cand_ids), "session": len(session), "requests": len(lat["reco"]),
@@ -172,7 +186,23 @@ def main() -> None:
         "ratio_p50": round(m["p50_ms"] / r["p50_ms"], 2), "ratio_p99": round(m["p99_ms"] / r["p99_ms"], 2),
         "server_cpu_ms_per_call": cpu, "cpu_ratio": round(cpu["mlflow_models_serve"] / cpu["reco"], 2),
         "max_abs_score_diff": round(max_diff, 6), "bar_ratio_p50_ge_3": m["p50_ms"] >= 3 * r["p50_ms"],
+        "moving_session": {"requests": len(moving["reco"]), "mlflow_models_serve": mm, "reco": mr,
+                           "ratio_p50": round(mm["p50_ms"] / mr["p50_ms"], 2)},
     }))  # fmt: skip
+
+
+def alternate(m_conn, m_body: bytes, r_conn, r_body: bytes) -> tuple[tuple[bytes, bytes], tuple[float, float]]:
+    """One call to each server, mlflow first: (answers, seconds each); a non-200 answer is an error."""
+    headers = {"Content-Type": "application/json"}
+    t0 = time.perf_counter()
+    status_m, raw_m = post(m_conn, "/invocations", m_body, headers)
+    t1 = time.perf_counter()
+    status_r, raw_r = post(r_conn, "/v1/recommendations", r_body, headers)
+    t2 = time.perf_counter()
+    for name, status, raw in (("mlflow", status_m, raw_m), ("reco", status_r, raw_r)):
+        if status != 200:
+            raise RuntimeError(f"{name} answered {status}: {raw[:300]!r}")
+    return (raw_m, raw_r), (t1 - t0, t2 - t1)
 
 
 def tree_cpu_s(pid: int) -> float:

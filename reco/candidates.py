@@ -133,6 +133,14 @@ class EmbeddingIndex:
         sims[:, b < 0] = 0.0
         return sims
 
+    def similarity_rows(self, a_rows: Sequence[int], b_rows: Sequence[int]) -> np.ndarray:
+        """`similarity` by rows (the request path has them); padding rows get zeros."""
+        a, b = np.asarray(a_rows, dtype=np.int64), np.asarray(b_rows, dtype=np.int64)
+        sims = self._unit[a] @ self._unit[b].T
+        sims[self._invalid[a], :] = 0.0
+        sims[:, self._invalid[b]] = 0.0
+        return sims
+
     def similar_rows(
         self, query_rows: Sequence[int], k: int, exclude_rows: Sequence[int] = ()
     ) -> tuple[RowList, np.ndarray]:

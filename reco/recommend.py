@@ -99,6 +99,7 @@ class Ranked(NamedTuple):
     source: Source
     category: str
     anchor: str | None = None
+    row: int = 0  # the item's row in the model's tables (0: not known)
 
 
 class RankedList(Sequence[Ranked]):
@@ -122,7 +123,7 @@ class RankedList(Sequence[Ranked]):
             return [self[i] for i in range(*k.indices(len(self)))]
         ids, r, a = self._model.index.ids, self._rows[k], self._anchors[k]
         return Ranked(ids[r], float(self.scores[k]), SOURCES[self._sources[k]], self._model.row_category[r],
-                      ids[a] if a else None)  # fmt: skip
+                      ids[a] if a else None, r)  # fmt: skip
 
     @property
     def categories(self) -> list[str]:
@@ -374,7 +375,7 @@ class Recommender:
         ranked, attention = self._rank(model, req, session, cands, features, degraded)
         thompson = dict(features.thompson) if features is not None else {}
         chosen = self.explorer_for(assignment, thompson).select(ranked, req.limit)
-        items = self._explain(model, chosen, session.items, attention)
+        items = self._explain(model, chosen, session, attention)
         start_log = None
         if self.store is None:
             degraded.append("impressions")
@@ -522,15 +523,15 @@ class Recommender:
         return ranked, attention
 
     def _explain(
-        self, model: ServedModel, chosen: Sequence[Selection], session: list[str], attention: np.ndarray | None
+        self, model: ServedModel, chosen: Sequence[Selection], session: _Session, attention: np.ndarray | None
     ) -> list[RecoItem]:
         ranked: list[Ranked] = [s.item for s in chosen]
         anchors: list[str | None] = [r.anchor for r in ranked]
-        if session and ranked:
+        if session.items and ranked:
             # Name the session item behind each session-based pick: attention x similarity (explain.py).
-            sims = model.index.similarity([r.item_id for r in ranked], session)
-            att = attention if attention is not None and len(attention) == len(session) else None
-            by_attention = anchors_by_attention(sims, att, session)
+            sims = model.index.similarity_rows([r.row for r in ranked], session.rows)
+            att = attention if attention is not None and len(attention) == len(session.items) else None
+            by_attention = anchors_by_attention(sims, att, session.items)
             anchors = [
                 (a or r.anchor) if r.source == Source.session_similar else r.anchor
                 for r, a in zip(ranked, by_attention, strict=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hmac
-import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -471,7 +471,7 @@ def response_json(result: RecoResult) -> bytes:
         "alias": result.alias,
         "degraded": result.degraded,
     }
-    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return orjson.dumps(body)  # ~5 us against ~70 us for json.dumps (docs/benchmarks.md, "Serving")
 
 
 def _add_admin_routes(app: FastAPI) -> None:

@@ -50,6 +50,11 @@ def test_similarity_matrix_zeroes_unknown_ids(index: EmbeddingIndex) -> None:
     assert np.all(sims[1] == 0) and np.all(sims[:, 2] == 0)
 
 
+def test_similarity_by_rows_is_similarity_by_ids(index: EmbeddingIndex) -> None:
+    by_rows = index.similarity_rows([*index.rows(["1", "3"]), 0], index.rows(["5", "2"]))
+    np.testing.assert_allclose(by_rows, index.similarity(["1", "3", "x"], ["5", "2"]), atol=1e-6)
+
+
 def test_embedding_shape_mismatch_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="does not match"):
         EmbeddingIndex(["a", "b"], np.zeros((3, 2)))
