@@ -55,32 +55,34 @@ ALTERNATE = ({"frozen_scorer", "empty_async"}, {"bundle_score", "empty_sync"})  
 ML100K = Path(os.environ.get("RECO_TEST_ML100K", "/work/shared/data/movielens-100k"))
 
 
-def seed_session(store: RedisStore, items: list[str], seed: int = 0) -> list[str]:
-    """The benchmark user's 20-item session (user "bench", session "bench-s") plus 300 views by others
-    (trending), written through the store; returns the session items."""
+def seed_session(
+    store: RedisStore, items: list[str], seed: int = 0, session_id: str = "bench-s", others: int = 300
+) -> list[str]:
+    """The benchmark user's 20-item session (user "bench", session `session_id`) plus `others` views by
+    other users (trending), written through the store; returns the session items."""
     from reco.data.events import Event
 
     rng = np.random.default_rng(seed)
     session = [str(i) for i in rng.choice(items, 20, replace=False)]
     ts = datetime.now(UTC)
-    store.ingest([Event(event_id=f"b{i}", ts=ts, user_id="bench", session_id="bench-s", item_id=it, event_type="view")
-                  for i, it in enumerate(session)])  # fmt: skip
+    store.ingest([Event(event_id=f"{session_id}-{i}", ts=ts, user_id="bench", session_id=session_id, item_id=it,
+                        event_type="view") for i, it in enumerate(session)])  # fmt: skip
     store.ingest([Event(event_id=f"t{i}", ts=ts, user_id=f"t{i}", item_id=str(it), event_type="view")
-                  for i, it in enumerate(rng.choice(items, 300))])  # fmt: skip
+                  for i, it in enumerate(rng.choice(items, others))])  # fmt: skip
     return session
 
 
-def request_candidates(store: RedisStore, served) -> list[str]:
-    """The exact candidates the benchmark request ranks (user "bench", session "bench-s"), from the
+def request_candidates(store: RedisStore, served, session_id: str = "bench-s") -> list[str]:
+    """The exact candidates the benchmark request ranks (user "bench", session `session_id`), from the
     pipeline's own candidate code."""
     from reco.experiments.assignment import Assignment, ExplorationConfig
     from reco.recommend import Recommender, RecoRequest, _session_for_model
 
     rec = Recommender(store=store, assign=lambda u: Assignment("e", "control", "arm-control", ExplorationConfig(), 0.0),
                       models=lambda a: served)  # fmt: skip
-    features = store.request_context("bench", "bench-s", [], "control", served.categories, trending_k=100)
+    features = store.request_context("bench", session_id, [], "control", served.categories, trending_k=100)
     trending = [str(iid) for iid, _ in features.trending_top]
-    cands = rec._candidates(RecoRequest("bench", session_id="bench-s", limit=20), served,
+    cands = rec._candidates(RecoRequest("bench", session_id=session_id, limit=20), served,
                             _session_for_model(features, served.index), trending)  # fmt: skip
     return [served.index.ids[r] for r in cands.rows]
 
