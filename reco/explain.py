@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -60,12 +61,18 @@ def reason(
     >>> reason("trending", is_exploration=True)
     'Something new for you: Trending now'
     """
-    base = _base_reason(Source(source), anchor, title_of, genre)
+    return _reason_text(Source(source), is_exploration, title_of(anchor) if anchor else None, genre)
+
+
+@functools.lru_cache(maxsize=16384)
+def _reason_text(source: Source, is_exploration: bool, title: str | None, genre: str | None) -> str:
+    """The text for one (source, exploration, anchor title, genre): a page repeats few of them, and the
+    strings are built once (remembered; the catalogue's titles bound how many there are)."""
+    base = _base_reason(source, title, genre)
     return f"{EXPLORATION_PREFIX}: {base}" if is_exploration else base
 
 
-def _base_reason(source: Source, anchor: str | None, title_of: Callable[[str], str | None], genre: str | None) -> str:
-    title = title_of(anchor) if anchor else None
+def _base_reason(source: Source, title: str | None, genre: str | None) -> str:
     if source == Source.session_similar and title:
         return f"Because you viewed {title}"
     if source == Source.context_similar and title:

@@ -346,6 +346,7 @@ class Recommender:
         self._on_log_error = on_log_error
         self._trending: tuple[float, list[str]] | None = None  # (monotonic read time, item ids best first)
         self._features_paused_until = 0.0  # monotonic time; see PipelineConfig.features_cooldown_s
+        self._trending_in_rows: tuple[list[str], EmbeddingIndex, RowList] | None = None
 
     def recommend(self, req: RecoRequest, *, defer_log: bool = False) -> RecoResult:
         """Run the pipeline. The impression write starts at once, or with `defer_log` when the caller runs
@@ -416,7 +417,9 @@ class Recommender:
             sources[Source.context_similar] = lambda: index.similar_rows(context, cfg.context_k)[0]
         if self.store is not None:
             # Read with the features (or cached); with both missing (Redis failing) the source failed too.
-            sources[Source.trending] = (lambda: index.row_list(trending)) if trending is not None else _unavailable
+            sources[Source.trending] = (
+                (lambda: self._trending_rows(index, trending)) if trending is not None else _unavailable
+            )
         popular = model.popular_rows
         return gather(
             sources,
@@ -461,6 +464,15 @@ class Recommender:
             trending = [str(iid) for iid, _ in features.trending_top]
             self._trending = (monotonic(), trending)
         return features, trending
+
+    def _trending_rows(self, index: EmbeddingIndex, trending: list[str]) -> RowList:
+        """The trending list in `index`'s rows, converted once per list read and model (not per request)."""
+        cached = self._trending_in_rows  # one read: another thread may replace it
+        if cached is None or cached[0] is not trending or cached[1] is not index:
+            rows = index.row_list(trending)
+            rows.rows.flags.writeable = rows.anchors.flags.writeable = False  # shared by the requests to come
+            cached = self._trending_in_rows = (trending, index, rows)
+        return cached[2]
 
     def _cached_trending(self) -> list[str] | None:
         """The process's trending list while it is fresh (None: read it again)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import hmac
 import logging
 import sys
@@ -155,7 +156,8 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
     recommender = Recommender(
         store=reads,
         log_store=store,
-        assign=lambda user_id: assign(experiment, user_id),
+        # Same user, same arm, always: the hash is computed once per user while they stay among the recent ones.
+        assign=functools.lru_cache(maxsize=65536)(functools.partial(assign, experiment)),
         models=manager.get,
         fallback_model=manager.any,
         explorer_for=policies.explorer,
