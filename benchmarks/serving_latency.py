@@ -17,7 +17,9 @@ call, ...), so machine load from other processes hits them alike; the bars are r
 second phase times blocks of back-to-back recommendations and back-to-back forwards (steady state: one
 request's impression log overlaps the next request). A third, "settled", waits (untimed) after each
 recommendation until its impression write is in Redis before timing a bare forward, so that nothing of the
-server's overlaps the forward (`p50_ratio_settled`).
+server's overlaps the forward (`p50_ratio_settled`). A fourth, "new sessions", sends each recommendation for
+another 20-item session written just before (untimed), so the server has nothing of it remembered, and
+times the bare forward on that session and its candidates (`p50_ratio_new_sessions`).
 
     .venv/bin/python benchmarks/serving_latency.py [--requests 2000] [--redis-url redis://127.0.0.1:6379/0]
 
@@ -168,7 +170,8 @@ def main() -> None:
     session = seed_session(store, bundle.item_ids[1:])
 
     # The exact 500 candidates a request ranks, from the same pipeline code.
-    cand_ids = request_candidates(store, ServedModel.build(bundle, "1"))
+    served = ServedModel.build(bundle, "1")
+    cand_ids = request_candidates(store, served)
     model, scorer = bundle.model, bundle.frozen_scorer()
     page, device = model.context_index("home", "mobile")
     tensors = (torch.tensor([bundle.index_of(session)]), torch.tensor([bundle.index_of(cand_ids)]),
@@ -259,6 +262,26 @@ def main() -> None:
                 t0 = time.perf_counter()
                 bare_forward()
                 settled["bare_forward"].append(time.perf_counter() - t0)
+            # New sessions: each recommendation is for another 20-item session (written untimed just before),
+            # as when every request follows an event, so the server remembers nothing of it (no encoding, no
+            # session-similar search); the bare forward then runs on that session and its 500 candidates.
+            new_sessions: dict[str, list[float]] = {name: [] for name in ("http", "bare_forward")}
+            for i in range(args.requests // 4):
+                sid = f"bench-n{i}"
+                fresh = seed_session(store, bundle.item_ids[1:], seed=1 + i, session_id=sid, others=0)
+                fresh_cands = request_candidates(store, served, sid)
+                fresh_tensors = (torch.tensor([bundle.index_of(fresh)]), torch.tensor([bundle.index_of(fresh_cands)]),
+                                 *tensors[2:])  # fmt: skip
+                fresh_payload = json.dumps({**body, "session_id": sid}).encode()
+                t0 = time.perf_counter()
+                status, raw = post(conn, "/v1/recommendations", fresh_payload, headers)
+                new_sessions["http"].append(time.perf_counter() - t0)
+                if status != 200:
+                    raise RuntimeError(f"/v1/recommendations answered {status}: {raw[:300]!r}")
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    model(*fresh_tensors)
+                new_sessions["bare_forward"].append(time.perf_counter() - t0)
             parsed = [json.loads(raw) for raw in answers[WARMUP : WARMUP + args.requests]]
             server_lat = [a["latency_ms"] / 1000 for a in parsed]
             n_items = {len(a["items"]) for a in parsed}
@@ -295,6 +318,10 @@ def main() -> None:
         "back_to_back": {k: percentiles(v) for k, v in back_to_back.items()},
         "settled": {k: percentiles(v) for k, v in settled.items()},
         "p50_ratio_settled": round(np.percentile(settled["http"], 50) / np.percentile(settled["bare_forward"], 50), 3),
+        "new_sessions": {k: percentiles(v) for k, v in new_sessions.items()},
+        "p50_ratio_new_sessions": round(
+            np.percentile(new_sessions["http"], 50) / np.percentile(new_sessions["bare_forward"], 50), 3
+        ),
         "empty_endpoint_async": fixed_p, "empty_endpoint_sync": p["empty_sync"],
         "p50_ratio": round(http_p["p50_ms"] / bare_p["p50_ms"], 3),
         "p50_ratio_net_of_fixed_http": round((http_p["p50_ms"] - fixed_p["p50_ms"]) / bare_p["p50_ms"], 3),
