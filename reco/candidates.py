@@ -89,8 +89,8 @@ class EmbeddingIndex:
     (True, False, 3, [3, 1])
     """
 
-    #: Searches remembered per index (see `similar_rows`): ~4 KB each at k = 200.
-    MEMO = 4096
+    #: Searches remembered per index (see `similar_rows`): ~6 KB each at the default k = 300, ~6 MB in all.
+    MEMO = 1024
 
     def __init__(self, item_ids: Sequence[str], embeddings: np.ndarray) -> None:
         emb = np.asarray(embeddings, dtype=np.float32)
