@@ -17,10 +17,11 @@ returns with mlflow's scores for the same items.
 
     .venv/bin/python benchmarks/vs_mlflow_serve.py [--requests 500] [--redis-url redis://127.0.0.1:6379/0]
 
-Then a "new sessions" phase (half as many pairs): each pair is for another 20-item session, written
-untimed just before, as when every request follows an event or comes from another visitor, so neither
-server can reuse what it remembered of a session (`FrozenScorer`'s encodings serve both; reco also
-remembers its session-similar search).
+Then two phases (half as many pairs each, interleaved) where the session changes before every pair,
+written untimed just before: "new sessions" (another 20-item session each pair, a new visitor: nothing
+remembered applies to either server) and "extended" (a browse: each pair's session is the previous one plus
+one view, a new session every 10 pairs; `FrozenScorer`, on both servers, extends its remembered encoding by
+one GRU step).
 
 Prints one JSON line. Bar: reco at least 3x faster per call (p50 ratio mlflow / reco >= 3).
 """
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from serving_latency import free_port, full_bundle, percentiles, post, process_cpu_s, request_candidates, seed_session
@@ -43,6 +45,7 @@ from serving_latency import free_port, full_bundle, percentiles, post, process_c
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NAME = "reco-bench-ranker"
+EXTEND = 10  # "extended" phase: a new session, then 9 pairs that each add one view to it
 
 
 def register(tracking_uri: str, bundle) -> str:
@@ -85,6 +88,7 @@ def main() -> None:
     ap.add_argument("--redis-url", default=os.environ.get("RECO_REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = ap.parse_args()
 
+    from reco.data.events import Event
     from reco.recommend import ServedModel
     from reco.store import RedisStore, connect
 
@@ -138,20 +142,31 @@ def main() -> None:
                 versions.add(answer["model_version"])
                 for it in answer["items"]:
                     max_diff = max(max_diff, abs(m_scores[it["item_id"]] - it["score"]))
-        # New sessions: each pair is for another 20-item session of the same user (written untimed, just
-        # before), as when every request follows an event or comes from another visitor, so neither server
-        # has seen the session before (no remembered encoding, no remembered search). mlflow's row carries
-        # that session and its candidates, from the same code.
-        moving: dict[str, list[float]] = {"mlflow": [], "reco": []}
+        # Then two phases where the session changes before every pair (written untimed, just before), and
+        # mlflow's row carries that session and its candidates, from the same code:
+        # - "new sessions": another 20-item session each pair (a new visitor), so neither server has
+        #   anything of it remembered (no encoding, no session-similar search);
+        # - "extended": a browse. Each pair's session is the previous one plus one view; a new 20-item
+        #   session every EXTEND pairs. `FrozenScorer` (both servers) extends the remembered encoding by one
+        #   step; reco's session-similar search is new each time.
+        phases: dict[str, dict[str, list[float]]] = {p: {"mlflow": [], "reco": []} for p in ("new", "extended")}
         for i in range(args.requests // 2):
-            sid = f"bench-m{i}"
-            fresh = seed_session(store, bundle.item_ids[1:], seed=1 + i, session_id=sid, others=0)
-            moved = {**row, "session_item_ids": fresh, "candidate_item_ids": request_candidates(store, served, sid)}
-            body = json.dumps({"dataframe_records": [moved]}).encode()
-            r_body = json.dumps({"user_id": "bench", "session_id": sid, "limit": 20, "device": "mobile"}).encode()
-            _, took = alternate(m_conn, body, r_conn, r_body)
-            moving["mlflow"].append(took[0])
-            moving["reco"].append(took[1])
+            for phase in phases:
+                sid = f"bench-{phase}-{i // EXTEND if phase == 'extended' else i}"
+                if phase == "new" or i % EXTEND == 0:
+                    seed = 1 + i if phase == "new" else 100_000 + i  # no phase meets the other's sessions
+                    seed_session(store, bundle.item_ids[1:], seed=seed, session_id=sid, others=0)
+                else:
+                    store.ingest([Event(event_id=f"{sid}-x{i}", ts=datetime.now(UTC), user_id="bench", session_id=sid,
+                                        item_id=bundle.item_ids[1 + (7 * i) % (len(bundle.item_ids) - 1)],
+                                        event_type="view")])  # fmt: skip
+                now = store.session_items(sid)
+                moved = {**row, "session_item_ids": now, "candidate_item_ids": request_candidates(store, served, sid)}
+                body = json.dumps({"dataframe_records": [moved]}).encode()
+                r_body = json.dumps({"user_id": "bench", "session_id": sid, "limit": 20, "device": "mobile"}).encode()
+                _, took = alternate(m_conn, body, r_conn, r_body)
+                phases[phase]["mlflow"].append(took[0])
+                phases[phase]["reco"].append(took[1])
         # Server CPU per call (load-independent): each server's whole process tree, 200 calls each.
         cpu = {}
         servers = (("mlflow_models_serve", m_conn, mlflow_proc, "/invocations", mlflow_body),
@@ -177,7 +192,6 @@ def main() -> None:
         if keys:
             store.client.delete(*keys)
     m, r = percentiles(lat["mlflow"]), percentiles(lat["reco"])
-    mm, mr = percentiles(moving["mlflow"]), percentiles(moving["reco"])
     print(json.dumps({
         "benchmark": "vs_mlflow_serve", "registered_version": version, "reco_served_versions": sorted(versions),
         "candidates": len(cand_ids), "session": len(session), "requests": len(lat["reco"]),
@@ -185,9 +199,18 @@ def main() -> None:
         "ratio_p50": round(m["p50_ms"] / r["p50_ms"], 2), "ratio_p99": round(m["p99_ms"] / r["p99_ms"], 2),
         "server_cpu_ms_per_call": cpu, "cpu_ratio": round(cpu["mlflow_models_serve"] / cpu["reco"], 2),
         "max_abs_score_diff": round(max_diff, 6), "bar_ratio_p50_ge_3": m["p50_ms"] >= 3 * r["p50_ms"],
-        "new_sessions": {"requests": len(moving["reco"]), "mlflow_models_serve": mm, "reco": mr,
-                           "ratio_p50": round(mm["p50_ms"] / mr["p50_ms"], 2)},
+        **{f"{'new_sessions' if p == 'new' else 'extended_sessions'}": _phase(t) for p, t in phases.items()},
     }))  # fmt: skip
+
+
+def _phase(lat: dict[str, list[float]]) -> dict:
+    m, r = percentiles(lat["mlflow"]), percentiles(lat["reco"])
+    return {
+        "requests": len(lat["reco"]),
+        "mlflow_models_serve": m,
+        "reco": r,
+        "ratio_p50": round(m["p50_ms"] / r["p50_ms"], 2),
+    }
 
 
 def alternate(m_conn, m_body: bytes, r_conn, r_body: bytes) -> tuple[tuple[bytes, bytes], tuple[float, float]]:

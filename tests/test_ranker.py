@@ -150,25 +150,52 @@ def test_frozen_scorer_gives_the_bundle_scores_on_rows(arch, session):
 
 
 def test_frozen_scorer_remembers_a_session_until_it_changes():
-    """A session scored again (another page, a refresh) reuses its encoding; the scores are the same, and a
-    session that gained an item is encoded anew."""
+    """A session scored again (another page, a refresh) reuses its encoding; the scores are the same."""
     bundle = _trained_like(ModelBundle(_model(), _bundle().item_ids, _bundle().catalog, {}))
     scorer, cands = bundle.frozen_scorer(), bundle.index_of(["i2", "i5", "i9"])
     session = bundle.index_of(["i1", "i7", "i3"])
     first = scorer.score(session, cands, "home", "mobile")
     again = scorer.score(session, cands, "product", "mobile")  # same session, other page: one encoding
-    assert scorer._encode_memo.cache_info().hits == 1
+    assert scorer.memo_counts == {"hit": 1, "extended": 0, "encoded": 1}
     np.testing.assert_array_equal(first.attention, again.attention)
-    np.testing.assert_allclose(
-        again.scores,
-        bundle.score(["i1", "i7", "i3"], ["i2", "i5", "i9"], page_type="product", device="mobile").scores,
-        atol=1e-5,
-    )
-    longer = scorer.score(np.append(session, bundle.index_of(["i4"])), cands, "home", "mobile")
-    assert scorer._encode_memo.cache_info().misses == 2 and len(longer.attention) == 4
-    query, _ = scorer._encode_memo(session.tobytes())
+    want = bundle.score(["i1", "i7", "i3"], ["i2", "i5", "i9"], page_type="product", device="mobile")
+    np.testing.assert_allclose(again.scores, want.scores, atol=1e-5)
+    enc = scorer._memo.get(session.tobytes())
     with pytest.raises(ValueError, match="read-only"):  # what every later request shares cannot be changed
-        query[0] = 1.0
+        enc.query[0] = 1.0
+
+
+@pytest.mark.parametrize(
+    ("arch", "counts"),
+    [
+        ({}, {"hit": 1, "extended": 8, "encoded": 1}),
+        ({"gru_layers": 1, "mlp_dims": (32,)}, {"hit": 1, "extended": 8, "encoded": 1}),
+        # Window of 5: from the 6th item on the window slides and drops its first known item, so there is
+        # no remembered prefix to extend; except when what slides out is the unknown item (the 10th).
+        ({"gru_layers": 3, "mlp_dims": (32, 16, 8), "max_session_len": 5}, {"hit": 1, "extended": 4, "encoded": 5}),
+    ],
+    ids=["default", "1-layer", "3-layer-window-5"],
+)
+def test_frozen_scorer_extends_a_remembered_session_by_one_item_as_if_encoded_in_full(arch, counts):
+    """A view, then the next page: the session grows by one item per request. Each request extends the
+    remembered encoding by one step per layer (until the window slides); the scores and the attention are
+    those of the full encoding (and of the module)."""
+    bundle = _trained_like(ModelBundle(_model(**arch), _bundle().item_ids, _bundle().catalog, {}))
+    scorer, full = bundle.frozen_scorer(), bundle.frozen_scorer()
+    items = [f"i{1 + (7 * k) % N_ITEMS}" for k in range(9)]
+    items.insert(4, "unknown")  # an unknown item is not read by the encoder: the known prefix still extends
+    cands = ["i2", "i3", "i5", "i9", "i30"]
+    for n in range(1, len(items) + 1):
+        session, rows = items[:n], bundle.index_of(items[:n])
+        got = scorer.score(rows, bundle.index_of(cands), "cart", "tablet")
+        fresh = full.score(rows, bundle.index_of(cands), "cart", "tablet")
+        full._memo = type(full._memo)(full.MEMO)  # `full` always encodes from scratch
+        np.testing.assert_allclose(got.scores, fresh.scores, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(got.attention, fresh.attention, atol=1e-6)
+        want = bundle.score(session, cands, page_type="cart", device="tablet")
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-5, rtol=1e-5)
+    # The unknown item asks for the same known rows again (a hit); every other request adds one known item.
+    assert scorer.memo_counts == counts
 
 
 def test_index_of_maps_unknown_ids_to_padding():

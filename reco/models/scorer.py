@@ -17,9 +17,11 @@ architectures, so the offline evaluation (which scores through torch) measures t
 
 from __future__ import annotations
 
-import functools
+import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.special import expit
@@ -45,13 +47,13 @@ class _GruLayer:
         w_ih_t, w_hh_t = (_np(getattr(gru, f"weight_{w}_l{k}")).T.copy() for w in ("ih", "hh"))
         return cls(w_ih_t, b_in, w_hh_t, b_hh[2 * hidden :].copy())
 
-    def run(self, gi: np.ndarray) -> np.ndarray:
-        """Input projections (L, 3H) (bias `b_in` included) -> hidden states (L, H), from h0 = 0."""
+    def run(self, gi: np.ndarray, h0: np.ndarray | None = None) -> np.ndarray:
+        """Input projections (L, 3H) (bias `b_in` included) -> hidden states (L, H), from h0 (default 0)."""
         hidden = len(self.b_hn)
         gi_rz, gi_n = gi[:, : 2 * hidden].copy(), gi[:, 2 * hidden :].copy()  # contiguous rows per step
         w_hh_t, b_hn = self.w_hh_t, self.b_hn
-        out = np.empty((len(gi) + 1, hidden), dtype=np.float32)  # row 0: h0 = 0; row t + 1: h after step t
-        out[0] = 0.0
+        out = np.empty((len(gi) + 1, hidden), dtype=np.float32)  # row 0: h0; row t + 1: h after step t
+        out[0] = 0.0 if h0 is None else h0
         # Preallocated buffers and in-place ufuncs: at H = 128 each step is a dozen tiny operations, and
         # allocating their results cost about a sixth of the loop (0.196 -> 0.163 ms a layer, measured alone).
         gh, rz, n = (np.empty(k * hidden, dtype=np.float32) for k in (3, 2, 1))
@@ -71,6 +73,41 @@ class _GruLayer:
         return out[1:]
 
 
+class _Encoding(NamedTuple):
+    """A session's encoding, and what extending the session by one item needs (arrays read-only: shared)."""
+
+    query: np.ndarray  # (d,)
+    attention: np.ndarray  # (L,) float32
+    last: tuple[np.ndarray, ...]  # each GRU layer's hidden state after the last item, (H,) each
+    logits: np.ndarray  # (L,) attention logits e
+    top: float  # max(e)
+    weight_sum: float  # sum(exp(e - top))
+    weighted: np.ndarray  # (H,) sum(exp(e - top) * h_top): the attention numerator (an online softmax)
+
+
+class _Memo:
+    """A thread-safe LRU of session encodings keyed by the session's item rows (as bytes)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[bytes, _Encoding] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> _Encoding | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: bytes, value: _Encoding) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
 def _np(t: Any) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.float32, copy=True)
 
@@ -80,13 +117,22 @@ class FrozenScorer:
 
     `model` is a `SessionAwareRanker`; its weights are copied here (only `context_index` is called later).
 
-    `score` remembers the encoder's answer for the last `MEMO` sessions (keyed by their item rows): a
-    session is scored again on every request until its next event (pages, carousels, refreshes), and the
-    recurrence is the costliest per-request step (docs/benchmarks.md, "Serving"). The weights never
-    change, so neither do the answers; a session that changed is a new key.
+    `score` remembers the encodings of the last `MEMO` sessions (keyed by their item rows); the recurrence
+    is the costliest per-request step (docs/benchmarks.md, "Serving"):
+
+    - a session scored again (another page, a carousel, a refresh) reuses its encoding;
+    - a session that gained one item since it was last scored (the common case: a view, then the next
+      page) costs one GRU step per layer from the remembered states, with the attention updated as an
+      online softmax (running max, sum and weighted sum), instead of the whole recurrence. The GRU is
+      causal and starts from 0 at the first item, so this is the same computation (equal within float
+      rounding; tests hold it to the full encoding). A window that slid (a session longer than
+      `max_session_len`) has no remembered prefix and is encoded in full.
+
+    `memo_counts` counts the three outcomes ("hit", "extended", "encoded"). The weights never change, so
+    neither do the answers.
     """
 
-    #: Session encodings remembered per model (~0.4 KB each).
+    #: Session encodings remembered per model (~2 KB each at the default sizes).
     MEMO = 4096
 
     def __init__(self, model: Any) -> None:
@@ -113,30 +159,75 @@ class FrozenScorer:
             self._item_table = np.concatenate([item_part, _np(emb)], axis=1)  # (N, m + d): one gather per request
             self._mlp = [(_np(m.weight).T, _np(m.bias)) for m in model.mlp if isinstance(m, torch.nn.Linear)]
         self._context_index = model.context_index
-        self._encode_memo = functools.lru_cache(maxsize=self.MEMO)(self._encode_key)
-
-    def _encode_key(self, rows: bytes) -> tuple[np.ndarray, np.ndarray]:
-        query, attention = self.encode(np.frombuffer(rows, dtype=np.int64))
-        query.flags.writeable = attention.flags.writeable = False  # shared by every request that asks again
-        return query, attention
+        self._memo = _Memo(self.MEMO)
+        self.memo_counts = {"hit": 0, "extended": 0, "encoded": 0}
 
     def encode(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Known item rows (L >= 1,), oldest first -> (query (d,), attention (L,)); no rows: the cold-start
-        query of the module (one step over the padding row, no attention)."""
+        query of the module (one step over the padding row, no attention). Computed in full, not remembered."""
+        enc = self._encode_all(np.asarray(rows, dtype=np.int64))
+        return enc.query, enc.attention
+
+    def _encoded(self, rows: np.ndarray) -> _Encoding:
+        """`rows`' encoding: remembered, extended from its remembered prefix by one item, or computed."""
+        key = rows.tobytes()
+        found = self._memo.get(key)
+        if found is not None:
+            self.memo_counts["hit"] += 1
+            return found
+        prefix = self._memo.get(key[: -rows.itemsize]) if len(rows) > 1 else None  # not from the cold start
+        if prefix is not None:
+            self.memo_counts["extended"] += 1
+            found = self._extend(prefix, int(rows[-1]))
+        else:
+            self.memo_counts["encoded"] += 1
+            found = self._encode_all(rows)
+        self._memo.put(key, found)
+        return found
+
+    def _encode_all(self, rows: np.ndarray) -> _Encoding:
         cold = len(rows) == 0
         h_seq = self._layers[0].run(self._gi0[rows if not cold else np.zeros(1, dtype=np.int64)])
+        last = [h_seq[-1].copy()]  # copies: the memo keeps these, not the whole sequence
         for layer in self._layers[1:]:
             h_seq = layer.run(h_seq @ layer.w_ih_t + layer.b_in)
+            last.append(h_seq[-1].copy())
         if cold:
-            attention = np.zeros(0, dtype=np.float32)
-            local = np.zeros_like(h_seq[0])
-        else:
-            e = np.tanh(h_seq @ self._attn_w + self._attn_b) @ self._attn_v  # (L,)
-            attention = np.exp(e - e.max())
-            attention /= attention.sum()
-            local = attention @ h_seq
-        query = np.concatenate([local, h_seq[-1]]) @ self._q_w + self._q_b
-        return query, attention.astype(np.float32)
+            return self._finish(tuple(last), np.zeros(0, dtype=np.float32), 0.0, 0.0, np.zeros_like(h_seq[0]))
+        e = np.tanh(h_seq @ self._attn_w + self._attn_b) @ self._attn_v  # (L,)
+        top = float(e.max())
+        w = np.exp(e - top)
+        return self._finish(tuple(last), e, top, float(w.sum()), w @ h_seq)
+
+    def _extend(self, prefix: _Encoding, row: int) -> _Encoding:
+        """`prefix`'s session plus one item: one step per layer, then the online softmax update."""
+        last: list[np.ndarray] = []
+        gi = self._gi0[row]
+        for layer, h in zip(self._layers, prefix.last, strict=True):
+            if last:
+                gi = last[-1] @ layer.w_ih_t + layer.b_in
+            last.append(layer.run(gi[None], h0=h)[0])
+        h_top = last[-1]
+        e = float(np.tanh(h_top @ self._attn_w + self._attn_b) @ self._attn_v)
+        top = max(prefix.top, e)
+        rescale, w = math.exp(prefix.top - top), math.exp(e - top)
+        return self._finish(tuple(last), np.append(prefix.logits, np.float32(e)), top,
+                            prefix.weight_sum * rescale + w, prefix.weighted * rescale + w * h_top)  # fmt: skip
+
+    def _finish(
+        self, last: tuple[np.ndarray, ...], logits: np.ndarray, top: float, weight_sum: float, weighted: np.ndarray
+    ) -> _Encoding:
+        """The query and attention from the encoder's state; every array frozen (the memo shares them)."""
+        if len(logits):
+            attention = (np.exp(logits - top) / weight_sum).astype(np.float32)
+            local = (weighted / weight_sum).astype(np.float32)
+        else:  # cold start: no attention, the local part is 0
+            attention, local = np.zeros(0, dtype=np.float32), weighted
+        query = np.concatenate([local, last[-1]]) @ self._q_w + self._q_b
+        enc = _Encoding(query, attention, last, logits, top, weight_sum, weighted.astype(np.float32))
+        for a in (enc.query, enc.attention, enc.logits, enc.weighted, *enc.last):
+            a.flags.writeable = False
+        return enc
 
     def score(self, session_rows: np.ndarray, candidate_rows: np.ndarray, page_type: str, device: str) -> ScoreResult:
         """session_rows (L,) item rows, oldest first (row 0 = unknown, ignored; the encoder reads the known
@@ -146,7 +237,8 @@ class FrozenScorer:
         candidate_rows = np.asarray(candidate_rows, dtype=np.int64)
         start = max(0, len(session_rows) - self.config.max_session_len)  # as `ModelBundle.score`: the last
         known = start + np.flatnonzero(session_rows[start:] > 0)  # max_session_len given, then the known ones
-        query, attn = self._encode_memo(session_rows[known].tobytes())
+        enc = self._encoded(session_rows[known])
+        query, attn = enc.query, enc.attention
         in_session = np.zeros(self.config.n_items, dtype=bool)
         in_session[session_rows] = True
         in_session[0] = False
