@@ -165,6 +165,19 @@ def test_frozen_scorer_remembers_a_session_until_it_changes():
         enc.query[0] = 1.0
 
 
+def test_frozen_scorer_memo_is_bounded_and_forgets_the_least_recently_used():
+    from reco.models.scorer import _Memo
+
+    bundle = _bundle()
+    scorer, cands = bundle.frozen_scorer(), bundle.index_of(["i2", "i5"])
+    scorer._memo = _Memo(2)
+    a, b, c = (bundle.index_of(s) for s in (["i1", "i3"], ["i4", "i6"], ["i7", "i8"]))
+    for session in (a, b, a, c, a, b):  # c evicts b (a was used after b); then b is encoded again
+        scorer.score(session, cands, "home", "mobile")
+    assert scorer.memo_counts == {"hit": 2, "extended": 0, "encoded": 4}
+    assert len(scorer._memo._items) == 2
+
+
 @pytest.mark.parametrize(
     ("arch", "counts"),
     [
