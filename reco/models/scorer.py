@@ -8,9 +8,10 @@ everything that depends on items only is computed once, when the model is loaded
 - the item-only part of the MLP's first layer, `mlp_item([item_emb, cat_emb, pop_emb])` (n_items, m);
 - the page and device contributions to the MLP's first layer (one row per page type / device).
 
-What is left per request is the recurrence over the session, the attention and a few (500, 64)
-products. numpy on one thread does this in about half the time of the module's forward, whose
-cost at this size is mostly per-operator dispatch (measured in docs/benchmarks.md, "Serving"). The
+What is left per request is the recurrence over the session (remembered, or one step of it, for a
+session seen before: `FrozenScorer`), the attention and a few (500, 64) products. numpy on one thread
+does this in about half the time of the module's forward, whose cost at this size is mostly
+per-operator dispatch (measured in docs/benchmarks.md, "Serving"). The
 maths is the module's, term by term; tests hold the scores equal to `ModelBundle.score` (1e-5) across
 architectures, so the offline evaluation (which scores through torch) measures the served ranking.
 """
