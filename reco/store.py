@@ -636,15 +636,15 @@ class RedisStore:
         def got(part: str, default: Any = ()) -> Any:
             return res[at[part]] if part in at else default
 
-        feats = {item: _hash(h) for item, h in zip(feature_ids, res[first_feature:], strict=False)}
+        end = first_feature + len(feature_ids)
+        feats = {item: _hash(h) for item, h in zip(feature_ids, res[first_feature:end], strict=True)}
         decay = self._decay_factor(got("epoch", None), time.time())
-        scores = got("scores") or [None] * len(item_ids)
         return RequestFeatures(
             session_items=[_s(v) for v in got("session")],
             user_items=[_s(v) for v in got("uitems")],
             user_profile=_hash(got("profile", {})),
             item_features={item: feats.get(item, {}) for item in item_ids},
-            trending={item: _f(v) * decay for item, v in zip(item_ids, scores, strict=True)},
+            trending={item: _f(v) * decay for item, v in zip(item_ids, got("scores"), strict=True)},
             thompson=self._decode_thompson(cats, got("ts")) if "ts" in at else {},
             cart_items=[_s(v) for v in got("cart")],
             trending_top=[(_s(m), float(sc) * decay) for m, sc in _pairs(got("top"))],
@@ -654,10 +654,6 @@ class RedisStore:
     def cart_items(self, session_id: str) -> list[str]:
         """Items in the session's cart, oldest addition first."""
         return [_s(v) for v in self.client.zrange(self.key("cart", session_id), 0, -1)]
-
-    @staticmethod
-    def _decode_hash(h: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
-        return {_s(k): _s(v) for k, v in h.items()}
 
     @staticmethod
     def _decode_thompson(cats: Sequence[str], values: Sequence[Any]) -> dict[str, tuple[float, float]]:
@@ -723,7 +719,7 @@ class RedisStore:
         pipe = self.client.pipeline(transaction=False)
         for item in item_ids:
             pipe.hgetall(self.key("item", item))
-        return {item: self._decode_hash(h) for item, h in zip(item_ids, pipe.execute(), strict=True)}
+        return {item: _hash(h) for item, h in zip(item_ids, pipe.execute(), strict=True)}
 
     @_guard
     def put_user_profile(self, user_id: str, profile: Mapping[str, str | int | float]) -> None:
@@ -732,7 +728,7 @@ class RedisStore:
 
     @_guard
     def user_profile(self, user_id: str) -> dict[str, str]:
-        return self._decode_hash(self.client.hgetall(self.key("user", user_id)))
+        return _hash(self.client.hgetall(self.key("user", user_id)))
 
     # -- Thompson -------------------------------------------------------------------------------
     @_guard

@@ -163,12 +163,6 @@ class FrozenScorer:
         self._memo = _Memo(self.MEMO)
         self.memo_counts = {"hit": 0, "extended": 0, "encoded": 0}
 
-    def encode(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Known item rows (L >= 1,), oldest first -> (query (d,), attention (L,)); no rows: the cold-start
-        query of the module (one step over the padding row, no attention). Computed in full, not remembered."""
-        enc = self._encode_all(np.asarray(rows, dtype=np.int64))
-        return enc.query, enc.attention
-
     def _encoded(self, rows: np.ndarray) -> _Encoding:
         """`rows`' encoding: remembered, extended from its remembered prefix by one item, or computed."""
         key = rows.tobytes()
@@ -187,6 +181,8 @@ class FrozenScorer:
         return found
 
     def _encode_all(self, rows: np.ndarray) -> _Encoding:
+        """Known item rows (L,), oldest first, encoded in full; no rows: the cold-start query of the module
+        (one step over the padding row, no attention)."""
         cold = len(rows) == 0
         h_seq = self._layers[0].run(self._gi0[rows if not cold else np.zeros(1, dtype=np.int64)])
         last = [h_seq[-1].copy()]  # copies: the memo keeps these, not the whole sequence
