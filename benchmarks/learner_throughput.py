@@ -28,7 +28,7 @@ def produce(redis_url: str, prefix: str, rate: float, n_items: int, stop, counte
 
     from reco.data.events import Event
     from reco.online.control import write_request_context
-    from reco.store import RedisStore
+    from reco.state.store import RedisStore
 
     client = redis.Redis.from_url(redis_url)
     store = RedisStore(client, prefix, stream_maxlen=None)
@@ -109,7 +109,7 @@ def main() -> None:
     from reco.models.ranker import RankerConfig, SessionAwareRanker
     from reco.online import ArmLearner, OnlineLearner
     from reco.online.model import ArmModel
-    from reco.store import RedisStore
+    from reco.state.store import RedisStore
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -42,12 +42,12 @@ def main() -> None:
     import redis
     import torch
 
+    from reco.artifacts.bundle import ModelBundle
     from reco.experiments.stats import two_proportion_ztest, welch_ttest_samples
-    from reco.models.bundle import ModelBundle
     from reco.online import ArmLearner, OnlineLearner, from_bundle
     from reco.sim import Browsing, GroundTruth, simulate_days
     from reco.sim.inprocess import InProcessApi
-    from reco.store import RedisStore
+    from reco.state.store import RedisStore
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -55,8 +55,8 @@ def main() -> None:
         bundle = ModelBundle.load(args.bundle)
     else:
         from reco.data.movielens import load_movielens
-        from reco.evaluation import leave_one_out
-        from reco.training import TrainConfig, train
+        from reco.offline.evaluation import leave_one_out
+        from reco.offline.trainer import TrainConfig, train
 
         ml = load_movielens(args.data)
         split = leave_one_out(ml.events)

@@ -1,6 +1,6 @@
 """Quality on MovieLens-100k: train + evaluate in one command, print ONE JSON line.
 
-Protocol: `reco.evaluation` (RecBole's sequential leave-one-out, full ranking of all 1,682 items,
+Protocol: `reco.offline.evaluation` (RecBole's sequential leave-one-out, full ranking of all 1,682 items,
 history kept; a second table with history excluded). The model trains on the training part, picks
 its best epoch by validation NDCG@10, and is scored on test through `ModelBundle.score_batch` (the
 served path). MostPop is scored on the same split.
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")  # epochs -> stderr
 
     from reco.data.movielens import load_movielens
-    from reco.evaluation import evaluate_split, format_table, leave_one_out
-    from reco.training import TrainConfig, train
+    from reco.offline.evaluation import evaluate_split, format_table, leave_one_out
+    from reco.offline.trainer import TrainConfig, train
 
     t0 = time.perf_counter()
     ml = load_movielens(args.data)

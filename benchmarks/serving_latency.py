@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from reco.store import RedisStore
+    from reco.state.store import RedisStore
 from fastapi.responses import Response
 
 from serving.schemas import RecommendationRequest  # module level: FastAPI resolves the probes' annotations here
@@ -78,7 +78,7 @@ def request_candidates(store: RedisStore, served, session_id: str = "bench-s") -
     """The exact candidates the benchmark request ranks (user "bench", session `session_id`), from the
     pipeline's own candidate code."""
     from reco.experiments.assignment import Assignment, ExplorationConfig
-    from reco.recommend import Recommender, RecoRequest, _session_for_model
+    from reco.ranking.recommend import Recommender, RecoRequest, _session_for_model
 
     rec = Recommender(store=store, assign=lambda u: Assignment("e", "control", "arm-control", ExplorationConfig(), 0.0),
                       models=lambda a: served)  # fmt: skip
@@ -92,8 +92,8 @@ def request_candidates(store: RedisStore, served, session_id: str = "bench-s") -
 def full_bundle(seed: int = 0):
     import torch
 
+    from reco.artifacts.bundle import PAD, ModelBundle
     from reco.data.movielens import load_movielens
-    from reco.models.bundle import PAD, ModelBundle
     from reco.models.ranker import RankerConfig, SessionAwareRanker
 
     catalog = load_movielens(ML100K).catalog
@@ -153,8 +153,8 @@ def main() -> None:
     import httpx
     import torch
 
-    from reco.recommend import ServedModel
-    from reco.store import RedisStore, connect
+    from reco.ranking.recommend import ServedModel
+    from reco.state.store import RedisStore, connect
     from serving.models import ModelCache
 
     torch.set_num_threads(args.torch_threads)

@@ -91,7 +91,7 @@ class Stack:
         sys.path.insert(0, str(ROOT / "tests"))
         from serving_helpers import register_version, tiny_bundle
 
-        from reco.redis_server import start_embedded
+        from reco.state.embedded_redis import start_embedded
 
         self.redis = start_embedded(self.root / "home")
         mlflow_port, api_port = _free_port(), _free_port()

@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from reco.data.movielens import load_movielens
-    from reco.evaluation import leave_one_out
-    from reco.training import TrainConfig, train
+    from reco.offline.evaluation import leave_one_out
+    from reco.offline.trainer import TrainConfig, train
 
     ml = load_movielens(args.data)
     split = leave_one_out(ml.events)

@@ -1,7 +1,7 @@
 """reco vs `mlflow models serve`: the same registered model version, the same 500 candidates, in one run.
 
 Setup: the full-size ranker over the MovieLens-100k catalogue (as benchmarks/serving_latency.py) is
-registered in a private MLflow registry (SQLite) with `reco.registry.log_bundle` and both arm aliases set.
+registered in a private MLflow registry (SQLite) with `reco.artifacts.registry.log_bundle` and both arm aliases set.
 Two servers load that version from the registry, each in its own process on loopback:
 
 * `mlflow models serve -m models:/<name>/<version> --env-manager local` (its pyfunc, `RankerPyfunc`:
@@ -50,7 +50,7 @@ EXTEND = 10  # "extended" phase: a new session, then 9 pairs that each add one v
 
 def register(tracking_uri: str, bundle) -> str:
     """Log the bundle as a registry version (the production path) and point both arm aliases at it."""
-    from reco.registry import Lineage, client_for, ensure_experiment, log_bundle, promote
+    from reco.artifacts.registry import Lineage, client_for, ensure_experiment, log_bundle, promote
 
     client = client_for(tracking_uri)
     run = client.create_run(ensure_experiment(client, "bench"))
@@ -89,8 +89,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from reco.data.events import Event
-    from reco.recommend import ServedModel
-    from reco.store import RedisStore, connect
+    from reco.ranking.recommend import ServedModel
+    from reco.state.store import RedisStore, connect
 
     tmp = Path(tempfile.mkdtemp(prefix="reco-vs-mlflow-"))
     tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"

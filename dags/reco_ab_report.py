@@ -2,7 +2,7 @@
 
 Reads the lake for the experiment's whole window (start .. the last complete day), writes JSON + HTML to
 `<reports>/<experiment>/<date>.*`, logs both to MLflow (one run per experiment per day), and fails
-loudly, after writing, when the sample ratio is off. One task, one `reco.pipeline.ab_report` call.
+loudly, after writing, when the sample ratio is off. One task, one `reco.pipeline.report_tasks` call.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def reco_ab_report() -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from reco.experiments.report import ReportError
-        from reco.pipeline.ab_report import SRMFlagged, run_ab_report
+        from reco.pipeline.report_tasks import SRMFlagged, run_ab_report
         from reco.settings import RecoSettings
 
         ctx = get_current_context()

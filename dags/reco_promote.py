@@ -1,7 +1,7 @@
 """reco_promote (manual): move `champion` or an `arm-*` alias to a version, or roll it back.
 
 Who/why/previous version are recorded on the version and in the alias history of the registered
-model (`reco.registry`). One task, one `reco.pipeline.promote` call.
+model (`reco.artifacts.registry`). One task, one `reco.pipeline.promote_tasks` call.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def reco_promote() -> None:
     def move() -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from reco.pipeline.promote import move_alias
-        from reco.registry import RegistryError
+        from reco.artifacts.registry import RegistryError
+        from reco.pipeline.promote_tasks import move_alias
         from reco.settings import RecoSettings
 
         ctx = get_current_context()

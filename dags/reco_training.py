@@ -1,7 +1,7 @@
 """reco_training: ingest -> validate/quarantine -> training set -> warm-start train -> evaluate ->
 gate -> register -> promote to `arm-<target>` (and `champion` when there is none).
 
-Thin wiring: every task calls one `reco.pipeline.training` function (imported inside the task, so
+Thin wiring: every task calls one `reco.pipeline.training_tasks` function (imported inside the task, so
 parsing this file imports neither torch, mlflow nor great_expectations). XCom carries small dicts of
 paths and ids. Daily schedule (the run's data interval, one day) or a manual trigger with the form below.
 """
@@ -86,7 +86,7 @@ def reco_training() -> None:
 
     @task
     def ingest(job: dict[str, Any]) -> dict[str, Any]:
-        from reco.pipeline.training import ingest
+        from reco.pipeline.training_tasks import ingest
 
         return ingest(
             job["home"], job["start"], job["end"], job["source"], job["data_dir"], job["redis_url"], job["redis_prefix"]
@@ -97,7 +97,7 @@ def reco_training() -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from reco.data.validation import SchemaMismatch, ValidationFailed
-        from reco.pipeline.training import validate
+        from reco.pipeline.training_tasks import validate
 
         try:
             out = validate(job["home"], job["start"], job["end"], job["threshold"])
@@ -112,25 +112,25 @@ def reco_training() -> None:
 
     @task
     def build_training_set(job: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
-        from reco.pipeline.training import build_training_set
+        from reco.pipeline.training_tasks import build_training_set
 
         return build_training_set(job["home"], job["start"], job["end"], job["arm"], validation)
 
     @task(execution_timeout=timedelta(hours=2))
     def train(job: dict[str, Any], training_set: dict[str, Any]) -> dict[str, Any]:
-        from reco.pipeline.training import train
+        from reco.pipeline.training_tasks import train
 
         return train(job["tracking_uri"], job["model_name"], job["arm"], training_set, job["epochs"])
 
     @task
     def evaluate(job: dict[str, Any], training_set: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
-        from reco.pipeline.training import evaluate
+        from reco.pipeline.training_tasks import evaluate
 
         return evaluate(job["tracking_uri"], job["model_name"], training_set, candidate)
 
     @task
     def gate(job: dict[str, Any], candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
-        from reco.pipeline.training import gate
+        from reco.pipeline.training_tasks import gate
 
         return gate(candidate, evaluation, job["gate_tolerance"])
 
@@ -143,7 +143,7 @@ def reco_training() -> None:
         verdict: dict[str, Any],
         validation: dict[str, Any],
     ) -> dict[str, Any]:
-        from reco.pipeline.training import register
+        from reco.pipeline.training_tasks import register
 
         return register(
             job["tracking_uri"], job["model_name"], training_set, candidate, evaluation, verdict, validation
@@ -151,7 +151,7 @@ def reco_training() -> None:
 
     @task
     def promote(job: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any]:
-        from reco.pipeline.training import promote_candidate
+        from reco.pipeline.training_tasks import promote_candidate
 
         return promote_candidate(job["tracking_uri"], job["model_name"], job["arm"], registered)
 

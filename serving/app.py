@@ -39,9 +39,9 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reco.candidates import CandidateConfig
-from reco.recommend import ArmPolicies, NoModelAvailable, PipelineConfig, Recommender, RecoRequest, RecoResult
-from reco.rules import RuleConfig
+from reco.ranking.candidates import CandidateConfig
+from reco.ranking.recommend import ArmPolicies, NoModelAvailable, PipelineConfig, Recommender, RecoRequest, RecoResult
+from reco.ranking.rules import RuleConfig
 from serving.metrics import Metrics
 from serving.models import ModelCache, ModelManager, ModelSource, RegistrySource
 from serving.schemas import (
@@ -181,8 +181,8 @@ def _open_store(settings: Settings, closers: list) -> tuple[Any, Any]:
     request path's reads whose socket timeout is the features budget (so the read runs on the request
     thread, no executor hop, and a slow Redis still costs at most the budget). A Redis that is down now
     is fine: every call degrades until it comes back."""
-    from reco.redis_server import resolve_url
-    from reco.store import RedisStore, connect
+    from reco.state.embedded_redis import resolve_url
+    from reco.state.store import RedisStore, connect
 
     url, server = resolve_url(settings.redis_url, settings.home)
     if server is not None:
@@ -292,7 +292,7 @@ def _add_routes(app: FastAPI) -> None:
         categories = _check_items(services, batch)
         if services.store is None:
             raise ApiError(503, "event store unavailable", {"Retry-After": "1"})
-        from reco.store import StoreUnavailable
+        from reco.state.store import StoreUnavailable
 
         try:
             result = services.store.ingest(batch.events, categories=categories)
@@ -516,7 +516,7 @@ def _redis_op(services: Services, op: Any) -> Any:
     """Run `op(store)`; Redis unreachable -> 503 (the control functions use the raw client)."""
     import redis
 
-    from reco.store import StoreUnavailable
+    from reco.state.store import StoreUnavailable
 
     if services.store is None:
         raise ApiError(503, "Redis unavailable", {"Retry-After": "1"})

@@ -10,7 +10,7 @@
   current base version (`store.latest_weights_version` / `get_weights`, a torch state_dict loaded with
   `weights_only=True`) is loaded into a copy of the base model and swapped the same way.
 * Smoke test: a registry version and an online snapshot are put in place only when
-  `reco.models.smoke.smoke_check` passes (finite weights, one finite scored batch). A refused one is logged
+  `reco.artifacts.smoke.smoke_check` passes (finite weights, one finite scored batch). A refused one is logged
   once, counted (`on_refused`), never cached, and the arm keeps serving what it had.
 * `ready` is true once every arm has a model.
 """
@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from reco.models.smoke import smoke_check
-from reco.recommend import ServedModel
+from reco.artifacts.smoke import smoke_check
+from reco.ranking.recommend import ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ModelSource(Protocol):
 
 
 class RegistrySource:
-    """`ModelSource` over the MLflow registry through `reco.registry` (imported lazily: mlflow is heavy)."""
+    """`ModelSource` over the MLflow registry through `reco.artifacts.registry` (imported lazily: mlflow is heavy)."""
 
     def __init__(self, tracking_uri: str, model_name: str) -> None:
         # MLflow's client retries a dead server with exponential backoff for minutes by default; the
@@ -60,20 +60,20 @@ class RegistrySource:
 
     def _mlflow(self) -> Any:
         if self._client is None:
-            from reco.registry import client_for
+            from reco.artifacts.registry import client_for
 
             self._client = client_for(self.tracking_uri)
         return self._client
 
     def current_version(self, alias: str) -> str:
-        from reco.registry import get_version
+        from reco.artifacts.registry import get_version
 
         return str(get_version(self._mlflow(), self.model_name, alias).version)
 
     def load(self, alias: str, version: str) -> Any:
         import tempfile
 
-        from reco.registry import load_bundle
+        from reco.artifacts.registry import load_bundle
 
         # The bundle is read fully into memory, so the download folder can go right away.
         with tempfile.TemporaryDirectory(prefix="reco-serve-") as tmp:
@@ -113,7 +113,7 @@ class ModelCache:
                 shutil.rmtree(old, ignore_errors=True)
 
     def load(self, arm: str) -> tuple[str, Any] | None:
-        from reco.models.bundle import ModelBundle
+        from reco.artifacts.bundle import ModelBundle
 
         pointer = self.root / arm / "CURRENT"
         if not pointer.is_file():

@@ -83,7 +83,7 @@ def airflow_db() -> Path:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     """A real `mlflow server` (SQLite backend, served local artifacts) on a free loopback port, started
     and supervised the way `make demo` / `make up` start theirs."""
-    from reco.local_stack import LocalStack, mlflow_service
+    from reco.devstack.local_stack import LocalStack, mlflow_service
 
     home = tmp_path_factory.mktemp("mlflow-home")
     stack = LocalStack(home)

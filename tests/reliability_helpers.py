@@ -37,7 +37,7 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 15.0) -> RedisProcess:
-        from reco.redis_server import redis_executable
+        from reco.state.embedded_redis import redis_executable
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [

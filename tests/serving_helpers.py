@@ -19,7 +19,7 @@ def tiny_bundle(n_items: int = 40, seed: int = 0, version: str = "1"):
     """A real `ModelBundle` with a small `SessionAwareRanker` (seeded random weights)."""
     import torch
 
-    from reco.models.bundle import PAD, ModelBundle
+    from reco.artifacts.bundle import PAD, ModelBundle
     from reco.models.ranker import RankerConfig, SessionAwareRanker
 
     catalog = tiny_catalog(n_items)
@@ -40,7 +40,7 @@ def tiny_bundle(n_items: int = 40, seed: int = 0, version: str = "1"):
 
 def register_version(tracking_uri: str, name: str, bundle, tag: str, aliases: tuple[str, ...] = ()) -> str:
     """Log `bundle` as a new version of `name` in a real MLflow registry; point `aliases` at it."""
-    from reco.registry import Lineage, client_for, ensure_experiment, log_bundle, promote
+    from reco.artifacts.registry import Lineage, client_for, ensure_experiment, log_bundle, promote
 
     client = client_for(tracking_uri)
     run = client.create_run(ensure_experiment(client, "serving-tests"))

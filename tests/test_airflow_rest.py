@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reco.local_stack import AIRFLOW_ADMIN, AirflowClient, AirflowError, AirflowHome, LocalStack, free_port
+from reco.devstack.local_stack import AIRFLOW_ADMIN, AirflowClient, AirflowError, AirflowHome, LocalStack, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -20,7 +20,7 @@ def _register_two_versions(tracking_uri: str) -> tuple[str, str]:
     """Two real versions of a tiny ranker; `champion` at the first."""
     from serving_helpers import tiny_bundle
 
-    from reco import registry
+    from reco.artifacts import registry
 
     client = registry.client_for(tracking_uri)
     exp = registry.ensure_experiment(client, "rest-trigger-test")
@@ -59,7 +59,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str):
 
 
 def test_trigger_promote_and_rollback_over_rest(airflow_stack, mlflow_server: str) -> None:
-    from reco import registry
+    from reco.artifacts import registry
 
     first, second = _register_two_versions(mlflow_server)
     _, client, _ = airflow_stack

@@ -111,7 +111,7 @@ def test_bad_input_is_a_4xx_with_a_message_never_a_500(client: TestClient, setti
 
 
 def test_promoting_a_version_swaps_models_without_failing_requests(client: TestClient, registry) -> None:
-    from reco.registry import client_for, promote
+    from reco.artifacts.registry import client_for, promote
 
     failures: list[str] = []
     versions: list[str] = []
@@ -191,7 +191,7 @@ def test_admin_pauses_learning_per_arm_and_responses_name_the_online_snapshot(cl
 
     import torch
 
-    from reco.store import RedisStore, connect
+    from reco.state.store import RedisStore, connect
 
     assert client.get("/v1/admin/learning").status_code == 401
     assert client.post("/v1/admin/learning/control/pause", headers={"X-API-Key": "nope"}).status_code == 403

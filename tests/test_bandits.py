@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reco.bandits import EpsilonGreedy, ScoredItem, ThompsonSampling
+from reco.ranking.bandits import EpsilonGreedy, ScoredItem, ThompsonSampling
 
 ITEMS = ["a", "b", "c", "d", "e", "f"]
 
@@ -164,7 +164,7 @@ def test_thompson_ranks_only_each_categorys_head_and_serves_the_slates_of_rankin
     give the same slate and propensities (scores with ties, rule-reordered input, every weight)."""
     import numpy as np
 
-    from reco.bandits import _top_n
+    from reco.ranking.bandits import _top_n
 
     rng = np.random.default_rng(7)
     for trial in range(40):

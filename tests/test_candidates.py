@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from reco.candidates import (
+from reco.ranking.candidates import (
     SOURCES,
     CandidateConfig,
     EmbeddingIndex,

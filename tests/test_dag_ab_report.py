@@ -15,7 +15,7 @@ import pytest
 from reco.data.lake import EventLake
 from reco.experiments.report import ReportError
 from reco.experiments.simulate import SimConfig, simulate_events
-from reco.pipeline.ab_report import MLFLOW_EXPERIMENT, SRMFlagged, run_ab_report
+from reco.pipeline.report_tasks import MLFLOW_EXPERIMENT, SRMFlagged, run_ab_report
 
 pytestmark = [pytest.mark.integration]
 

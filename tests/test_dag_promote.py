@@ -8,7 +8,7 @@ import pytest
 from test_dag_training import load_dag
 from test_registry import lineage, tiny_bundle
 
-from reco import registry
+from reco.artifacts import registry
 
 pytestmark = pytest.mark.integration
 

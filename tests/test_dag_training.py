@@ -57,7 +57,7 @@ def _conf(home: Path, mlflow_server: str, movielens_dir: Path, **kw) -> dict:
 
 @pytest.fixture(scope="module")
 def first_run(airflow_db, mlflow_server, movielens_dir, env, model_name, tmp_path_factory):
-    from reco import registry
+    from reco.artifacts import registry
 
     home = tmp_path_factory.mktemp("reco-home")
     dr = load_dag("reco_training").test(run_conf=_conf(home, mlflow_server, movielens_dir))
@@ -66,7 +66,7 @@ def first_run(airflow_db, mlflow_server, movielens_dir, env, model_name, tmp_pat
 
 
 def test_run_registers_version_with_lineage_and_arm_alias(first_run, model_name):
-    from reco import registry
+    from reco.artifacts import registry
 
     _, dr, client = first_run
     assert dr.state == "success"

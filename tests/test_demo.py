@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from reco.local_stack import LocalStack, Service, StackError, free_port, group_alive, pid_alive
+from reco.devstack.local_stack import LocalStack, Service, StackError, free_port, group_alive, pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ def test_summary_reads_the_report_schema_and_prints(tmp_path: Path) -> None:
     from rich.console import Console
 
     from reco.cli.demo import print_summary
-    from reco.demo import _summarise, scale_named
+    from reco.devstack.demo import _summarise, scale_named
     from reco.experiments.report import ReportConfig, build_report, render_json
 
     rng = random.Random(0)

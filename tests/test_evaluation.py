@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
+from reco.artifacts.bundle import PAD, ModelBundle
 from reco.data.catalog import ItemCatalog
 from reco.data.movielens import load_movielens
-from reco.evaluation import (
+from reco.models.ranker import RankerConfig, SessionAwareRanker
+from reco.offline.evaluation import (
     evaluate_bundle,
     format_table,
     leave_one_out,
@@ -19,8 +21,6 @@ from reco.evaluation import (
     ranking_metrics,
     target_ranks,
 )
-from reco.models.bundle import PAD, ModelBundle
-from reco.models.ranker import RankerConfig, SessionAwareRanker
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reco.explain import EXPLORATION_PREFIX, anchors_by_attention, reason
+from reco.ranking.explain import EXPLORATION_PREFIX, anchors_by_attention, reason
 
 TITLES = {"1": "Toy Story (1995)", "2": "Heat (1995)"}
 

@@ -42,7 +42,7 @@ def blob_of(state: dict) -> bytes:
 
 @pytest.fixture
 def store(redis_url: str, redis_prefix: str):
-    from reco.store import RedisStore, connect
+    from reco.state.store import RedisStore, connect
 
     client = connect(redis_url)
     yield RedisStore(client, redis_prefix)

@@ -14,7 +14,7 @@ from reco.online import control
 from reco.online.arm import ArmLearner
 from reco.online.learner import OnlineLearner
 from reco.online.model import ArmModel, DotScorer, state_from_bytes
-from reco.store import RedisStore
+from reco.state.store import RedisStore
 
 pytestmark = pytest.mark.integration
 

@@ -13,15 +13,15 @@ import pytest
 import torch
 from serving_helpers import register_version, tiny_bundle, tiny_catalog
 
-from reco import registry
+from reco.artifacts import registry
 from reco.online.handoff import checkpoint_to_mlflow
 from reco.online.model import state_to_bytes
-from reco.pipeline import training as T
+from reco.pipeline import training_tasks as T
 
 pytestmark = pytest.mark.integration
 
 # The architecture of serving_helpers.tiny_bundle, so that the warm start is accepted. mlp_dims is a tuple:
-# reco.training compares architectures with ==, and a JSON list (16, 8) -> [16, 8] is refused.
+# reco.offline.trainer compares architectures with ==, and a JSON list (16, 8) -> [16, 8] is refused.
 MODEL = {"item_dim": 8, "hidden": 8, "attn_dim": 8, "category_dim": 4, "pop_dim": 4, "context_dim": 4,
          "mlp_dims": (16, 8)}  # fmt: skip
 

@@ -18,7 +18,7 @@ from reco.online.history import HistoryTracker
 from reco.online.join import RewardJoiner
 from reco.online.learner import OnlineLearner
 from reco.online.model import state_from_bytes
-from reco.store import RedisStore, connect
+from reco.state.store import RedisStore, connect
 
 pytestmark = pytest.mark.integration
 

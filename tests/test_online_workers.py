@@ -13,7 +13,7 @@ from serving_helpers import register_version, serving_settings, tiny_bundle
 from reco.online.arm import ArmLearner
 from reco.online.learner import OnlineLearner
 from reco.online.model import from_bundle
-from reco.store import RedisStore, connect
+from reco.state.store import RedisStore, connect
 from serving.app import create_app
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from test_registry import tiny_bundle
 
-from reco.pipeline import training as T
+from reco.pipeline import training_tasks as T
 
 
 @pytest.fixture
@@ -47,8 +47,8 @@ def test_ingest_from_the_redis_stream_lands_each_event_once(tmp_path, redis_url,
 
     from reco.data.events import Event
     from reco.data.lake import EventLake
-    from reco.pipeline.training import ingest
-    from reco.store import RedisStore, connect
+    from reco.pipeline.training_tasks import ingest
+    from reco.state.store import RedisStore, connect
 
     t0 = datetime(2026, 3, 1, 23, 0, tzinfo=UTC)
     events = [
@@ -90,7 +90,7 @@ def test_gate_reports_the_candidates_offpolicy_ctr_on_a_simulated_log(candidate,
     import numpy as np
     from test_offpolicy import pl_value
 
-    from reco import registry
+    from reco.artifacts import registry
     from reco.experiments.simulate import SlateSimConfig, simulate_slate_log
 
     log = simulate_slate_log(SlateSimConfig(requests=2000, logging_spread=0.5, seed=3))

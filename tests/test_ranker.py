@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from reco.artifacts.bundle import PAD, BundleError, ModelBundle
 from reco.data.catalog import ItemCatalog
-from reco.models.bundle import PAD, BundleError, ModelBundle
 from reco.models.ranker import RankerConfig, SessionAwareRanker, right_align
 
 N_ITEMS = 30

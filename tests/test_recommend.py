@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from serving_helpers import tiny_bundle
 
-from reco.candidates import CandidateConfig
 from reco.data.events import Event
 from reco.experiments.assignment import Assignment, ExplorationConfig
-from reco.recommend import ArmPolicies, PipelineConfig, Recommender, RecoRequest, ServedModel, impression_events
+from reco.ranking.candidates import CandidateConfig
+from reco.ranking.recommend import ArmPolicies, PipelineConfig, Recommender, RecoRequest, ServedModel, impression_events
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def arm(strategy: str = "none", rate: float = 0.0):
 
 @pytest.fixture
 def store(redis_url: str, redis_prefix: str):
-    from reco.store import RedisStore, connect
+    from reco.state.store import RedisStore, connect
 
     client = connect(redis_url)
     yield RedisStore(client, redis_prefix)
@@ -88,7 +88,7 @@ def test_product_page_excludes_its_item_and_shows_similar_ones(store, model: Ser
 
 
 def test_dead_redis_degrades_but_answers(model: ServedModel) -> None:
-    from reco.store import RedisStore, connect
+    from reco.state.store import RedisStore, connect
 
     dead = RedisStore(connect("redis://127.0.0.1:1/0"), "nobody")
     res = make(dead, model, config=PipelineConfig(candidates=CandidateConfig(source_timeout_s=1.0))).recommend(
@@ -102,7 +102,7 @@ def test_dead_redis_degrades_but_answers(model: ServedModel) -> None:
 def test_a_hung_redis_is_skipped_for_the_cooldown_not_waited_for_by_every_request(model, inline: bool) -> None:
     import socket
 
-    from reco.store import RedisStore, connect
+    from reco.state.store import RedisStore, connect
 
     class Counting(RedisStore):
         reads = 0
@@ -163,7 +163,7 @@ def test_impression_records_serialise_exactly_the_impression_events() -> None:
     """The request log writes `impression_records` (plain json.dumps, no pydantic models): each payload must
     parse to the very `Event` that `impression_events` builds, for every field the request can vary."""
     from reco.data.events import Event
-    from reco.recommend import RecoItem, impression_records
+    from reco.ranking.recommend import RecoItem, impression_records
 
     ts = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
     items = [RecoItem("i1", 0.5, "r", "trending", 1, False, 1.0, "Drama"),
@@ -182,7 +182,7 @@ def test_impression_records_serialise_exactly_the_impression_events() -> None:
 
 
 def test_async_impression_failures_reach_the_hook(model: ServedModel) -> None:
-    from reco.store import RedisStore, connect
+    from reco.state.store import RedisStore, connect
 
     failures: list[Exception] = []
     dead = RedisStore(connect("redis://127.0.0.1:1/0"), "nobody")

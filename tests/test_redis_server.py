@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from reco.redis_server import EmbeddedRedisError, resolve_url, start_embedded, stop_embedded
+from reco.state.embedded_redis import EmbeddedRedisError, resolve_url, start_embedded, stop_embedded
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from reco import registry
+from reco.artifacts import registry
+from reco.artifacts.bundle import PAD, ModelBundle
 from reco.data.catalog import ItemCatalog
-from reco.models.bundle import PAD, ModelBundle
 from reco.models.ranker import RankerConfig, SessionAwareRanker
 
 pytestmark = pytest.mark.integration

@@ -92,7 +92,7 @@ def _manager(tmp_path, source: StaticSource, store=None) -> ModelManager:
 
 
 def test_a_corrupt_version_is_never_loaded(tmp_path) -> None:
-    from reco.models.bundle import BundleError, ModelBundle
+    from reco.artifacts.bundle import BundleError, ModelBundle
 
     good = tiny_bundle(seed=0, version="1")
     broken = tmp_path / "broken"
@@ -124,7 +124,7 @@ def test_a_nan_online_snapshot_is_never_adopted(tmp_path, redis_url, redis_prefi
 
     import torch
 
-    from reco.store import RedisStore, connect
+    from reco.state.store import RedisStore, connect
 
     store = RedisStore(connect(redis_url), redis_prefix)
     source = StaticSource({"1": tiny_bundle(version="1")}, dict.fromkeys(ARM_ALIASES, "1"))
@@ -141,7 +141,7 @@ def test_a_nan_online_snapshot_is_never_adopted(tmp_path, redis_url, redis_prefi
 def test_a_nan_model_that_slipped_through_never_reaches_users(tmp_path, redis_url, redis_prefix) -> None:
     """Defence in depth behind the smoke test: a NaN ranker that got in anyway is served as retrieval
     order, flagged."""
-    from reco.recommend import ServedModel
+    from reco.ranking.recommend import ServedModel
 
     settings = serving_settings(tmp_path, redis_url=redis_url, redis_prefix=redis_prefix)
     source = StaticSource({"9": nan_bundle("9")}, dict.fromkeys(ARM_ALIASES, "9"))
@@ -156,7 +156,7 @@ def test_a_nan_model_that_slipped_through_never_reaches_users(tmp_path, redis_ur
 
 
 def test_the_pipeline_gate_rejects_corrupt_and_nan_candidates(tmp_path) -> None:
-    from reco.pipeline.training import gate
+    from reco.pipeline.training_tasks import gate
 
     finite = {"skipped": False, "candidate": {"ndcg@10": 0.1, "recall@10": 0.2}, "champion": None}
     paths = {"good": tmp_path / "good", "nan": tmp_path / "nan", "corrupt": tmp_path / "corrupt"}
@@ -173,8 +173,16 @@ def test_the_pipeline_gate_rejects_corrupt_and_nan_candidates(tmp_path) -> None:
 
 
 def test_a_rejected_version_is_never_promoted(mlflow_server: str) -> None:
-    from reco.pipeline.training import promote_candidate
-    from reco.registry import Lineage, RegistryError, alias_version, client_for, ensure_experiment, log_bundle, promote
+    from reco.artifacts.registry import (
+        Lineage,
+        RegistryError,
+        alias_version,
+        client_for,
+        ensure_experiment,
+        log_bundle,
+        promote,
+    )
+    from reco.pipeline.training_tasks import promote_candidate
 
     name = f"reco-rel-{uuid.uuid4().hex[:8]}"
     good = register_version(mlflow_server, name, tiny_bundle(seed=0), "good", aliases=("arm-control",))

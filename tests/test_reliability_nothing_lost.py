@@ -28,8 +28,8 @@ from serving_helpers import register_version, serving_settings, tiny_bundle
 
 from reco.data.lake import EventLake
 from reco.experiments.assignment import assign, load_config
-from reco.sink import drain_stream_to_lake
-from reco.store import RedisStore, connect
+from reco.state.sink import drain_stream_to_lake
+from reco.state.store import RedisStore, connect
 from serving.app import create_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from reco.rules import RuleConfig, apply_rules, cap_per_category, excluded_items
+from reco.ranking.rules import RuleConfig, apply_rules, cap_per_category, excluded_items
 
 
 @dataclass(frozen=True)

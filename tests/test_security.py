@@ -230,7 +230,7 @@ def _evil_blob(marker: Path) -> bytes:
 
 
 def test_a_pickle_bearing_weights_file_is_refused_and_never_runs(tmp_path) -> None:
-    from reco.models.bundle import BundleError, ModelBundle
+    from reco.artifacts.bundle import BundleError, ModelBundle
     from reco.online.model import state_from_bytes
     from serving.models import with_weights
 
@@ -257,7 +257,7 @@ def test_a_pickle_bearing_weights_file_is_refused_and_never_runs(tmp_path) -> No
 
 
 def test_embedded_services_bind_to_loopback(tmp_path) -> None:
-    from reco.local_stack import LOOPBACK, AirflowHome, api_service, mlflow_service
+    from reco.devstack.local_stack import LOOPBACK, AirflowHome, api_service, mlflow_service
     from serving.settings import Settings
 
     assert LOOPBACK == "127.0.0.1" and Settings().host == "127.0.0.1"
@@ -282,7 +282,7 @@ def test_embedded_services_bind_to_loopback(tmp_path) -> None:
 def test_embedded_redis_binds_to_loopback(tmp_path) -> None:
     import redis
 
-    from reco.redis_server import start_embedded
+    from reco.state.embedded_redis import start_embedded
 
     server = start_embedded(tmp_path)
     try:
@@ -295,7 +295,7 @@ def test_embedded_redis_binds_to_loopback(tmp_path) -> None:
 
 
 def test_airflow_admin_password_is_generated_private_and_stable(tmp_path) -> None:
-    from reco.local_stack import AirflowHome
+    from reco.devstack.local_stack import AirflowHome
 
     a = AirflowHome(tmp_path / "a", ROOT / "dags")
     b = AirflowHome(tmp_path / "b", ROOT / "dags")

@@ -15,7 +15,7 @@ from reco.online.learner import OnlineLearner
 from reco.online.model import ArmModel, DotScorer
 from reco.sim import Browsing, GroundTruth, position_bias, simulate_days
 from reco.sim.inprocess import InProcessApi
-from reco.store import RedisStore
+from reco.state.store import RedisStore
 
 
 @pytest.fixture(scope="module")

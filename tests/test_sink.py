@@ -9,8 +9,8 @@ import pytest
 
 from reco.data.events import Event
 from reco.data.lake import EventLake
-from reco.sink import drain_stream_to_lake
-from reco.store import RedisStore, connect
+from reco.state.sink import drain_stream_to_lake
+from reco.state.store import RedisStore, connect
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from reco.data.catalog import ItemCatalog
-from reco.evaluation import evaluate_bundle, leave_one_out, most_popular
-from reco.training import TrainConfig, WarmStartError, _new_model, build_examples, train, vocabulary, warm_start
+from reco.offline.evaluation import evaluate_bundle, leave_one_out, most_popular
+from reco.offline.trainer import TrainConfig, WarmStartError, _new_model, build_examples, train, vocabulary, warm_start
 
 N_ITEMS = 24
 TINY = {"item_dim": 16, "hidden": 16, "attn_dim": 8, "mlp_dims": (16, 8), "category_dim": 4, "pop_dim": 4}
@@ -115,7 +115,7 @@ def test_warm_start_copies_known_rows_by_id_and_changes_nothing_before_training(
     for k, v in model.state_dict().items():
         if k not in {"item_emb.weight", "cat_emb.weight", "item_category", "item_pop"}:
             assert torch.equal(v, old_state[k]), k
-    from reco.models.bundle import ModelBundle
+    from reco.artifacts.bundle import ModelBundle
 
     warm = ModelBundle(model, ids, cat, {"categories": cat.categories})
     known = [f"i{k}" for k in range(1, 21)]
@@ -138,9 +138,9 @@ def test_warm_start_with_another_architecture_is_a_clear_error():
 def test_cli_trains_from_the_lake_and_evaluates_with_clear_errors(tmp_path):
     from typer.testing import CliRunner
 
+    from reco.artifacts.bundle import ModelBundle
     from reco.cli import app
     from reco.data.lake import EventLake
-    from reco.models.bundle import ModelBundle
 
     ev = _walks(n_users=12)
     ev["event_id"] = [f"e{k}" for k in range(len(ev))]

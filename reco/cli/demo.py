@@ -44,7 +44,7 @@ def demo(
     run the A/B report and print a summary. Stops every process it started."""
     import json
 
-    from reco.demo import DemoError, run_demo, scale_named
+    from reco.devstack.demo import DemoError, run_demo, scale_named
 
     try:
         chosen = scale_named(scale)
@@ -111,9 +111,9 @@ def up(
     learner: bool = typer.Option(True, "--learner/--no-learner", help="start the online learner"),
 ) -> None:
     """Start the long-running local stack (Redis, MLflow, Airflow, API, learner) on 127.0.0.1 and return."""
-    from reco import local_stack as ls
-    from reco.redis_server import EmbeddedRedisError
+    from reco.devstack import local_stack as ls
     from reco.settings import RecoSettings
+    from reco.state.embedded_redis import EmbeddedRedisError
 
     settings = RecoSettings()
     console = _console()
@@ -148,7 +148,7 @@ def up(
 
 def down() -> None:
     """Stop every process of the local stack (and its embedded Redis)."""
-    from reco import local_stack as ls
+    from reco.devstack import local_stack as ls
 
     stopped = ls.down(_home())
     _console().print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -158,7 +158,7 @@ def status() -> None:
     """Show the local stack's processes: pid, health, port, log file."""
     from rich.table import Table
 
-    from reco import local_stack as ls
+    from reco.devstack import local_stack as ls
 
     table = Table(title=f"local stack in {_home().resolve()}", title_justify="left")
     for col in ("service", "pid", "state", "url / port", "log"):

@@ -52,7 +52,7 @@ def _check(consumer: str) -> int:
     """0 when the learner `consumer` beat within the heartbeat TTL, else 1 (with the reason)."""
     from reco.online.control import last_beat
     from reco.settings import RecoSettings
-    from reco.store import connect
+    from reco.state.store import connect
 
     settings = RecoSettings()
     if not settings.redis_url:
@@ -103,13 +103,13 @@ def learn(
     import torch
     from redis import RedisError
 
+    from reco.artifacts.registry import RegistryError, client_for, load_bundle
     from reco.experiments.assignment import load_config
     from reco.online import ArmLearner, OnlineLearner, from_bundle
     from reco.online.handoff import MlflowCheckpointer, RegistryBases
-    from reco.redis_server import resolve_url
-    from reco.registry import RegistryError, client_for, load_bundle
     from reco.settings import RecoSettings
-    from reco.store import RedisStore, StoreUnavailable, connect
+    from reco.state.embedded_redis import resolve_url
+    from reco.state.store import RedisStore, StoreUnavailable, connect
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)

@@ -1,5 +1,5 @@
 """`reco train` and `reco evaluate`: train a model bundle from MovieLens files or the event lake, and
-print the offline evaluation table (leave-one-out, full ranking; see `reco.evaluation`)."""
+print the offline evaluation table (leave-one-out, full ranking; see `reco.offline.evaluation`)."""
 
 from __future__ import annotations
 
@@ -58,10 +58,10 @@ def train_cmd(
     ),
 ) -> None:
     """Train the session-aware ranker and save a model bundle."""
+    from reco.artifacts.bundle import BundleError, ModelBundle
     from reco.data.movielens import DataFileError
-    from reco.evaluation import evaluate_split, format_table, leave_one_out
-    from reco.models.bundle import BundleError, ModelBundle
-    from reco.training import TrainConfig, WarmStartError, interactions, train
+    from reco.offline.evaluation import evaluate_split, format_table, leave_one_out
+    from reco.offline.trainer import TrainConfig, WarmStartError, interactions, train
 
     try:
         events, cat = _load_events(data, lake, catalog, start, end)
@@ -89,9 +89,9 @@ def evaluate_cmd(
     which: str = typer.Option("test", help="'test' or 'valid'"),
 ) -> None:
     """Evaluate a model bundle on the leave-one-out split (full ranking) and print the table."""
+    from reco.artifacts.bundle import BundleError, ModelBundle
     from reco.data.movielens import DataFileError, load_movielens
-    from reco.evaluation import evaluate_split, format_table, leave_one_out
-    from reco.models.bundle import BundleError, ModelBundle
+    from reco.offline.evaluation import evaluate_split, format_table, leave_one_out
 
     if which not in ("test", "valid"):
         _fail("--which must be 'test' or 'valid'")

@@ -184,7 +184,7 @@ def estimate_policy_value(
 
 # --------------------------------------------------------------------------- ranking policies on logged slates
 
-#: Session items the served ranker sees (reco.recommend.MAX_SESSION).
+#: Session items the served ranker sees (reco.ranking.recommend.MAX_SESSION).
 MAX_SESSION = 50
 #: Event types that make up a session's history in serving (the store's session list).
 SESSION_EVENTS = ("view", "click")
@@ -331,7 +331,7 @@ def slate_policy_value(
     log says nothing about items never shown) by Plackett-Luce sampling over its `scores` with temperature
     `tau` (`tau = 0`: its greedy ranking). Its propensity of the logged item at slot j given the items
     logged above is `plackett_luce_propensities`, the same conditional the serving policies log
-    (`reco.bandits`: P(item at slot | items still unplaced)). The weight of slot j is the ratio of the two
+    (`reco.ranking.bandits`: P(item at slot | items still unplaced)). The weight of slot j is the ratio of the two
     policies' probabilities of the logged ranking down to slot j, ``W_j = prod_{l <= j} q_l / p_l`` (the
     reward at slot j depends on what is above it), so
 

@@ -1,6 +1,2 @@
-"""The session-aware ranker and its bundle (model + vocabulary + catalog). Importing this package
-does not import torch: `reco.models.ranker` does."""
-
-from reco.models.bundle import PAD, BundleError, ModelBundle, ScoreResult
-
-__all__ = ["PAD", "BundleError", "ModelBundle", "ScoreResult"]
+"""The session-aware ranker (`ranker`, torch) and its numpy serving twin (`scorer`). A leaf: no disk
+I/O, no catalogue, no import of another reco package. The bundle on disk is `reco.artifacts.bundle`."""

@@ -27,7 +27,11 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.special import expit
 
-from reco.models.bundle import ScoreResult
+
+@dataclass
+class ScoreResult:
+    scores: np.ndarray  # (n_candidates,) logits, higher = better
+    attention: np.ndarray  # (len(session used),) aligned with the last max_session_len session items given
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ WEIGHTS_ARTIFACT = "online/weights.pt"
 
 def checkpoint_to_mlflow(client: Any, name: str, arm: str, blob: bytes, meta: dict[str, Any]) -> str:
     """Log one snapshot (weights bytes + meta) as a run; returns the run id."""
-    from reco.registry import ensure_experiment
+    from reco.artifacts.registry import ensure_experiment
 
     exp_id = ensure_experiment(client, ONLINE_EXPERIMENT)
     tags = {
@@ -90,7 +90,7 @@ class MlflowCheckpointer:
 
     def __call__(self, arm: str, blob: bytes, meta: dict[str, Any]) -> None:
         if self._client is None:
-            from reco.registry import client_for
+            from reco.artifacts.registry import client_for
 
             self._client = client_for(self.tracking_uri)
         checkpoint_to_mlflow(self._client, self.name, arm, blob, meta)
@@ -112,7 +112,7 @@ class RegistryBases:
         self._client: Any = None
 
     def __call__(self, arm: str, current_version: str) -> Any:
-        from reco import registry
+        from reco.artifacts import registry
 
         if self._client is None:
             self._client = registry.client_for(self.tracking_uri)

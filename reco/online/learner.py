@@ -35,7 +35,7 @@ from reco.online.examples import encode
 from reco.online.history import HistoryTracker
 from reco.online.join import Labelled, RewardJoiner
 from reco.online.model import ArmModel, state_from_bytes, state_to_bytes
-from reco.store import StoreUnavailable
+from reco.state.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ Rebase = Callable[[str, str], "ArmLearner | None"]
 
 
 def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> dict[str, Any] | None:
-    """A stream entry (`e` = Event JSON, see reco.store) -> a flat dict with `ts` as epoch seconds.
+    """A stream entry (`e` = Event JSON, see reco.state.store) -> a flat dict with `ts` as epoch seconds.
 
     >>> decode_entry("1-0", {b"e": b'{"event_id": "x", "ts": "2026-01-01T00:00:00Z", "event_type": "view",'
     ...                             b' "user_id": "u", "item_id": "i"}'})["ts"]
@@ -88,7 +88,7 @@ class LearnerStats:
 class OnlineLearner:
     """Consumes the event stream and keeps the online weights of `arms` (arm -> ArmLearner).
 
-    `store` is a `reco.store.RedisStore`. `checkpoint(arm, blob, meta)` (optional, e.g. the MLflow
+    `store` is a `reco.state.store.RedisStore`. `checkpoint(arm, blob, meta)` (optional, e.g. the MLflow
     hand-off) is called with the last good snapshot at most every `checkpoint_every_s` seconds of wall time.
     """
 

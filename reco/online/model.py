@@ -116,7 +116,7 @@ def logits_numpy(model: ArmModel, ex: Examples, module: nn.Module | None = None,
 
 
 def from_bundle(bundle: Any, base_version: str | None = None) -> ArmModel:
-    """Adapt a `reco.models.bundle.ModelBundle` whose model is a `SessionAwareRanker`.
+    """Adapt a `reco.artifacts.bundle.ModelBundle` whose model is a `SessionAwareRanker`.
 
     The ranker scores (session, candidates) -> logits (B, C); online learning scores one candidate per
     example (C = 1) with the request's page type and device. Its encoder needs at least one session item

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
     from mlflow import MlflowClient
-    from reco.models.bundle import ModelBundle
+    from reco.artifacts.bundle import ModelBundle
 
 CHAMPION = "champion"
 ARTIFACT_PATH = "model"
@@ -166,7 +166,7 @@ class RankerPyfunc(mlflow.pyfunc.PythonModel):
     """pyfunc face of a bundle: one row per request (session items, candidates) -> candidate scores."""
 
     def load_context(self, context: Any) -> None:
-        from reco.models.bundle import ModelBundle
+        from reco.artifacts.bundle import ModelBundle
 
         self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT])
         self.scorer = self.bundle.frozen_scorer()  # the server's scorer: same scores, precomputed item tables
@@ -294,7 +294,7 @@ def load_bundle(
     """Download a version's bundle directory (by number or alias) and load it without unpickling."""
     import mlflow.artifacts
 
-    from reco.models.bundle import ModelBundle
+    from reco.artifacts.bundle import ModelBundle
 
     mv = get_version(client, name, ref)
     dst = Path(dst or tempfile.mkdtemp(prefix="reco-model-"))

@@ -20,7 +20,7 @@ def smoke_check(bundle: Any, n_candidates: int = SMOKE_CANDIDATES) -> str | None
 
     >>> import torch
     >>> from reco.data.catalog import ItemCatalog
-    >>> from reco.models.bundle import PAD, ModelBundle
+    >>> from reco.artifacts.bundle import PAD, ModelBundle
     >>> from reco.models.ranker import RankerConfig, SessionAwareRanker
     >>> _ = torch.manual_seed(0)
     >>> cat = ItemCatalog.from_records([{"item_id": str(i), "title": "t", "genres": ["Comedy"]} for i in range(1, 9)])

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reco.state.processes import pid_alive, proc_start_time
+
 LOOPBACK = "127.0.0.1"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 AIRFLOW_ADMIN = "admin"
@@ -85,33 +87,6 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return e.code < 500
     except (OSError, ValueError):
         return False
-
-
-def _proc_start_time(pid: int) -> int | None:
-    """Start time of `pid` in clock ticks since boot (field 22 of /proc/pid/stat); None when unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie is as good as gone
-        return None
-    return int(fields[19])
-
-
-def pid_alive(pid: int, start_time: int | None = None) -> bool:
-    """True when `pid` runs and (if given) is still the process that started at `start_time`."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    actual = _proc_start_time(pid)
-    if actual is None:
-        return not Path("/proc").is_dir()  # no /proc: trust kill(0)
-    return start_time is None or actual == start_time
 
 
 def tail(path: Path, n_chars: int = 3000) -> str:
@@ -288,7 +263,7 @@ class LocalStack:
         self._started.append(service.name)
         meta = {
             "pid": proc.pid,
-            "start_time": _proc_start_time(proc.pid),
+            "start_time": proc_start_time(proc.pid),
             "argv": list(service.argv),
             "port": service.port,
             "health_url": service.health_url,
@@ -710,7 +685,7 @@ class AirflowClient:
 def default_dags_folder() -> Path:
     """`<repo>/dags` of this checkout (the package is installed in editable mode), or RECO_DAGS_FOLDER."""
     explicit = os.environ.get("RECO_DAGS_FOLDER")
-    return Path(explicit) if explicit else Path(__file__).resolve().parents[1] / "dags"
+    return Path(explicit) if explicit else Path(__file__).resolve().parents[2] / "dags"
 
 
 # --------------------------------------------------------------------------- the long-running stack (`reco up`)
@@ -749,7 +724,7 @@ def learner_service(env: Mapping[str, str]) -> Service:
 
 def missing_arm_models(tracking_uri: str) -> list[str]:
     """Aliases of the configured experiment arms that have no model version yet."""
-    from reco import registry
+    from reco.artifacts import registry
     from reco.experiments.assignment import load_config
     from reco.settings import RecoSettings
 
@@ -807,7 +782,7 @@ def up(
     """Start (or find running) Redis, MLflow, Airflow (api-server, scheduler, dag-processor), the API and
     the learner, all on 127.0.0.1, and leave them running. On any failure what this call started is stopped.
     """
-    from reco.redis_server import start_embedded
+    from reco.state.embedded_redis import start_embedded
 
     home = home.resolve()
     dags = dags_folder or default_dags_folder()
@@ -874,7 +849,7 @@ def up(
 
 def down(home: Path) -> list[str]:
     """Stop every process of the local stack under `home` (and its embedded Redis); returns what was stopped."""
-    from reco.redis_server import stop_embedded
+    from reco.state.embedded_redis import stop_embedded
 
     stopped = LocalStack(home).stop_all(order=STOP_ORDER)
     if stop_embedded(home):

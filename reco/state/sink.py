@@ -19,7 +19,7 @@ from datetime import date
 from typing import Protocol
 
 from reco.data.events import Event
-from reco.store import RedisStore, StreamEntry
+from reco.state.store import RedisStore, StreamEntry
 
 __all__ = ["LakeWriter", "SinkStats", "drain_stream_to_lake"]
 

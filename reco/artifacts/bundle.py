@@ -19,14 +19,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from reco.data.catalog import ItemCatalog
-
-if TYPE_CHECKING:
-    from reco.models.scorer import FrozenScorer
+from reco.models.scorer import FrozenScorer, ScoreResult
 
 PAD = "<pad>"
 _FILES = ("config.json", "weights.pt", "items.json", "catalog.parquet", "meta.json")
@@ -34,12 +32,6 @@ _FILES = ("config.json", "weights.pt", "items.json", "catalog.parquet", "meta.js
 
 class BundleError(ValueError):
     """A model bundle directory is missing, incomplete or corrupt."""
-
-
-@dataclass
-class ScoreResult:
-    scores: np.ndarray  # (n_candidates,) logits, higher = better
-    attention: np.ndarray  # (len(session used),) aligned with the last max_session_len session items given
 
 
 @dataclass
@@ -131,8 +123,6 @@ class ModelBundle:
 
     def frozen_scorer(self) -> FrozenScorer:
         """Serving's scorer for this bundle (`reco.models.scorer`); its weights must not change afterwards."""
-        from reco.models.scorer import FrozenScorer
-
         return FrozenScorer(self.model)
 
     def session_embedding(self, session_item_ids: Sequence[str]) -> np.ndarray:

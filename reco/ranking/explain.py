@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from reco.candidates import Source
+from reco.ranking.candidates import Source
 
 EXPLORATION_PREFIX = "Something new for you"
 

@@ -30,7 +30,7 @@ def move_alias(
 ) -> dict[str, Any]:
     """`action="promote"`: point `target_alias` at `source` (a version number or another alias);
     `action="rollback"`: point it back at its previous version. Returns the recorded move."""
-    from reco import registry
+    from reco.artifacts import registry
 
     check_alias(target_alias)
     if not reason.strip():

@@ -46,9 +46,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from reco.artifacts.bundle import PAD, ModelBundle
 from reco.data.catalog import ItemCatalog
-from reco.evaluation import chronological_order, evaluate_bundle
-from reco.models.bundle import PAD, ModelBundle
+from reco.offline.evaluation import chronological_order, evaluate_bundle
 
 if TYPE_CHECKING:
     import torch

@@ -100,9 +100,9 @@ def _drain_stream(
 ) -> dict[date, int]:
     """Drain the whole Redis event stream into the lake (at-least-once; the lake dedups by event_id),
     then report the interval's rows. Events of other days land too: they are simply early."""
-    from reco.redis_server import resolve_url
-    from reco.sink import drain_stream_to_lake
-    from reco.store import RedisStore, connect
+    from reco.state.embedded_redis import resolve_url
+    from reco.state.sink import drain_stream_to_lake
+    from reco.state.store import RedisStore, connect
 
     url, _server = resolve_url(redis_url, home)
     client = connect(url, socket_timeout=30.0)
@@ -203,8 +203,8 @@ def build_training_set(home: str, start: str, end: str, arm: str, validation: di
 def _split(events_path: str) -> tuple[Any, Any]:
     import pandas as pd
 
-    from reco.evaluation import leave_one_out
-    from reco.training import interactions
+    from reco.offline.evaluation import leave_one_out
+    from reco.offline.trainer import interactions
 
     # Impressions are not interest: neither training targets nor holdout items.
     events = interactions(pd.read_parquet(events_path)).reset_index(drop=True)
@@ -213,14 +213,14 @@ def _split(events_path: str) -> tuple[Any, Any]:
 
 def train_config(epochs: int, **overrides: Any) -> dict[str, Any]:
     """The training config as a JSON-able dict (it goes into the fingerprint and the lineage tags)."""
-    from reco.training import TrainConfig
+    from reco.offline.trainer import TrainConfig
 
     return asdict(TrainConfig(epochs=int(epochs), **overrides))
 
 
 def parent_ref(tracking_uri: str, model_name: str, arm: str) -> str | None:
     """Warm-start parent version: the arm's current version, else the champion, else None (cold start)."""
-    from reco import registry
+    from reco.artifacts import registry
 
     client = registry.client_for(tracking_uri)
     registry.ensure_registered_model(client, model_name)
@@ -237,7 +237,7 @@ def online_parent(tracking_uri: str, model_name: str, arm: str, parent: str | No
     different registry version (possibly another architecture or vocabulary)."""
     if parent is None:
         return None
-    from reco import registry
+    from reco.artifacts import registry
     from reco.online.handoff import latest_online_run
 
     found = latest_online_run(registry.client_for(tracking_uri), model_name, arm, base_version=parent)
@@ -247,7 +247,7 @@ def online_parent(tracking_uri: str, model_name: str, arm: str, parent: str | No
 def _warm_init(client: Any, model_name: str, parent: str | None, online_run: str | None) -> tuple[Any, str]:
     """The bundle to warm-start from and a note saying what it is: the parent version with the online
     snapshot's weights when there is one (loaded with `weights_only=True`), else the parent as registered."""
-    from reco import registry
+    from reco.artifacts import registry
 
     if parent is None:
         return None, "cold"
@@ -279,10 +279,10 @@ def train(
 
     Returns `existing_version` (and trains nothing) when this exact job was registered before.
     """
-    from reco import registry
+    from reco.artifacts import registry
     from reco.data.catalog import ItemCatalog
-    from reco.training import TrainConfig, WarmStartError
-    from reco.training import train as fit
+    from reco.offline.trainer import TrainConfig, WarmStartError
+    from reco.offline.trainer import train as fit
 
     cfg = train_config(epochs, **(config or {}))
     parent = parent_ref(tracking_uri, model_name, arm)
@@ -321,7 +321,7 @@ def train(
 def _rerun_of(client: Any, model_name: str, parent: str | None, fp_args: tuple[str, dict[str, Any]]) -> Any:
     """The parent itself when it was trained on this same snapshot + config (a rerun of the interval
     after its version was promoted: the arm now points at it, so the parent differs from the first run's)."""
-    from reco import registry
+    from reco.artifacts import registry
 
     if parent is None:
         return None
@@ -359,9 +359,9 @@ def evaluate(
     MLflow run metrics and `metric.offpolicy_*` version tags)."""
     if candidate.get("existing_version"):
         return {"skipped": True}
-    from reco import registry
-    from reco.evaluation import evaluate_split
-    from reco.models.bundle import ModelBundle
+    from reco.artifacts import registry
+    from reco.artifacts.bundle import ModelBundle
+    from reco.offline.evaluation import evaluate_split
 
     _, split = _split(training_set["events"])
     cand_bundle = ModelBundle.load(candidate["candidate_dir"])
@@ -482,10 +482,10 @@ def gate(
 
 
 def _smoke(bundle_dir: str) -> str | None:
-    """Load the saved bundle and score one batch (`reco.models.smoke`, the check the API's model manager
+    """Load the saved bundle and score one batch (`reco.artifacts.smoke`, the check the API's model manager
     also runs); a problem -> its description."""
-    from reco.models.bundle import ModelBundle
-    from reco.models.smoke import smoke_check
+    from reco.artifacts.bundle import ModelBundle
+    from reco.artifacts.smoke import smoke_check
 
     try:
         bundle = ModelBundle.load(bundle_dir)
@@ -509,8 +509,8 @@ def register(
 ) -> dict[str, Any]:
     """Register the candidate (a rejected one too, tagged `rejected=<reason>`), with lineage tags and
     the validation results + evaluation logged to the version's MLflow run."""
-    from reco import registry
-    from reco.models.bundle import ModelBundle
+    from reco.artifacts import registry
+    from reco.artifacts.bundle import ModelBundle
 
     if candidate.get("existing_version"):
         return {"version": candidate["existing_version"], "rejected": None, "created": False}
@@ -553,7 +553,7 @@ def promote_candidate(
 ) -> dict[str, Any]:
     """Point `arm-<arm>` at the new version (and `champion` when there is none). A rejected version
     is never aliased; an alias already at the version is left alone (reruns)."""
-    from reco import registry
+    from reco.artifacts import registry
 
     client = registry.client_for(tracking_uri)
     version = registry.get_version(client, model_name, registered["version"])

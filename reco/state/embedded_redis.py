@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from reco.local_stack import pid_alive
+from reco.state.processes import pid_alive
 
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "redis_executable", "resolve_url", "start_embedded", "stop_embedded"]
 

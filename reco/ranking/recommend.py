@@ -26,7 +26,9 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from reco.candidates import (
+from reco.data.catalog import UNKNOWN_CATEGORY
+from reco.data.events import Event, EventType, PageType
+from reco.ranking.candidates import (
     SOURCES,
     CandidateConfig,
     CandidateResult,
@@ -37,11 +39,9 @@ from reco.candidates import (
     SourceFn,
     gather,
 )
-from reco.data.catalog import UNKNOWN_CATEGORY
-from reco.data.events import Event, EventType, PageType
-from reco.explain import anchors_by_attention, reason
-from reco.rules import RuleConfig, excluded_items, rule_positions
-from reco.store import ImpressionRecord
+from reco.ranking.explain import anchors_by_attention, reason
+from reco.ranking.rules import RuleConfig, excluded_items, rule_positions
+from reco.state.store import ImpressionRecord
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class ArmPolicies:
         self._ts: dict[str, Any] = {}
 
     def explorer(self, assignment: Any, thompson: Mapping[str, tuple[float, float]]) -> Explorer:
-        from reco.bandits import EpsilonGreedy, ThompsonSampling
+        from reco.ranking.bandits import EpsilonGreedy, ThompsonSampling
 
         cfg, arm = assignment.exploration, assignment.arm
         if cfg.strategy == "epsilon_greedy" and cfg.rate > 0:
@@ -207,7 +207,7 @@ class ServedModel:
     (a new object put in place by the model manager) never changes the model under a running request.
     """
 
-    bundle: Any  # reco.models.bundle.ModelBundle
+    bundle: Any  # reco.artifacts.bundle.ModelBundle
     version: str
     index: EmbeddingIndex
     scorer: Any  # reco.models.scorer.FrozenScorer of `bundle`
@@ -299,7 +299,7 @@ class PipelineConfig:
     rules: RuleConfig = field(default_factory=RuleConfig)
     features_timeout_s: float = 0.05
     # True: read the features on the request thread (no thread hop; the store's own socket timeout must
-    # then be the budget: `reco.store.connect(url, socket_timeout=features_timeout_s)`).
+    # then be the budget: `reco.state.store.connect(url, socket_timeout=features_timeout_s)`).
     features_inline: bool = False
     # The trending list is the same for every request: it is read (in the features round trip) at most
     # once per this many seconds per process, not parsed anew for every request. 0 = every request.

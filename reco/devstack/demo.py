@@ -33,7 +33,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from reco.local_stack import (
+from reco.devstack.local_stack import (
     AirflowHome,
     LocalStack,
     StackError,
@@ -230,7 +230,7 @@ def run_demo(home: Path, scale: DemoScale, *, console: Any | None = None) -> Dem
 @contextmanager
 def _redis(settings: Any, home: Path) -> Iterator[str]:
     """RECO_REDIS_URL, else the embedded server of `home` (stopped afterwards only if started here)."""
-    from reco.redis_server import EmbeddedRedisError, start_embedded
+    from reco.state.embedded_redis import EmbeddedRedisError, start_embedded
 
     if settings.redis_url:
         yield settings.redis_url
@@ -338,7 +338,7 @@ def _dags_test(
 
 
 def _arm_versions(tracking_uri: str, model_name: str) -> dict[str, str | None]:
-    from reco import registry
+    from reco.artifacts import registry
 
     client = registry.client_for(tracking_uri)
     out = {}
@@ -380,8 +380,8 @@ def _clear_window(settings: Any, first_day: date, last_day: date) -> None:
 def _drain(settings: Any, redis_url: str) -> int:
     """Move the event stream into the lake (the sink: at-least-once, deduplicated by event_id)."""
     from reco.data.lake import EventLake
-    from reco.sink import drain_stream_to_lake
-    from reco.store import RedisStore, connect
+    from reco.state.sink import drain_stream_to_lake
+    from reco.state.store import RedisStore, connect
 
     store = RedisStore(connect(redis_url), prefix=settings.redis_prefix)
     return drain_stream_to_lake(store, EventLake(settings.lake_dir)).appended

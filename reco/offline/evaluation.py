@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from reco.models.bundle import ModelBundle
+    from reco.artifacts.bundle import ModelBundle
 
 KS = (10, 20)
 

@@ -1,0 +1,2 @@
+"""The request pipeline: candidates -> rank -> rules -> exploration (bandits) -> explanations;
+`recommend` wires the steps and takes its side effects as Protocols."""
