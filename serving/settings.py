@@ -1,14 +1,16 @@
 """API server settings: `RecoSettings` (Redis, MLflow, experiments; `RECO_*` environment) plus HTTP,
 security and model-manager knobs. Every field can be set from the environment, e.g.
-`RECO_API_KEYS='["k1","k2"]'`, `RECO_PORT=8000`, `RECO_MODEL_POLL_S=10`."""
+`RECO_API_KEYS=k1,k2` (or JSON, `'["k1","k2"]'`), `RECO_PORT=8000`, `RECO_MODEL_POLL_S=10`."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
+from pydantic_settings import NoDecode
 
-from reco.settings import RecoSettings
+from reco.settings import CommaList, RecoSettings, split_list
 
 #: Largest accepted `POST /v1/events` batch (documented in docs/api.md).
 MAX_EVENTS_PER_BATCH = 1000
@@ -18,11 +20,11 @@ class Settings(RecoSettings):
     host: str = Field("127.0.0.1", description="bind address of `reco serve`")
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes (shared state lives in Redis)")
-    api_keys: list[SecretStr] = Field(
-        default_factory=list, description="keys accepted in X-API-Key for /v1/events and admin routes"
+    api_keys: Annotated[list[SecretStr], NoDecode, BeforeValidator(split_list)] = Field(
+        default_factory=list, description="keys accepted in X-API-Key for /v1/events and admin routes (a,b,c)"
     )
     require_api_key: bool = Field(True, description="False only for the local demo")
-    cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins; empty = CORS closed")
+    cors_origins: CommaList = Field(default_factory=list, description="allowed CORS origins (a,b); empty = CORS closed")
     max_events_per_batch: int = Field(MAX_EVENTS_PER_BATCH, ge=1, le=100_000)
     max_body_bytes: int = Field(2_000_000, ge=1024, description="requests with a larger body get 413")
     model_poll_s: float = Field(30.0, gt=0, description="how often the registry and weight snapshots are checked")

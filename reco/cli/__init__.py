@@ -15,3 +15,15 @@ COMMAND_MODULES = ("data", "serve", "ab", "demo", "learn", "train")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"reco.cli.{_name}").register(app)
+
+
+def main() -> None:
+    """Console entry point (`reco`): a bad setting stops the command with one line naming the variable and
+    the expected form, exit status 2, never a traceback."""
+    from reco.settings import SettingsInvalid
+
+    try:
+        app()
+    except SettingsInvalid as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
