@@ -110,9 +110,9 @@ def test_log_impressions_rejects_other_types(store: RedisStore) -> None:
 @contextlib.contextmanager
 def round_trips(client: redis.Redis):
     """Count round trips on the real client: each direct command by name, each pipeline (redis-py's or the
-    store's own `_round_trip`) as "pipeline"."""
+    store's own `round_trip`) as "pipeline"."""
     calls: list[str] = []
-    pipeline, execute_command, round_trip = client.pipeline, client.execute_command, reco.state.store._round_trip
+    pipeline, execute_command, round_trip = client.pipeline, client.execute_command, reco.state.store.round_trip
 
     def counting_pipeline(*args, **kwargs):
         calls.append("pipeline")
@@ -127,12 +127,12 @@ def round_trips(client: redis.Redis):
         return execute_command(*args, **kwargs)
 
     client.pipeline, client.execute_command = counting_pipeline, counting_command
-    reco.state.store._round_trip = counting_round_trip
+    reco.state.store.round_trip = counting_round_trip
     try:
         yield calls
     finally:
         client.pipeline, client.execute_command = pipeline, execute_command
-        reco.state.store._round_trip = round_trip
+        reco.state.store.round_trip = round_trip
 
 
 def test_request_context_reads_everything_in_one_round_trip(store: RedisStore) -> None:

@@ -19,13 +19,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-#: Default lifetime of a request-context record (seconds of wall time). Must exceed the reward window
-#: (in wall time) plus the learner's lag.
-REQUEST_CONTEXT_TTL_S = 6 * 3600
-
-
-def request_context_key(prefix: str, request_id: str) -> str:
-    return f"{prefix}:reqctx:{request_id}"
+from reco.state.keys import REQUEST_CONTEXT_TTL_S, request_context_key
 
 
 def paused_key(prefix: str, arm: str) -> str:
