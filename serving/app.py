@@ -133,7 +133,7 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
     if metrics.multiprocess:
         closers.append(metrics.process_exited)
     store, reads = _open_store(settings, closers)
-    policies = ArmPolicies(seed=settings.exploration_seed)
+    policies = ArmPolicies(seed=settings.exploration_seed, max_per_category=settings.max_per_category)
     source = model_source or RegistrySource(settings.tracking_uri, settings.registered_model)
     manager = ModelManager(
         arms,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -98,21 +99,26 @@ def _scored() -> list[ScoredItem]:
 STATS = {"drama": (2.0, 30.0), "comedy": (20.0, 20.0), "horror": (1.0, 3.0)}
 
 
-def test_thompson_propensity_estimate_matches_simulation() -> None:
-    ts = ThompsonSampling(weight=0.6, n_propensity_samples=200, seed=5)
-    n_draws = 3000
-    freq: Counter = Counter()
-    reported: dict = {}
+def test_thompson_propensities_are_the_selection_probabilities() -> None:
+    """Horvitz-Thompson identity: with S the served slate and P(S | Z) the product of its logged conditionals,
+    E[1{S = s} / P(S | Z)] = 1 for every slate s the policy can serve, exactly when the logged numbers are
+    the probabilities the slate was drawn with (a marginal, or a conditional of another draw, fails it)."""
+    ts = ThompsonSampling(weight=0.6, n_propensity_samples=50, uniform_mix=0.2, seed=5)
+    n_draws = 8_000
+    inv: dict = {}
     for _ in range(n_draws):
-        for slot, s in enumerate(ts.select(_scored(), 3, STATS)):
-            freq[(slot, s.item.item_id)] += 1
-            reported.setdefault((slot, s.item.item_id), []).append(s.propensity)
-    assert len(freq) > 6  # the policy really varies
-    for key, count in freq.items():
-        empirical = count / n_draws
-        estimate = sum(reported[key]) / len(reported[key])
-        # the estimate is for the whole-ranking marginal of (slot, item); +1/(K+1) floor bias at most
-        assert abs(estimate - empirical) < 0.04 + 4 * math.sqrt(empirical * (1 - empirical) / n_draws), key
+        sel = ts.select(_scored(), 2, STATS)
+        key = tuple(s.item.item_id for s in sel)
+        inv[key] = inv.get(key, 0.0) + 1.0 / math.prod(s.propensity for s in sel)
+        inv.setdefault(("sq", key), 0.0)
+        inv[("sq", key)] += 1.0 / math.prod(s.propensity for s in sel) ** 2
+    heads = {"drama": ["i0", "i2"], "comedy": ["i1", "i4"], "horror": ["i3", "i5"]}
+    feasible = {(heads[a][0], heads[b][int(a == b)]) for a in heads for b in heads}
+    assert {k for k in inv if k[0] != "sq"} == feasible  # only category heads, every one of them
+    for key in feasible:
+        mean = inv[key] / n_draws
+        se = math.sqrt(max(inv[("sq", key)] / n_draws - mean**2, 1e-12) / n_draws)
+        assert abs(mean - 1.0) < 4 * se + 0.01, (key, mean, se)
 
 
 def test_thompson_prefers_categories_with_better_evidence() -> None:
@@ -158,30 +164,98 @@ def test_selections_are_valid_for_any_input(scores: list[float], n: int, eps: fl
         assert all(0.0 < s.propensity <= 1.0 for s in sel)
 
 
-@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
-def test_thompson_ranks_only_each_categorys_head_and_serves_the_slates_of_ranking_everything(weight: float) -> None:
-    """`select` ranks each category's first n items only; with the same draws, ranking every item must
-    give the same slate and propensities (scores with ties, rule-reordered input, every weight)."""
-    import numpy as np
+def _cap_held(page: list, candidates: list, cap: int) -> bool:
+    """The page holds at most `cap` items of a category, except where every item still unplaced at that
+    slot was in a full category (then the page is filled as the rules fill it)."""
+    counts: Counter = Counter()
+    left = Counter(it.category for it in candidates)
+    for it in page:
+        if counts[it.category] >= cap and any(counts[c] < cap for c, n in left.items() if n > 0):
+            return False
+        counts[it.category] += 1
+        left[it.category] -= 1
+    return True
 
-    from reco.ranking.bandits import _top_n
 
-    rng = np.random.default_rng(7)
-    for trial in range(40):
-        size, n = int(rng.integers(1, 60)), int(rng.integers(1, 25))
+@settings(max_examples=40, deadline=None)
+@given(
+    cats=st.lists(st.integers(0, 4), min_size=1, max_size=30),
+    n=st.integers(1, 25),
+    cap=st.integers(1, 4),
+    rate=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_served_pages_respect_the_cap_after_exploration(cats: list[int], n: int, cap: int, rate: float, seed: int):
+    """Random candidate lists (scores with ties, few or many categories) and exploration rates: both
+    policies' pages keep the cap wherever the candidates allow it, and the logged propensities are what
+    `slate_propensities` recomputes for the served slate (epsilon-greedy)."""
+    import random as _random
+
+    r = _random.Random(seed)
+    items = [ScoredItem(f"i{k}", float(r.randint(0, 5)), f"c{c}") for k, c in enumerate(cats)]
+    items.sort(key=lambda it: -it.score)
+    stats = {f"c{c}": (float(r.randint(0, 9)), float(r.randint(0, 30))) for c in range(5)}
+    eps = EpsilonGreedy(epsilon=rate, protected_top=r.randint(0, 2), max_per_category=cap, seed=seed)
+    ts = ThompsonSampling(weight=rate, n_propensity_samples=20, max_per_category=cap, seed=seed)
+    for sel in (eps.select(items, n), ts.select(items, n, stats)):
+        page = [s.item for s in sel]
+        assert len(page) == min(n, len(items)) and len(set(page)) == len(page)
+        assert _cap_held(page, items, cap), ([it.category for it in page], cap)
+        assert all(0.0 < s.propensity <= 1.0 for s in sel)
+    sel = eps.select(items, n)
+    positions = [items.index(s.item) for s in sel]
+    assert eps.slate_propensities(items, positions).tolist() == [s.propensity for s in sel]
+    room = sum(min(k, cap) for k in Counter(it.category for it in items).values())
+    if room >= min(n, len(items)):  # enough diversity: the cap holds outright
+        for sel in (eps.select(items, n), ts.select(items, n, stats)):
+            assert max(Counter(s.item.category for s in sel).values()) <= cap
+
+
+def test_capped_epsilon_greedy_propensities_are_exact_by_enumeration_and_simulation() -> None:
+    """Every slate of 3 out of 6 candidates: the product of `slate_propensities` sums to 1 over all slates,
+    is 0 exactly for the slates that break the cap, and matches the served slates' frequencies."""
+    import itertools
+
+    items = [ScoredItem(i, 1.0 - k / 10, c) for k, (i, c) in enumerate(zip("abcdef", "xxxyyz", strict=True))]
+    policy = EpsilonGreedy(epsilon=0.4, decay=1.0, protected_top=0, max_per_category=1, seed=11)
+    prob = {s: float(np.prod(policy.slate_propensities(items, s))) for s in itertools.permutations(range(6), 3)}
+    assert sum(prob.values()) == pytest.approx(1.0, abs=1e-12)
+    for s, p in prob.items():
+        assert (p > 0) == (len({items[i].category for i in s}) == 3), s
+    n_draws = 20_000
+    freq = Counter(tuple(items.index(x.item) for x in policy.select(items, 3)) for _ in range(n_draws))
+    for s, p in prob.items():
+        assert abs(freq[s] / n_draws - p) < 4 * math.sqrt(p * (1 - p) / n_draws) + 1e-9, (s, freq[s], p)
+
+
+def test_thompson_slot_distribution_equals_ranking_every_item() -> None:
+    """Only category heads can win a slot: with the same draws, ranking every remaining item (no head
+    shortcut) gives the distribution whose value `select` logs for its first slot."""
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        size = int(rng.integers(2, 40))
         items = [ScoredItem(str(i), float(s), f"c{c}") for i, (s, c) in
                  enumerate(zip(rng.integers(0, 6, size), rng.integers(0, 4, size), strict=True))]  # fmt: skip
         stats = {f"c{c}": (float(rng.integers(0, 20)), float(rng.integers(0, 80))) for c in range(4)}
-        policy = ThompsonSampling(weight=weight, n_propensity_samples=30, seed=trial)
-        got = policy.select(items, n, stats)
-        # The reference: the same draws (same seed, same order of categories), every item ranked.
+        policy = ThompsonSampling(weight=0.5, n_propensity_samples=40, uniform_mix=0.1, seed=trial)
+        first = policy.select(items, 1, stats)[0]
         scores = np.array([it.score for it in items])
         lo, hi = scores.min(), scores.max()
         norm = (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
         cats = sorted({it.category for it in items})
         item_cat = np.array([cats.index(it.category) for it in items])
         params = np.array([policy.posterior(stats.get(c)) for c in cats])
-        theta = np.random.default_rng(trial).beta(params[:, 0], params[:, 1], size=(31, len(cats)))
-        top = _top_n((1 - weight) * norm[None, :] + weight * theta[:, item_cat], min(n, size))
-        assert [s.item.item_id for s in got] == [items[i].item_id for i in top[0]]
-        assert [s.propensity for s in got] == pytest.approx(list((top == top[0][None, :]).mean(axis=0)))
+        theta = np.random.default_rng(trial).beta(params[:, 0], params[:, 1], size=(40, len(cats)))
+        vals = 0.5 * norm[None, :] + 0.5 * theta[:, item_cat]
+        winners = np.argmax(vals, axis=1)  # ties: lower position, as `select`
+        heads = {min(np.flatnonzero(item_cat == c), key=lambda i: (-norm[i], i)) for c in range(len(cats))}
+        assert set(winners.tolist()) <= heads
+        i = items.index(first.item)
+        assert first.propensity == pytest.approx(0.9 * np.mean(winners == i) + 0.1 / len(heads))
+
+
+def test_cap_parameter_is_checked() -> None:
+    with pytest.raises(ValueError, match="max_per_category"):
+        EpsilonGreedy(max_per_category=0)
+    with pytest.raises(ValueError, match="uniform_mix"):
+        ThompsonSampling(uniform_mix=1.5)

@@ -1,9 +1,34 @@
-"""Exploration policies over a ranked list: epsilon-greedy and Thompson sampling.
+"""Exploration policies over a ranked list: epsilon-greedy and Thompson sampling, with a category cap.
 
-Both return, for every served slot, the item, whether it was an exploration pick, and the propensity:
-the probability with which the policy put that item at that slot given the items still unplaced. The
-propensity is exact for `EpsilonGreedy` and a documented Monte-Carlo estimate for `ThompsonSampling`;
-off-policy estimators and the A/B report read it from the impression log.
+**One propensity definition** for both policies (and for the off-policy estimators of
+`reco.experiments.offpolicy`): the propensity logged for slot k is the exact probability with which the
+policy put that item at slot k *given the items it placed in slots 0..k-1* (and the request's candidate
+list and the policy's state for the request). The product of a slate's logged propensities is then the
+probability of the slate, which is what the slate estimators' prefix weights need. Each policy samples each
+slot from the very distribution whose value it logs, so the logged number is exact by construction:
+
+* `EpsilonGreedy`: the distribution is closed-form (below).
+* `ThompsonSampling`: K posterior draws per request fix the policy's state Z; each slot is sampled from
+  the Monte-Carlo probability-matching distribution over the eligible items under Z, mixed with a
+  uniform share. Given Z that distribution is known exactly, so the logged value is exactly P(item at
+  slot | slots above, Z); Z is independent of rewards, so IPS over P(. | Z) is unbiased (the uniform share
+  keeps every eligible item possible under every Z). Marginalised over Z, the pick is Thompson sampling's
+  probability matching (up to the uniform share).
+
+**The category cap** (`max_per_category`) is part of both policies: at each slot only items whose category
+has fewer than `max_per_category` items on the page so far are eligible (when none is left, every remaining
+item is: a small or one-genre list still fills the page, as the rules do). Exploration happens among
+eligible items only, so the served page respects the cap *after* exploration and the propensities, computed
+over the same eligible sets, stay exact. The list given to `select` is the rule-ordered list
+(`reco.ranking.rules`), whose first `n` items already respect the cap: the greedy choice is unchanged.
+
+API (callers: `reco.ranking.recommend.ArmPolicies`, the simulations and off-policy tests):
+
+* ``EpsilonGreedy(...).select(ranked_items, n) -> list[Selection]``;
+  ``.slate_propensities(ranked_items, positions) -> np.ndarray`` (the conditionals of any given slate);
+* ``ThompsonSampling(...).select(ranked_items, n, stats) -> list[Selection]``;
+* items need a ``category`` attribute (or the sequence a ``categories`` column) when a cap is set, and for
+  Thompson sampling a ``score``.
 
 The classes follow River's shape: constructor parameters are stored unchanged, learned state is private,
 and `seed` feeds the instance's own random generator (never the global one).
@@ -12,8 +37,8 @@ and `seed` feeds the instance's own random generator (never the global one).
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
-from typing import Generic, NamedTuple, TypeVar
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -23,7 +48,7 @@ T = TypeVar("T")
 
 
 class Selection(NamedTuple, Generic[T]):
-    """One served slot: the item, whether exploration put it there, and P(item at this slot | policy).
+    """One served slot: the item, whether exploration put it there, and P(item at this slot | slots above).
     (A tuple: one is built per served slot on the request path, several times cheaper than a dataclass.)"""
 
     item: T
@@ -40,17 +65,60 @@ class ScoredItem(NamedTuple):
     category: str
 
 
+def _check_cap(max_per_category: int | None) -> None:
+    if max_per_category is not None and max_per_category < 1:
+        raise ValueError(f"max_per_category must be >= 1 or None, got {max_per_category}")
+
+
+def category_codes(ranked_items: Sequence[Any]) -> np.ndarray:
+    """Integer code of each item's category (first seen = 0): the sequence's `category_codes` or
+    `categories` column when it has one, else each item's `category`.
+
+    >>> category_codes([ScoredItem("a", 1.0, "x"), ScoredItem("b", 0.5, "y"), ScoredItem("c", 0.1, "x")]).tolist()
+    [0, 1, 0]
+    """
+    codes = getattr(ranked_items, "category_codes", None)
+    if codes is not None:
+        return np.asarray(codes, dtype=np.int64)
+    cats = getattr(ranked_items, "categories", None)
+    cats = [it.category for it in ranked_items] if cats is None else cats
+    index: dict[Hashable, int] = {}
+    return np.fromiter((index.setdefault(c, len(index)) for c in cats), dtype=np.int64, count=len(cats))
+
+
+class _Page:
+    """What is placed so far: remaining positions and per-category counts, and the eligible positions."""
+
+    def __init__(self, size: int, codes: np.ndarray | None, cap: int | None) -> None:
+        self.remaining = np.ones(size, dtype=bool)
+        self.codes, self.cap = codes, cap
+        self.counts = np.zeros(int(codes.max(initial=-1)) + 1 if codes is not None else 0, dtype=np.int64)
+
+    def eligible(self) -> np.ndarray:
+        """Remaining positions, ascending, whose category is under the cap (all remaining when none is)."""
+        if self.cap is None or self.codes is None:
+            return np.flatnonzero(self.remaining)
+        ok = self.remaining & (self.counts[self.codes] < self.cap)
+        return np.flatnonzero(ok if ok.any() else self.remaining)
+
+    def place(self, pos: int) -> None:
+        self.remaining[pos] = False
+        if self.codes is not None:
+            self.counts[self.codes[pos]] += 1
+
+
 class EpsilonGreedy:
     """Epsilon-greedy over a ranked list; epsilon decays per interaction, exploration skips the top slots.
 
-    For each slot k = 0, 1, ... (filling from the top), with R the items not yet placed, in ranked order:
+    For each slot k = 0, 1, ... (filling from the top), with E the eligible items (not yet placed, category
+    under the cap; `_Page.eligible`) in ranked order:
 
-    * k < protected_top: R[0] (the greedy choice), propensity 1, never exploration;
-    * otherwise, with probability 1 - eps: R[0], propensity 1 - eps; with probability eps: one of the
-      other remaining items R[1:] uniformly (the explore pool), propensity eps / len(R[1:]), exploration.
-      When R[1:] is empty the greedy item is the only option: propensity 1.
+    * k < protected_top: E[0] (the greedy choice), propensity 1, never exploration;
+    * otherwise, with probability 1 - eps: E[0], propensity 1 - eps; with probability eps: one of the
+      other eligible items E[1:] uniformly (the explore pool), propensity eps / len(E[1:]), exploration.
+      When E[1:] is empty the greedy item is the only option: propensity 1.
 
-    So P(item at slot k | policy, R) = (1 - eps)·[item is R[0]] + eps / |R[1:]|·[item in R[1:]], exact.
+    So P(item at slot k | slots above) = (1 - eps)·[item is E[0]] + eps / |E[1:]|·[item in E[1:]], exact.
     Epsilon is constant within one `select` call; it decays with `learn_one` (one call per observed
     interaction, not per request): eps_t = max(min_epsilon, epsilon · decay^t). API workers share the
     interaction count through Redis (`set_interactions`), so every worker decays alike.
@@ -61,6 +129,10 @@ class EpsilonGreedy:
     (['a', 'b'], [1.0, 1.0])
     >>> all(p.propensity in (0.5, 0.5 / 2, 0.5 / 1) for p in picks[2:])
     True
+    >>> capped = EpsilonGreedy(epsilon=1.0, protected_top=0, max_per_category=1, seed=0)
+    >>> page = capped.select([ScoredItem(i, 0.0, c) for i, c in zip("abcd", "xxyy")], 2)
+    >>> sorted(p.item.category for p in page)
+    ['x', 'y']
     >>> for _ in range(3):
     ...     policy.learn_one(clicked=False)
     >>> round(policy.current_epsilon, 6)
@@ -73,6 +145,7 @@ class EpsilonGreedy:
         decay: float = 0.999,
         min_epsilon: float = 0.01,
         protected_top: int = 3,
+        max_per_category: int | None = None,
         seed: int | None = None,
     ) -> None:
         if not 0.0 <= epsilon <= 1.0:
@@ -83,10 +156,12 @@ class EpsilonGreedy:
             raise ValueError(f"min_epsilon must be in [0, 1], got {min_epsilon}")
         if protected_top < 0:
             raise ValueError(f"protected_top must be >= 0, got {protected_top}")
+        _check_cap(max_per_category)
         self.epsilon = epsilon
         self.decay = decay
         self.min_epsilon = min_epsilon
         self.protected_top = protected_top
+        self.max_per_category = max_per_category
         self.seed = seed
         self._rng = random.Random(seed)
         self._n_interactions = 0
@@ -112,49 +187,86 @@ class EpsilonGreedy:
             raise ValueError(f"interaction count must be >= 0, got {n}")
         self._n_interactions = n
 
+    def _page(self, ranked_items: Sequence[Any]) -> _Page:
+        codes = category_codes(ranked_items) if self.max_per_category is not None else None
+        return _Page(len(ranked_items), codes, self.max_per_category)
+
+    def _options(self, slot: int, eligible: np.ndarray, eps: float) -> tuple[float, float]:
+        """(P(greedy item), P(each other eligible item)) at this slot."""
+        pool = len(eligible) - 1
+        if slot < self.protected_top or pool == 0 or eps == 0.0:
+            return 1.0, 0.0
+        return 1.0 - eps, eps / pool
+
     def select(self, ranked_items: Sequence[T], n: int) -> list[Selection[T]]:
         """Fill min(n, len(ranked_items)) slots from a best-first list."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         eps = self.current_epsilon
-        # Positions, not items: only the chosen items are read from `ranked_items` (a lazy sequence stays lazy).
-        remaining = list(range(len(ranked_items)))
+        page = self._page(ranked_items)
         out: list[Selection[T]] = []
-        for slot in range(min(n, len(remaining))):
-            pool = len(remaining) - 1
-            if slot < self.protected_top or pool == 0 or eps == 0.0:
-                out.append(Selection(ranked_items[remaining.pop(0)], False, 1.0))
-            elif self._rng.random() < eps:
-                pick = 1 + self._rng.randrange(pool)
-                out.append(Selection(ranked_items[remaining.pop(pick)], True, eps / pool))
+        # Positions, not items: only the chosen items are read from `ranked_items` (a lazy sequence stays lazy).
+        for slot in range(min(n, len(ranked_items))):
+            eligible = page.eligible()
+            greedy, other = self._options(slot, eligible, eps)
+            if other > 0.0 and self._rng.random() < eps:
+                pos, sel = int(eligible[1 + self._rng.randrange(len(eligible) - 1)]), (True, other)
             else:
-                out.append(Selection(ranked_items[remaining.pop(0)], False, 1.0 - eps))
+                pos, sel = int(eligible[0]), (False, greedy)
+            page.place(pos)
+            out.append(Selection(ranked_items[pos], *sel))
+        return out
+
+    def slate_propensities(self, ranked_items: Sequence[Any], positions: Sequence[int]) -> np.ndarray:
+        """P(positions[k] at slot k | positions[:k] above it) under the current epsilon, for any slate of
+        positions into `ranked_items` (0 where the policy could not have placed it): the target policy's
+        side of an off-policy estimate, and `select`'s propensities recomputed.
+
+        >>> EpsilonGreedy(epsilon=0.2, protected_top=0).slate_propensities("abc", [1, 0]).tolist()
+        [0.1, 0.8]
+        """
+        eps = self.current_epsilon
+        page = self._page(ranked_items)
+        out = np.zeros(len(positions))
+        for slot, pos in enumerate(positions):
+            eligible = page.eligible()
+            greedy, other = self._options(slot, eligible, eps)
+            if not page.remaining[pos] or pos not in eligible:
+                return out  # impossible here: this and every later slot has probability 0
+            out[slot] = greedy if pos == eligible[0] else other
+            page.place(int(pos))
         return out
 
 
 class ThompsonSampling:
-    """Thompson sampling over item categories, blended into the ranker's order.
+    """Thompson sampling over item categories, blended into the ranker's order, one slot at a time.
 
     Each category c has a Beta(prior_alpha + successes_c, prior_beta + failures_c) posterior of its
     click-through rate; the evidence comes from the store (`RedisStore.thompson_stats`), shared by all
-    workers. One `select` draws one theta_c per category and re-ranks by
+    workers. An item's blended value under a draw theta is
 
         (1 - weight) * score_norm + weight * theta_{category(item)}
 
     where score_norm is the ranker score min-max scaled to [0, 1] over the candidates (all 0 when the
-    scores are equal). An item is exploration when it lands above its greedy (score) rank.
+    scores are equal). Within a category every draw adds the same theta, so only each category's best
+    remaining item (by score, then position: its *head*) can win a slot.
 
-    Propensity (an estimate, documented): the policy's exact slot probabilities have no closed form, so
-    `select` also draws K = n_propensity_samples further theta vectors from the same posteriors and
-    re-ranks with each. The propensity of the item served at slot j is (1 + #re-samples that put the
-    same item at slot j) / (K + 1): the served draw is itself one sample of the policy, which keeps the
-    estimate in (0, 1] (never 0, so inverse-propensity weights stay finite; the floor is 1/(K + 1)). Its
-    standard error is at most 0.5 / sqrt(K + 1); raise K for sharper estimates at a cost linear in K.
+    One `select` draws K = n_propensity_samples theta vectors (the request's state Z). Slot by slot, with E
+    the heads of the categories still under the cap (`max_per_category`; all heads when none is):
+
+        P(e at slot | slots above, Z) = (1 - uniform_mix) * #draws in which e has the best blended value / K
+                                        + uniform_mix / |E|
+
+    and the slot is sampled from exactly that distribution, whose value is the logged propensity (exact, not
+    an estimate: see the module docstring). The uniform share keeps every head possible (propensity
+    >= uniform_mix / |E|), so importance weights stay bounded and any target policy that places category
+    heads is estimable; with weight 0 the policy is the greedy order with certainty. An item is exploration
+    when it lands above its greedy (score) rank. Cost: K x categories per slot.
 
     >>> ts = ThompsonSampling(weight=0.3, n_propensity_samples=50, seed=1)
     >>> items = [ScoredItem("a", 3.0, "drama"), ScoredItem("b", 2.0, "comedy"), ScoredItem("c", 1.0, "drama")]
     >>> picks = ts.select(items, 2, {"drama": (5.0, 50.0), "comedy": (40.0, 10.0)})
-    >>> len(picks), all(1 / 51 <= p.propensity <= 1.0 for p in picks)
+    >>> len(picks), all(0.05 / 2 <= p.propensity <= 1.0 for p in picks)
     (2, True)
     """
 
@@ -164,6 +276,8 @@ class ThompsonSampling:
         prior_beta: float = 1.0,
         weight: float = 0.2,
         n_propensity_samples: int = 100,
+        uniform_mix: float = 0.05,
+        max_per_category: int | None = None,
         seed: int | None = None,
     ) -> None:
         if prior_alpha <= 0 or prior_beta <= 0:
@@ -172,10 +286,15 @@ class ThompsonSampling:
             raise ValueError(f"weight must be in [0, 1], got {weight}")
         if n_propensity_samples < 1:
             raise ValueError(f"n_propensity_samples must be >= 1, got {n_propensity_samples}")
+        if not 0.0 <= uniform_mix <= 1.0:
+            raise ValueError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
+        _check_cap(max_per_category)
         self.prior_alpha = prior_alpha
         self.prior_beta = prior_beta
         self.weight = weight
         self.n_propensity_samples = n_propensity_samples
+        self.uniform_mix = uniform_mix
+        self.max_per_category = max_per_category
         self.seed = seed
         self._rng = np.random.default_rng(seed)
 
@@ -210,44 +329,62 @@ class ThompsonSampling:
         categories = [it.category for it in ranked_items] if categories is None else categories
         cats = sorted(set(categories))
         cat_index = {c: i for i, c in enumerate(cats)}
-        item_cat = np.asarray([cat_index[c] for c in categories])
+        item_cat = np.fromiter((cat_index[c] for c in categories), dtype=np.int64, count=len(categories))
         params = np.asarray([self.posterior(stats.get(c)) for c in cats])
-        # Row 0 is the served draw, rows 1..K the propensity re-samples.
-        theta = self._rng.beta(params[:, 0], params[:, 1], size=(self.n_propensity_samples + 1, len(cats)))
-        # Within a category every draw adds the same theta, so the category's order never changes: only its
-        # first n items (by score, then position: the tie rule of `_top_n`) can reach the top n of any draw.
-        # Ranking those alone gives the same slates at a fraction of the cost (a page of 20 from ~500).
-        within = -norm if self.weight < 1.0 else np.zeros_like(norm)
-        order = np.lexsort((np.arange(len(norm)), within, item_cat))
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = item_cat[order[1:]] != item_cat[order[:-1]]
-        start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
-        pool = np.sort(order[np.arange(len(order)) - start < n])  # ascending positions: ties keep their rule
-        adjusted = (1.0 - self.weight) * norm[pool][None, :] + self.weight * theta[:, item_cat[pool]]
-        top = pool[_top_n(adjusted, n)]
-        chosen = top[0]
-        propensity = (top == chosen[None, :]).mean(axis=0)
-        return [
-            Selection(ranked_items[i], bool(greedy_rank[i] > slot), float(propensity[slot]))
-            for slot, i in enumerate(chosen)
-        ]
+        theta = self._rng.beta(params[:, 0], params[:, 1], size=(self.n_propensity_samples, len(cats)))
+        heads = _Heads(norm, item_cat, len(cats), n, self.max_per_category)
+        mix = self.uniform_mix if self.weight > 0.0 else 0.0
+        out = []
+        for slot in range(n):
+            elig = heads.eligible()
+            probs = self._slot_distribution(heads, elig, theta, mix)
+            k = min(int(np.searchsorted(np.cumsum(probs), self._rng.random() * probs.sum(), side="right")),
+                    len(probs) - 1)  # fmt: skip
+            while probs[k] == 0.0:  # float edge of the cumulative sum: step back to a possible head
+                k -= 1
+            pos = heads.take(int(elig[k]))
+            out.append(Selection(ranked_items[pos], bool(greedy_rank[pos] > slot), float(probs[k])))
+        return out
+
+    def _slot_distribution(self, heads: _Heads, elig: np.ndarray, theta: np.ndarray, mix: float) -> np.ndarray:
+        """P(each eligible category's head at this slot | slots above, the draws), summing to 1."""
+        if len(elig) == 1:
+            return np.ones(1)
+        pos = heads.pos[elig]
+        vals = (1.0 - self.weight) * heads.norm[pos][None, :] + self.weight * theta[:, elig]
+        # Ties (weight 0, equal scores): the better-ranked position wins, as in the greedy order.
+        best = vals == vals.max(axis=1, keepdims=True)
+        winner = np.argmin(np.where(best, pos[None, :], np.iinfo(np.int64).max), axis=1)
+        counts = np.bincount(winner, minlength=len(elig)) / len(theta)
+        return (1.0 - mix) * counts + mix / len(elig)
 
 
-def _top_n(values: np.ndarray, n: int) -> np.ndarray:
-    """Column indices of the n largest values of each row, best first (ties: lower index first, at the
-    cut too: a stable sort, where an argpartition would pick among tied values arbitrarily).
+class _Heads:
+    """Each category's best remaining item (by normalised score, then position), the categories whose head
+    may fill the next slot under the cap, and taking a head (the category's next item becomes its head)."""
 
-    >>> _top_n(np.array([[1.0, 3.0, 3.0, 2.0, 3.0]]), 2).tolist()
-    [[1, 2]]
-    """
-    rows, width = values.shape
-    if n >= width:
-        return np.argsort(-values, axis=1, kind="stable")
-    cut = -np.partition(-values, n - 1, axis=1)[:, n - 1 : n]  # (rows, 1): each row's n-th largest value
-    above = values > cut
-    tied = values == cut
-    # Fill each row with every value above the cut, then the lowest-index values equal to it.
-    keep = above | (tied & (np.cumsum(tied, axis=1) <= n - above.sum(axis=1, keepdims=True)))
-    cols = np.nonzero(keep)[1].reshape(rows, n)  # ascending index within each row
-    order = np.argsort(-np.take_along_axis(values, cols, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(cols, order, axis=1)
+    def __init__(self, norm: np.ndarray, item_cat: np.ndarray, n_cats: int, n: int, cap: int | None) -> None:
+        self.norm = norm
+        # Per category, its items by (-score, position); only the first n can ever be placed.
+        order = np.lexsort((np.arange(len(norm)), -norm, item_cat))
+        bounds = np.searchsorted(item_cat[order], np.arange(n_cats + 1))
+        self.members = [order[bounds[c] : min(bounds[c + 1], bounds[c] + n)] for c in range(n_cats)]
+        self.next = np.zeros(n_cats, dtype=np.int64)
+        self.pos = np.array([m[0] if len(m) else -1 for m in self.members], dtype=np.int64)
+        self.counts = np.zeros(n_cats, dtype=np.int64)
+        self.cap = cap
+
+    def eligible(self) -> np.ndarray:
+        live = self.pos >= 0
+        if self.cap is None:
+            return np.flatnonzero(live)
+        ok = live & (self.counts < self.cap)
+        return np.flatnonzero(ok if ok.any() else live)
+
+    def take(self, c: int) -> int:
+        pos = int(self.pos[c])
+        self.counts[c] += 1
+        self.next[c] += 1
+        m = self.members[c]
+        self.pos[c] = m[self.next[c]] if self.next[c] < len(m) else -1
+        return pos

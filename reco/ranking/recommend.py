@@ -166,22 +166,23 @@ class ArmPolicies:
     'GreedyExplorer'
     """
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = None, max_per_category: int | None = None) -> None:
         self.seed = seed
+        self.max_per_category = max_per_category  # the rules' cap, kept by exploration too (bandits docstring)
         self._eps: dict[str, Any] = {}
         self._ts: dict[str, Any] = {}
 
     def explorer(self, assignment: Any, thompson: Mapping[str, tuple[float, float]]) -> Explorer:
         from reco.ranking.bandits import EpsilonGreedy, ThompsonSampling
 
-        cfg, arm = assignment.exploration, assignment.arm
+        cfg, arm, cap = assignment.exploration, assignment.arm, self.max_per_category
         if cfg.strategy == "epsilon_greedy" and cfg.rate > 0:
             if arm not in self._eps:
-                self._eps[arm] = EpsilonGreedy(epsilon=cfg.rate, seed=self.seed)
+                self._eps[arm] = EpsilonGreedy(epsilon=cfg.rate, max_per_category=cap, seed=self.seed)
             return self._eps[arm]
         if cfg.strategy == "thompson" and cfg.rate > 0:
             if arm not in self._ts:
-                self._ts[arm] = ThompsonSampling(weight=cfg.rate, seed=self.seed)
+                self._ts[arm] = ThompsonSampling(weight=cfg.rate, max_per_category=cap, seed=self.seed)
             return _WithStats(self._ts[arm], thompson)
         return GreedyExplorer()
 
