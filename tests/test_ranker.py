@@ -122,33 +122,6 @@ def _trained_like(bundle: ModelBundle) -> ModelBundle:
     return bundle
 
 
-@pytest.mark.parametrize(
-    "arch",
-    [{}, {"gru_layers": 1, "mlp_dims": (32,)}, {"gru_layers": 3, "mlp_dims": (32, 16, 8), "max_session_len": 5}],
-    ids=["default", "1-layer", "3-layer-short-window"],
-)
-@pytest.mark.parametrize(
-    "session",
-    [
-        ["i1", "i7", "i3"],
-        [],
-        ["i4", "unknown", "i2"],
-        [f"i{1 + k % N_ITEMS}" if k % 7 else "unknown" for k in range(80)],
-    ],
-    ids=["short", "cold", "with-unknown", "longer-than-the-encoder-reads"],
-)
-def test_frozen_scorer_gives_the_bundle_scores_on_rows(arch, session):
-    bundle = _trained_like(ModelBundle(_model(**arch), _bundle().item_ids, _bundle().catalog, {}))
-    cands = ["i2", "i3", "i5", "i9", "i30"]  # i2/i3 are in sessions: the "seen" feature matters
-    got = bundle.frozen_scorer().score(bundle.index_of(session), bundle.index_of(cands), "cart", "tablet")
-    want = bundle.score(session, cands, page_type="cart", device="tablet")
-    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5, rtol=1e-5)
-    assert got.attention.shape == (len(session),)  # aligned with every row given, 0 where not read
-    tail = len(want.attention)
-    np.testing.assert_allclose(got.attention[len(session) - tail :], want.attention, atol=1e-6)
-    assert np.all(got.attention[: len(session) - tail] == 0)
-
-
 def test_frozen_scorer_remembers_a_session_until_it_changes():
     """A session scored again (another page, a refresh) reuses its encoding; the scores are the same."""
     bundle = _trained_like(ModelBundle(_model(), _bundle().item_ids, _bundle().catalog, {}))

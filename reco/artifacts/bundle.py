@@ -8,9 +8,10 @@ with `torch.load(weights_only=True)`), `items.json` (vocabulary; row i of the em
 The session given to `score` is the user's recent history, oldest first: the encoder reads its last
 `max_session_len` items; the ranker's "already seen" feature uses all of it.
 
-`score` and `score_batch` are THE scoring path of the offline evaluation and the quality benchmark.
-Serving scores through `frozen_scorer()` (`reco.models.scorer`), the same function computed in numpy from
-tables precomputed at load; tests hold the two equal, so the offline figures are those of the served ranking.
+`score` and `score_batch` are thin calls of `SessionAwareRanker.forward` (THE scoring function), used by
+the offline evaluation and the quality benchmark. Serving scores through `frozen_scorer()`
+(`reco.models.scorer`), the forward's numpy twin with tables precomputed at load; tests hold the two equal on
+every architecture, so the offline figures are those of the served ranking.
 """
 
 from __future__ import annotations
@@ -82,44 +83,31 @@ class ModelBundle:
         candidates: Sequence[str] | Sequence[Sequence[str]],
         page_type: str = "home",
         device: str = "desktop",
+        seen: bool = True,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Many sessions at once. `candidates` is one list shared by all sessions (its item-only
-        features are computed once) or one list per session (same length). Unknown candidate ids
-        score as the padding row would: use `index_of` to filter them first if that matters.
-        Returns (scores (n_sessions, n_candidates), attention per session as in `score`)."""
+        """Many sessions at once, through the ranker's forward. `candidates` is one list shared by all
+        sessions (its item-only features are computed once) or one list per session (same length). Unknown
+        candidate ids score as the padding row would: use `index_of` to filter them first if that matters.
+        `seen=False` gives the ranker an empty history (no candidate is "already seen"; the encoder still
+        reads the session). Returns (scores (n_sessions, n_candidates), attention per session as in `score`)."""
         import torch
 
         model = self.model
         shared = len(candidates) == 0 or isinstance(candidates[0], str)
         parsed = [self._session_rows(s) for s in sessions]
-        history = [self.index_of(s) for s in sessions]  # ALL items given: the "already seen" feature
-        width = max([1] + [len(r) for r, _ in parsed])
-        sess = np.zeros((len(sessions), width), dtype=np.int64)  # right padding
-        for b, (r, _) in enumerate(parsed):
-            sess[b, : len(r)] = r
+        sess = _right_padded([r for r, _ in parsed])
+        history = _right_padded([self.index_of(s) if seen else [] for s in sessions])  # ALL items given
         cand = self.index_of(candidates) if shared else np.stack([self.index_of(c) for c in candidates])  # type: ignore[arg-type]
         page, dev = model.context_index(page_type, device)
+        ctx = torch.full((len(sessions),), page), torch.full((len(sessions),), dev)
         with torch.inference_mode():
-            s = torch.from_numpy(sess)
-            c = torch.from_numpy(cand)
-            query, attn = model.encode(s)  # session encoded once per request
-            c2 = c.unsqueeze(0).expand(len(sessions), -1) if shared else c
-            seen_rows = torch.zeros(len(sessions), model.config.n_items, dtype=torch.bool)
-            for b, h in enumerate(history):
-                seen_rows[b, torch.from_numpy(h)] = True
-            seen_rows[:, 0] = False
-            seen = seen_rows.gather(1, c2)  # (B, C)
-            item_part = model.item_features(c).unsqueeze(0) if shared else None
-            ctx = torch.full((len(sessions),), page), torch.full((len(sessions),), dev)
-            scores = model.score_candidates(query, c2, seen, *ctx, item_part=item_part).numpy()
-            attn = attn.numpy()
+            scores, attn = model(torch.from_numpy(sess), torch.from_numpy(cand), *ctx, torch.from_numpy(history))
         attention = []
         for b, (r, pos) in enumerate(parsed):
-            n_tail = min(len(sessions[b]), model.config.max_session_len)
-            a = np.zeros(n_tail, dtype=np.float32)
-            a[pos] = attn[b, : len(r)]
+            a = np.zeros(min(len(sessions[b]), model.config.max_session_len), dtype=np.float32)
+            a[pos] = attn[b, : len(r)].numpy()
             attention.append(a)
-        return scores, attention
+        return scores.numpy(), attention
 
     def frozen_scorer(self) -> FrozenScorer:
         """Serving's scorer for this bundle (`reco.models.scorer`); its weights must not change afterwards."""
@@ -177,3 +165,11 @@ class ModelBundle:
         except Exception as e:  # any parse/shape error is a corrupt bundle, reported by file
             raise BundleError(f"corrupt model file {directory / current}: {type(e).__name__}: {e}") from e
         return cls(model=model, item_ids=list(item_ids), catalog=catalog, meta=meta)
+
+
+def _right_padded(rows: Sequence[Sequence[int] | np.ndarray]) -> np.ndarray:
+    """Rows of different lengths -> (n, longest or 1) int64, right-padded with 0."""
+    out = np.zeros((len(rows), max([1] + [len(r) for r in rows])), dtype=np.int64)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = r
+    return out

@@ -17,8 +17,8 @@ and an MLP over [item features, session embedding] that scores each candidate. W
   `<session, item>` is a retrieval score over the whole catalogue (tied input/output embeddings);
 - the final score is that dot product plus the MLP's correction over the joined features
   (item embedding, category, popularity bucket, context, session embedding, their element-wise
-  product, and whether the candidate is already in the history given: `forward` uses the session,
-  `ModelBundle.score` the whole history it is given).
+  product, and whether the candidate is already in the history given: `seen`, below, the one
+  definition every caller uses).
 
 The MLP's first layer is a Linear over the concatenation, computed as a sum of per-part Linears
 (identical maths) so that item-only and session-only parts are computed once, not per pair.
@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,6 +83,30 @@ class RankerConfig:
         d.pop("n_items")
         d.pop("n_categories")
         return d
+
+
+def seen(candidates: Any, history: Any, n_items: int) -> Any:
+    """THE "already seen" input of the ranker, for every caller: candidate row c is seen when c > 0 and c
+    occurs among the `history` rows, the user's history as the caller knows it (training: every earlier
+    item of the user; evaluation: the whole history given; serving: the session rows it read), not only the
+    encoder's window. Rows 0 (padding / unknown) are never seen and never make anything seen.
+
+    candidates (..., C) and history (..., H) torch tensors -> (..., C) bool; or both 1-D numpy arrays (one
+    session: the serving twin's path, a table lookup of about 1 us). Rows < `n_items`.
+
+    >>> seen(torch.tensor([[3, 4, 0]]), torch.tensor([[4, 0]]), 5).tolist()
+    [[False, True, False]]
+    >>> seen(np.array([3, 4, 0]), np.array([4, 0]), 5).tolist()
+    [False, True, False]
+    """
+    if isinstance(history, np.ndarray):
+        table = np.zeros(n_items, dtype=bool)
+        table[history] = True
+        table[0] = False
+        return table[candidates]
+    table = torch.zeros(*history.shape[:-1], n_items, dtype=torch.bool, device=history.device)
+    table.scatter_(-1, history, True)[..., 0] = False
+    return table.gather(-1, candidates)
 
 
 def right_align(items: torch.Tensor) -> torch.Tensor:
@@ -188,7 +213,7 @@ class SessionAwareRanker(nn.Module):
     ) -> torch.Tensor:
         """query (B, d), candidates (B, C), seen (B, C) bool, page/device (B,) -> logits (B, C).
 
-        `item_part` (B, C, m) may be passed precomputed (it depends on the candidates only).
+        `item_part` (B, C, m) or (C, m) may be passed precomputed (it depends on the candidates only).
         """
         e = self.item_emb(candidates)  # (B, C, d)
         dot = (e * query.unsqueeze(1)).sum(-1)  # (B, C) retrieval score
@@ -198,12 +223,24 @@ class SessionAwareRanker(nn.Module):
         return dot + self.mlp(item + sess.unsqueeze(1) + pair).squeeze(-1)  # (B, C)
 
     def forward(
-        self, session: torch.Tensor, candidates: torch.Tensor, page: torch.Tensor, device: torch.Tensor
+        self,
+        session: torch.Tensor,
+        candidates: torch.Tensor,
+        page: torch.Tensor,
+        device: torch.Tensor,
+        history: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """session (B, L) right-padded, candidates (B, C), page/device (B,) -> (logits (B, C), attention (B, L))."""
+        """THE scoring function (serving's `FrozenScorer` is its numpy twin, tested equal).
+
+        session (B, L) right-padded encoder input; candidates (B, C), or (C,) shared by every session (its
+        item-only features then computed once); page/device (B,); history (B, H) the rows that make a
+        candidate `seen` (default: the session) -> (logits (B, C), attention (B, L)).
+        """
         query, attn = self.encode(session)
-        seen = (candidates.unsqueeze(-1) == session.unsqueeze(1)).any(-1) & (candidates > 0)  # (B, C)
-        return self.score_candidates(query, candidates, seen, page, device), attn
+        item_part = self.item_features(candidates) if candidates.dim() == 1 else None
+        candidates = candidates.expand(len(session), -1)
+        flag = seen(candidates, session if history is None else history, self.config.n_items)
+        return self.score_candidates(query, candidates, flag, page, device, item_part), attn
 
     def retrieval_logits(self, query: torch.Tensor) -> torch.Tensor:
         """Dot product with every item: (..., d) -> (..., n_items); padding row gets -inf."""

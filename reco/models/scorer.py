@@ -12,8 +12,12 @@ What is left per request is the recurrence over the session (remembered, or one 
 session seen before: `FrozenScorer`), the attention and a few (500, 64) products. numpy on one thread
 does this in about half the time of the module's forward, whose cost at this size is mostly
 per-operator dispatch (measured in docs/benchmarks.md, "Serving"). The
-maths is the module's, term by term; tests hold the scores equal to `ModelBundle.score` (1e-5) across
-architectures, so the offline evaluation (which scores through torch) measures the served ranking.
+maths is the module's, term by term, and "already seen" is the ranker's own `seen` function; tests hold the
+scores equal to `SessionAwareRanker.forward` (1e-5) on every architecture `RankerConfig` allows, so the
+offline evaluation (which scores through the forward) measures the served ranking.
+
+API (stable; serving and cold-start code call only this): `FrozenScorer(model)` and
+`score(session_rows, candidate_rows, page_type, device) -> ScoreResult`, rows as in `ModelBundle.index_of`.
 """
 
 from __future__ import annotations
@@ -143,6 +147,8 @@ class FrozenScorer:
     def __init__(self, model: Any) -> None:
         import torch
 
+        from reco.models.ranker import seen
+
         c = model.config
         self.config = c
         gru = model.encoder.gru
@@ -164,6 +170,7 @@ class FrozenScorer:
             self._item_table = np.concatenate([item_part, _np(emb)], axis=1)  # (N, m + d): one gather per request
             self._mlp = [(_np(m.weight).T, _np(m.bias)) for m in model.mlp if isinstance(m, torch.nn.Linear)]
         self._context_index = model.context_index
+        self._seen = seen  # imported here: this module stays free of torch until a model is loaded
         self._memo = _Memo(self.MEMO)
         self.memo_counts = {"hit": 0, "extended": 0, "encoded": 0}
 
@@ -240,10 +247,7 @@ class FrozenScorer:
         known = start + np.flatnonzero(session_rows[start:] > 0)  # max_session_len given, then the known ones
         enc = self._encoded(session_rows[known])
         query, attn = enc.query, enc.attention
-        in_session = np.zeros(self.config.n_items, dtype=bool)
-        in_session[session_rows] = True
-        in_session[0] = False
-        seen = in_session[candidate_rows]
+        seen = self._seen(candidate_rows, session_rows, self.config.n_items)  # the ranker's one definition
         page, dev = self._context_index(page_type, device)
         m = self._sess_q.shape[1]
         item = self._item_table[candidate_rows]  # (C, m + d): [item part of the first layer | embedding]

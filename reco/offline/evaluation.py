@@ -9,7 +9,11 @@ serving does). A user with fewer than 3 interactions contributes only training d
 
 Ranks are 0-based; ties are broken by vocabulary order (an item ranks above the target on a tie
 only when it comes first), so results are deterministic, also for MostPop's integer counts.
-Scores come from `ModelBundle.score_batch`, the path serving uses.
+Scores come from `ModelBundle.score_batch`, a thin call of `SessionAwareRanker.forward` (serving's
+`FrozenScorer` is held equal to it). The ranker's "seen" input (`reco.models.ranker.seen`) is true for
+the items of the history given: it lets the model learn that ML-100k users never rate a movie twice, so
+"history kept" is close to "history excluded" for the ranker; `seen=False` scores with an empty history
+(the flag off), to measure what the flag contributes.
 """
 
 from __future__ import annotations
@@ -139,18 +143,23 @@ def evaluate_bundle(
     batch_size: int = 64,
     page_type: str = "home",
     device: str = "desktop",
+    seen: bool = True,
+    per_user: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Rank every vocabulary item for each session through `ModelBundle.score_batch` (the served
-    path). Returns {"all": metrics with history kept, "exclude_history": metrics without it}."""
+    """Rank every vocabulary item for each session through `ModelBundle.score_batch` (the ranker's
+    forward). Returns {"all": metrics with history kept, "exclude_history": metrics without it}.
+    `seen=False` turns the ranker's "already seen" input off (see the module docstring)."""
     items = bundle.item_ids[1:]  # every real item; row 0 is padding
     tcols = _columns(items, targets)
     ranks_all, ranks_excl = [], []
     for lo in range(0, len(sessions), batch_size):
         batch = sessions[lo : lo + batch_size]
-        scores, _ = bundle.score_batch(batch, items, page_type=page_type, device=device)
+        scores, _ = bundle.score_batch(batch, items, page_type=page_type, device=device, seen=seen)
         t = tcols[lo : lo + batch_size]
         ranks_all.append(target_ranks(scores, t))
         ranks_excl.append(target_ranks(scores, t, exclude=_history_columns(items, batch)))
+    if per_user is not None:  # per-session target ranks: the promotion gate's paired bootstrap
+        per_user["all"], per_user["exclude_history"] = np.concatenate(ranks_all), np.concatenate(ranks_excl)
     return {
         "all": ranking_metrics(np.concatenate(ranks_all)),
         "exclude_history": ranking_metrics(np.concatenate(ranks_excl)),
@@ -171,13 +180,19 @@ def most_popular(
     }
 
 
-def evaluate_split(bundle: ModelBundle, split: LeaveOneOut, which: str = "test") -> dict[str, dict[str, float]]:
-    """The model and MostPop on one side of a leave-one-out split: {"model": {...}, "mostpop": {...}}."""
+def evaluate_split(
+    bundle: ModelBundle, split: LeaveOneOut, which: str = "test", seen_off: bool = False
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The model and MostPop on one side of a leave-one-out split: {"model": {...}, "mostpop": {...}},
+    plus "model_seen_off" (the same model with its "seen" input off) when `seen_off`."""
     sessions, targets, _ = split.sessions(which)
-    return {
+    out = {
         "model": evaluate_bundle(bundle, sessions, targets),
         "mostpop": most_popular(split.train, bundle.item_ids[1:], sessions, targets),
     }
+    if seen_off:
+        out["model_seen_off"] = evaluate_bundle(bundle, sessions, targets, seen=False)
+    return out
 
 
 def format_table(results: dict[str, dict[str, dict[str, float]]], ks: Sequence[int] = KS) -> str:

@@ -282,21 +282,25 @@ def _set_item_features(
 
 
 def _seen(batch: dict[str, torch.Tensor], sel: torch.Tensor, cands: torch.Tensor, ex: Examples, n_items: int):
-    """(M, C) bool: was the candidate in the user's history up to the example's prefix (all of it,
-    not only the window: serving passes the whole known history)."""
+    """(M, C) bool: the ranker's `seen` over the user's history up to the example's prefix (all of it, not
+    only the window: serving passes the whole known history). That history is the items before the window
+    (one per window, shared by its examples) plus the window's items up to the prefix."""
     import torch
 
-    users = batch["u"].numpy()
-    uniq, local = np.unique(users, return_inverse=True)
-    first = np.full((len(uniq), n_items), np.iinfo(np.int64).max, dtype=np.int64)  # first position of each item
-    for k, u in enumerate(uniq):
-        seq = ex.sequences[u]
-        first[k, seq[::-1]] = np.arange(len(seq) - 1, -1, -1)  # reversed: the earliest position wins
-    first[:, 0] = np.iinfo(np.int64).max
-    T = sel.size(1)
-    pos = (batch["o"].unsqueeze(1) + torch.arange(T))[sel]  # (M,) position of the prefix's last item
-    rows = torch.from_numpy(local).unsqueeze(1).expand(-1, T)[sel]  # (M,)
-    return torch.from_numpy(first)[rows.unsqueeze(1), cands] <= pos.unsqueeze(1)
+    from reco.models.ranker import seen
+
+    w = batch["w"]  # (B, T); w[b, j] is item offset[b] + j of the user's sequence
+    B, T = w.shape
+    offsets = batch["o"].tolist()
+    before = np.zeros((B, max([1, *offsets])), dtype=np.int64)
+    for b, (u, o) in enumerate(zip(batch["u"].tolist(), offsets, strict=True)):
+        before[b, :o] = ex.sequences[u][:o]
+    grid = torch.zeros(B, T, cands.size(1), dtype=cands.dtype)  # each window's candidates, one row per window
+    grid[sel] = cands
+    earlier = seen(grid.flatten(1), torch.from_numpy(before), n_items).view(B, T, -1)[sel]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()  # [t, j]: item j is in prefix t
+    prefix = w.unsqueeze(1).expand(B, T, T).masked_fill(~causal, 0)[sel]  # (M, T)
+    return earlier | seen(cands, prefix, n_items)
 
 
 def _batch_loss(

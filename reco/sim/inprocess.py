@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from reco.data.events import Event
+from reco.models.ranker import SessionAwareRanker
 from reco.online.control import write_request_context
 from reco.online.examples import Examples
 from reco.online.model import ArmModel, logits_numpy, state_from_bytes
@@ -82,19 +83,15 @@ class InProcessApi:
                 "model_version": model.base_version}  # fmt: skip
 
     def _score(self, model: ArmModel, rows: list[int], cands: list[int], page: int, dev: int) -> np.ndarray:
-        module = model.module
-        with torch.inference_mode():
-            if hasattr(module, "score_candidates"):  # SessionAwareRanker: encode the session once
-                session = torch.tensor([rows or [0]])
-                query, _ = module.encode(session)
-                c = torch.tensor([cands])
-                seen = (c.unsqueeze(-1) == session.unsqueeze(1)).any(-1)
-                ctx = torch.tensor([page]), torch.tensor([dev])
-                return module.score_candidates(query, c, seen, *ctx)[0].numpy()
-            ex = Examples.zeros(len(cands), self.max_session)
-            ex.session[:, : len(rows)] = rows
-            ex.lengths[:], ex.items[:], ex.positions[:], ex.page[:], ex.device[:] = len(rows), cands, 1, page, dev
-            return logits_numpy(model, ex)
+        if isinstance(model.module, SessionAwareRanker):  # the ranker's forward, the candidates shared
+            with torch.inference_mode():
+                logits, _ = model.module(torch.tensor([rows or [0]]), torch.tensor(cands), torch.tensor([page]),
+                                         torch.tensor([dev]))  # fmt: skip
+            return logits[0].numpy()
+        ex = Examples.zeros(len(cands), self.max_session)
+        ex.session[:, : len(rows)] = rows
+        ex.lengths[:], ex.items[:], ex.positions[:], ex.page[:], ex.device[:] = len(rows), cands, 1, page, dev
+        return logits_numpy(model, ex)
 
     def send_events(self, events: Sequence[dict[str, Any]]) -> None:
         self.store.ingest([Event.model_validate(e) for e in events])
