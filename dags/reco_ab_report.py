@@ -23,11 +23,15 @@ from airflow.sdk import Param, dag, get_current_context, task
     params={
         "experiment": Param(None, type=["null", "string"], description="empty = the config's first experiment"),
         "control": Param("control", type="string", minLength=1),
-        "start": Param(None, type=["null", "string"], format="date", description="first day; empty = lake's first"),
+        "start": Param(
+            None, type=["null", "string"], format="date", description="first day; empty = the phase's first exposure"
+        ),
         "end": Param(None, type=["null", "string"], format="date", description="last day; empty = day before run"),
         "traffic": Param(None, type=["null", "object"], description='shares, e.g. {"control": 0.5}; empty = config'),
         "experiments": Param(None, type=["null", "string"], description="config YAML; empty = RECO_EXPERIMENTS_PATH"),
         "min_days": Param(14, type="integer", minimum=1),
+        "pre_period_days": Param(14, type="integer", minimum=0, description="CUPED pre-exposure window (days)"),
+        "guardrails": Param(None, type=["null", "object"], description='margins, e.g. {"revenue_per_user": 0.05}'),
         "lake_dir": Param(None, type=["null", "string"], description="empty = RECO_HOME/lake"),
         "reports_dir": Param(None, type=["null", "string"], description="empty = RECO_HOME/reports"),
         "tracking_uri": Param(None, type=["null", "string"], description="empty = RECO_MLFLOW_TRACKING_URI"),
@@ -54,6 +58,7 @@ def reco_ab_report() -> None:
                 lake_dir=p.get("lake_dir") or s.lake_dir, reports_dir=p.get("reports_dir") or s.reports_dir,
                 tracking_uri=p.get("tracking_uri") or s.tracking_uri, traffic=p.get("traffic"),
                 experiments_path=p.get("experiments") or s.experiments_path, min_days=p["min_days"],
+                pre_period_days=p.get("pre_period_days", 14), guardrails=p.get("guardrails"),
             )  # fmt: skip
         except (SRMFlagged, ReportError) as e:  # retrying cannot fix either
             raise AirflowFailException(str(e)) from e

@@ -32,7 +32,7 @@ def _lake(root: Path, **kw) -> Path:
 @pytest.fixture(scope="module")
 def lakes(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("ab-lakes")
-    return {"ok": _lake(base / "ok"), "srm": _lake(base / "srm", arms={"control": 0.62, "treatment": 0.38})}
+    return {"ok": _lake(base / "ok", pre_days=7), "srm": _lake(base / "srm", arms={"control": 0.62, "treatment": 0.38})}
 
 
 def _config(path: Path, name: str, control: float) -> Path:
@@ -61,7 +61,11 @@ def test_pipeline_rerun_overwrites_and_reuses_the_run(lakes, mlflow_server, tmp_
     assert first["mlflow_run_id"] == second["mlflow_run_id"]
     assert sorted(p.name for p in (tmp_path / name).iterdir()) == [f"{END}.html", f"{END}.json"]
     rep = json.loads(Path(first["json"]).read_text())
-    assert rep["window"] == {"start": "2026-01-01", "end": END, "days": 16}
+    assert rep["window"] | {"rule": ""} == {"start": "2026-01-01", "end": END, "days": 16, "days_with_data": 16,
+                                            "rule": ""}  # fmt: skip
+    # the 14 days of lake before the experiment's first exposure are CUPED's pre-period (7 of them have data)
+    cuped = rep["comparisons"][0]["cuped"]
+    assert cuped["applied"] and cuped["pre_window"] == ["2025-12-18", "2025-12-31"] and rep["phase"]["id"] == 1
     (run,) = _runs(mlflow_server, name)
     assert run.data.tags["model_versions.treatment"] == "treatment-v1"
     assert run.data.tags["decision"] == rep["decision"]["action"]

@@ -64,10 +64,16 @@ def report(
     experiments: Path | None = typer.Option(
         None, "--experiments", help="experiment config YAML for the traffic shares; default: the built-in config"
     ),
-    min_days: int = typer.Option(14, "--min-days", help="days before a ship/stop decision is allowed"),
+    min_days: int = typer.Option(14, "--min-days", help="days with data in the phase before a ship/stop decision"),
+    planned_days: int = typer.Option(28, "--planned-days", help="days with data after which 'not significant' stops"),
+    guardrail: list[str] | None = typer.Option(
+        None, "--guardrail", help="non-inferiority margin, METRIC=MARGIN (repeat; default: the experiment config's)"
+    ),
+    phase: int | None = typer.Option(None, "--phase", min=1, help="phase to analyse (default 1)"),
+    pre_period_days: int = typer.Option(14, "--pre-period-days", min=0, help="CUPED pre-exposure window, days"),
 ) -> None:
     """Aggregate events per arm, run the statistics and print (or write) the report."""
-    from reco.experiments.report import ReportError, render_html, render_json, report_for
+    from reco.experiments.report import ReportError, parse_guardrails, render_html, render_json, report_for
 
     if fmt not in ("json", "html"):
         _fail(f"--format must be json or html, got {fmt!r}")
@@ -77,7 +83,8 @@ def report(
     try:
         rep = report_for(events, control=control, experiment=experiment, start=d0, end=d1,
                          traffic=parse_traffic(traffic), traffic_source="--traffic", experiments_path=experiments,
-                         min_days=min_days)  # fmt: skip
+                         min_days=min_days, planned_days=planned_days, guardrails=parse_guardrails(guardrail),
+                         phase=phase, pre_period_days=pre_period_days)  # fmt: skip
     except (ReportError, ValueError, OSError) as e:
         _fail(str(e))
         return

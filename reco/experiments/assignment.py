@@ -32,6 +32,7 @@ __all__ = [
     "ExperimentConfig",
     "ExperimentSpec",
     "ExplorationConfig",
+    "GuardrailConfig",
     "assign",
     "bucket",
     "load_config",
@@ -63,6 +64,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
                     "exploration": {"strategy": "thompson", "rate": 0.2},
                 },
             ],
+            "guardrails": [{"metric": "revenue_per_user", "margin": 0.05}],
         }
     ],
 }
@@ -100,6 +102,16 @@ class ArmConfig(BaseModel):
     exploration: ExplorationConfig = ExplorationConfig()
 
 
+class GuardrailConfig(BaseModel):
+    """A metric the A/B report watches with a sequential non-inferiority test: the treatment must not be
+    worse than control by more than `margin` (relative; 0.05 = 5 %)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: Literal["ctr", "clicks_per_user", "purchases_per_user", "revenue_per_user"]
+    margin: float = Field(0.05, ge=0.0, lt=1.0, allow_inf_nan=False)
+
+
 class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -107,6 +119,7 @@ class ExperimentSpec(BaseModel):
     salt: str = Field(min_length=1, max_length=256)
     control: str = Field("control", description="name of the control arm")
     arms: tuple[ArmConfig, ...] = Field(min_length=1)
+    guardrails: tuple[GuardrailConfig, ...] = Field((), description="A/B report guardrails and their margins")
 
     @model_validator(mode="after")
     def _check_arms(self) -> ExperimentSpec:

@@ -32,7 +32,12 @@ class SimConfig:
     start: date = date(2026, 1, 1)
     novelty: float = 0.0
     purchase_rate: float = 0.0  # purchases per click
+    phase: int = 1  # written to the `phase` column when the event schema has one
     seed: int = 0
+
+
+PAGE_TYPES = ("home", "product", "category")
+DEVICES = ("web", "ios", "android")
 
 
 def simulate_events(cfg: SimConfig) -> pa.Table:
@@ -74,6 +79,11 @@ def simulate_events(cfg: SimConfig) -> pa.Table:
     item = rng.integers(1, 5000, n)
     propensity = np.round(rng.uniform(0.05, 1.0, n), 4)
 
+    # page type per session and device per user, from their own stream (the other draws keep their seeds)
+    attr_rng = np.random.default_rng([cfg.seed, 1])
+    page = attr_rng.choice(len(PAGE_TYPES), size=cfg.sessions, p=[0.5, 0.3, 0.2])[sess]
+    device = attr_rng.choice(len(DEVICES), size=cfg.users, p=[0.5, 0.3, 0.2])[user]
+
     def ids(prefix: str, values: np.ndarray) -> pa.Array:
         return pc.binary_join_element_wise(prefix, pa.array(values).cast(pa.string()), "")
 
@@ -97,10 +107,12 @@ def simulate_events(cfg: SimConfig) -> pa.Table:
         "model_version": pa.concat_arrays([version_col, version_col.take(pa.array(ci))]),
         "propensity": pa.array(np.concatenate([propensity, propensity[ci]])),
         "is_exploration": pa.array(np.zeros(n + m, bool)),
-        "page_type": pa.array(np.full(n + m, "home")),
-        "device": pa.array(np.full(n + m, "web")),
+        "page_type": pc.take(pa.array(PAGE_TYPES), pa.array(np.concatenate([page, page[ci]]))),
+        "device": pc.take(pa.array(DEVICES), pa.array(np.concatenate([device, device[ci]]))),
         "value": pa.nulls(n + m, pa.float64()),
     }
+    if "phase" in EVENT_SCHEMA.names:
+        cols["phase"] = pa.array(np.full(n + m, cfg.phase, dtype=np.int64), EVENT_SCHEMA.field("phase").type)
     table = pa.Table.from_pydict(cols, schema=EVENT_SCHEMA)
     if cfg.purchase_rate > 0:
         table = pa.concat_tables([table, _purchases(rng, table.slice(n), cfg.purchase_rate)])

@@ -15,6 +15,7 @@ arms or thousands of simulated experiments at once. Conventions:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -212,6 +213,48 @@ def relative_lift_var(t: ArrayLike, v_t: ArrayLike, c: ArrayLike, v_c: ArrayLike
         return v_t / c**2 + t**2 * v_c / c**4
 
 
+def log_ratio_var(t: ArrayLike, v_t: ArrayLike, c: ArrayLike, v_c: ArrayLike) -> ArrayLike:
+    """Delta-method variance of ``log(t / c)``: ``v_t / t^2 + v_c / c^2`` (vectorised).
+
+    >>> round(float(log_ratio_var(0.11, 1e-4, 0.10, 1e-4)), 5)
+    0.01826
+    """
+    t, v_t, c, v_c = (np.asarray(a, dtype=float) for a in (t, v_t, c, v_c))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return v_t / t**2 + v_c / c**2
+
+
+@dataclass(frozen=True)
+class LogLift:
+    """Relative lift ``t / c - 1`` tested and bounded on one scale: the log ratio (delta method)."""
+
+    log_ratio: float
+    se: float  # of the log ratio
+    relative: float
+    relative_ci: tuple[float, float]
+    z: float
+    p_value: float
+
+
+def log_ratio_lift(t: float, v_t: float, c: float, v_c: float, alpha: float = 0.05) -> LogLift:
+    """Relative lift with the z-test and CI of ``log(t/c)`` (delta-method variance `log_ratio_var`): the
+    p-value and the interval come from the same statistic, so p < alpha exactly when the CI excludes 0.
+    The interval is ``exp(log ratio +- q se) - 1`` (asymmetric, never below -100 %).
+
+    >>> lf = log_ratio_lift(0.11, 1e-5, 0.10, 1e-5)
+    >>> round(lf.relative, 4), lf.relative_ci[0] > 0, lf.p_value < 0.05
+    (0.1, True, True)
+    """
+    t, v_t, c, v_c = float(t), float(v_t), float(c), float(v_c)
+    if t <= 0 or c <= 0:
+        nan = float("nan")
+        return LogLift(nan, nan, (t / c - 1.0) if c else nan, (nan, nan), nan, nan)
+    d, se = math.log(t / c), math.sqrt(float(log_ratio_var(t, v_t, c, v_c)))
+    q = float(st.norm.ppf(1.0 - alpha / 2.0))
+    z = d / se if se > 0 else (0.0 if d == 0 else math.copysign(math.inf, d))
+    return LogLift(d, se, math.expm1(d), (math.expm1(d - q * se), math.expm1(d + q * se)), z, float(_norm_p(z)))
+
+
 # --------------------------------------------------------------------------- SRM
 
 
@@ -352,6 +395,20 @@ def expected_loss(d: ArrayLike, se: ArrayLike) -> ArrayLike:
     with np.errstate(divide="ignore", invalid="ignore"):
         k = d / se
         return se * st.norm.pdf(k) - d * st.norm.cdf(-k)
+
+
+def expected_relative_loss(d: ArrayLike, se: ArrayLike) -> ArrayLike:
+    """Expected relative loss of shipping, ``E[max(0, 1 - exp(L))]`` for a log ratio ``L ~ N(d, se^2)``
+    (what a ship gives up, as a fraction of control, averaged over the cases where treatment is worse):
+    ``Phi(-d/se) - exp(d + se^2/2) Phi(-d/se - se)``.
+
+    >>> round(float(expected_relative_loss(0.0, 0.1)), 4)
+    0.0375
+    """
+    d, se = np.asarray(d, dtype=float), np.asarray(se, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        k = d / se
+        return st.norm.cdf(-k) - np.exp(d + se**2 / 2.0) * st.norm.cdf(-k - se)
 
 
 # --------------------------------------------------------------------------- multiple testing

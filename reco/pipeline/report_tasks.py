@@ -55,8 +55,15 @@ def run_ab_report(
     experiments_path: str | Path | None = None,
     min_days: int = 14,
     planned_days: int = 28,
+    phase: int | None = None,
+    phases: list[Mapping[str, Any]] | None = None,
+    pre_period_days: int = 14,
+    guardrails: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Report on `experiment` from its first day (`start`, default: the lake's first day) to `end`.
+    """Report on one phase of `experiment` (`phase`, default: the last of `phases`, else 1) from `start`
+    (default: that phase's start, else its first exposure day) to `end`. The `pre_period_days` of lake
+    data before the experiment's first day are CUPED's pre-exposure window; `phases` (id, started, who, why,
+    versions) are listed in the report; `guardrails` {metric: margin} override the config's.
 
     The SRM test uses `traffic` when given, else the experiment's arm shares in the experiment config
     (`experiments_path`, None = built-in); `experiment` None = the config's first experiment.
@@ -70,12 +77,13 @@ def run_ab_report(
     days = EventLake(lake_dir).days()
     if not days:
         raise ReportError(f"the event lake at {lake_dir} has no partitions")
-    start_d = _day(start) or days[0]
-    if end_d < start_d:
-        raise ReportError(f"report date {end_d} is before the experiment start {start_d}")
+    start_d = _day(start)
+    if end_d < (start_d or days[0]):
+        raise ReportError(f"report date {end_d} is before the experiment start {start_d or days[0]}")
     report = report_for(lake_dir, control=control, experiment=experiment, start=start_d, end=end_d,
                         traffic=traffic, experiments_path=experiments_path, min_days=min_days,
-                        planned_days=planned_days)  # fmt: skip
+                        planned_days=planned_days, phase=phase, phases=phases, pre_period_days=pre_period_days,
+                        guardrails=guardrails)  # fmt: skip
     experiment = report["experiment"]
     folder = Path(reports_dir) / experiment
     json_path, html_path = folder / f"{end_d.isoformat()}.json", folder / f"{end_d.isoformat()}.html"
@@ -111,7 +119,8 @@ def log_to_mlflow(tracking_uri: str, report: dict[str, Any], files: list[Path]) 
             "control": report["control"], "srm_flagged": str(report["srm"]["flagged"]).lower()}  # fmt: skip
     for arm, a in report["arms"].items():
         tags[f"model_versions.{arm}"] = ",".join(a["model_versions"]) or "unknown"
-    metrics = {"srm_p_value": report["srm"]["p_value"], "days": report["window"]["days"]}
+    metrics = {"srm_p_value": report["srm"]["p_value"], "days": report["window"]["days"],
+               "days_with_data": report["window"]["days_with_data"], "phase": report["phase"]["id"]}  # fmt: skip
     for arm, a in report["arms"].items():
         metrics |= {f"users.{arm}": a["users"], f"ctr.{arm}": a["ctr"]}
     for c in report["comparisons"]:
