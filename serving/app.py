@@ -44,6 +44,7 @@ from reco.ranking.recommend import ArmPolicies, NoModelAvailable, PipelineConfig
 from reco.ranking.rules import RuleConfig
 from serving.metrics import Metrics
 from serving.models import ModelCache, ModelManager, ModelSource, RegistrySource
+from serving.observability import HttpObservability
 from serving.schemas import (
     ErrorBody,
     EventBatch,
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None, *, model_source: ModelSource | 
     if settings.fast_path:
         app.add_middleware(RecommendFastPath)  # inside BodyLimit: it gets bodies already held to the limit
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HttpObservability, access_log=settings.access_log)  # outermost: sees every answer
     _install_error_handlers(app)
     _add_routes(app)
     return app
@@ -130,6 +132,7 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
     experiment = config.experiment()
     arms = {a.name: a.alias for a in experiment.arms}
     metrics = Metrics()
+    metrics.configured_split({a.name: a.traffic for a in experiment.arms})
     if metrics.multiprocess:
         closers.append(metrics.process_exited)
     store, reads = _open_store(settings, closers)
@@ -145,6 +148,7 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
         on_change=metrics.model_changed,
         on_interactions=policies.set_interactions,
         on_refused=metrics.model_refused_by_smoke_test,
+        phases=(lambda: source.phases(experiment.name)) if hasattr(source, "phases") else None,
     )
     manager.refresh()
     manager.refresh_weights()
@@ -172,6 +176,7 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
         executor=pool,
         log_executor=log_pool if settings.log_impressions_async else None,
         on_log_error=lambda exc: metrics.impression_log_failures.inc(),
+        phase_of=manager.phase_of,
     )
     return Services(settings, store, manager, recommender, metrics), closers
 

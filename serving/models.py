@@ -18,16 +18,16 @@
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from reco.artifacts.smoke import smoke_check
+from reco.experiments.phases import PhaseLog, phase_of
 from reco.ranking.recommend import ServedModel
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,10 @@ class RegistrySource:
 
             self._client = client_for(self.tracking_uri)
         return self._client
+
+    def phases(self, experiment: str) -> list[Any]:
+        """The experiment's phases, recorded as tags of the registered model (`reco.experiments.phases`)."""
+        return PhaseLog(self._mlflow(), self.model_name).phases(experiment)
 
     def current_version(self, alias: str) -> str:
         from reco.artifacts.registry import get_version
@@ -143,8 +147,13 @@ class ModelManager:
         on_change: Callable[[str, ServedModel], None] = lambda arm, model: None,
         on_interactions: Callable[[str, int], None] = lambda arm, n: None,
         on_refused: Callable[[str, str], None] = lambda arm, kind: None,
+        phases: Callable[[], Sequence[Any]] | None = None,
     ) -> None:
         self.arms = dict(arms)
+        # The experiment's phases (`reco.experiments.phases`), read at every registry poll: impressions
+        # are stamped with the phase that pins their arm to the version that served them.
+        self._read_phases = phases
+        self._phases: tuple[Any, ...] = ()
         self.source = source
         self.cache = cache
         self.store = store
@@ -181,6 +190,10 @@ class ModelManager:
     def ready(self) -> bool:
         return all(arm in self._models for arm in self.arms)
 
+    def phase_of(self, arm: str, version: str) -> int | None:
+        """The experiment phase of an impression of `arm` served by registry `version` (None: no phase)."""
+        return phase_of(self._phases, arm, version)
+
     def versions(self) -> dict[str, str | None]:
         return {arm: (m.version if (m := self._models.get(arm)) else None) for arm in self.arms}
 
@@ -203,6 +216,11 @@ class ModelManager:
                 if version is not None:
                     changed[arm] = version
             self.registry_ok = ok and self.source is not None
+            if self._read_phases is not None:
+                try:
+                    self._phases = tuple(self._read_phases())
+                except Exception as exc:  # registry down: keep the phases we know
+                    log.warning("reading the experiment phases failed: %s", exc)
         return changed
 
     def _refresh_arm(self, arm: str, alias: str) -> str | None:
@@ -327,9 +345,9 @@ def with_weights(bundle: Any, blob: bytes) -> Any:
 
     Loaded with `weights_only=True` (no pickled code runs); shapes must match the base model exactly.
     """
-    import torch
+    from reco.state.snapshots import decode_weights
 
-    state = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
+    state = decode_weights(blob)
     model = copy.deepcopy(bundle.model)
     model.load_state_dict(state)
     model.eval()

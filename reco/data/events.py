@@ -55,6 +55,7 @@ class Event(BaseModel):
     page_type: PageType | None = None
     device: Annotated[str, Field(max_length=32)] | None = None
     value: float | None = Field(None, ge=0.0, allow_inf_nan=False, description="revenue, purchases only")
+    phase: int | None = Field(None, ge=1, le=1_000_000, description="experiment phase of a served impression")
 
     @field_validator("ts")
     @classmethod
@@ -92,6 +93,7 @@ EVENT_SCHEMA = pa.schema(
         pa.field("page_type", pa.string()),
         pa.field("device", pa.string()),
         pa.field("value", pa.float64()),
+        pa.field("phase", pa.int32()),  # experiment phase (reco.experiments.phases); null = before phases
     ]
 )
 EVENT_COLUMNS: tuple[str, ...] = tuple(EVENT_SCHEMA.names)

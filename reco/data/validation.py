@@ -143,6 +143,7 @@ def _expectations(start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp, kno
             "propensity not in (0, 1]",
         ),
         (gxe.ExpectColumnValuesToBeBetween(column="position", min_value=1), "position < 1"),
+        (gxe.ExpectColumnValuesToBeBetween(column="phase", min_value=1), "phase < 1"),
         (gxe.ExpectColumnValuesToBeBetween(column="value", min_value=0.0), "value < 0"),
         (
             gxe.ExpectColumnValuesToBeNull(

@@ -27,10 +27,14 @@ def move_alias(
     source: str | None = None,
     reason: str = "",
     who: str = "unknown",
+    experiments_path: str | None = None,
 ) -> dict[str, Any]:
     """`action="promote"`: point `target_alias` at `source` (a version number or another alias);
-    `action="rollback"`: point it back at its previous version. Returns the recorded move."""
+    `action="rollback"`: point it back at its previous version. Returns the recorded move, with the
+    experiment phases it started (`reco.experiments.phases`: a promotion records them before the move, a
+    rollback, whose target the registry resolves, right after it)."""
     from reco.artifacts import registry
+    from reco.experiments.phases import promote_in_experiment
 
     check_alias(target_alias)
     if not reason.strip():
@@ -39,9 +43,21 @@ def move_alias(
     if action == "promote":
         if not source:
             raise ValueError("promote needs a source version or alias")
-        move = registry.promote(client, model_name, target_alias, source, who=who, reason=reason)
+        mv = registry.get_version(client, model_name, source)
+        if mv.tags.get("rejected"):  # refused before any phase is recorded for it
+            raise registry.RegistryError(f"version {mv.version} of {model_name!r} was rejected ({mv.tags['rejected']})")
+        version = str(mv.version)
+        moves = []
+        phases = promote_in_experiment(
+            client, model_name, target_alias, version, who=who, why=reason, experiments_path=experiments_path,
+            move=lambda: moves.append(registry.promote(client, model_name, target_alias, version, who=who,
+                                                       reason=reason)),
+        )  # fmt: skip
+        move = moves[0]
     elif action == "rollback":
         move = registry.rollback(client, model_name, target_alias, who=who, reason=reason)
+        phases = promote_in_experiment(client, model_name, target_alias, move.version, who=who, why=reason,
+                                       move=lambda: None, experiments_path=experiments_path)  # fmt: skip
     else:
         raise ValueError(f"unknown action {action!r}: use 'promote' or 'rollback'")
-    return move.to_dict()
+    return {**move.to_dict(), "phases": [p.to_dict() for p in phases]}

@@ -254,12 +254,11 @@ def _warm_init(client: Any, model_name: str, parent: str | None, online_run: str
     init = registry.load_bundle(client, model_name, parent)[0]
     if online_run is None:
         return init, "warm"
-    import torch
-
     from reco.online.handoff import download_online_weights
+    from reco.state.snapshots import decode_weights
 
     try:
-        state = torch.load(download_online_weights(client, online_run), weights_only=True, map_location="cpu")
+        state = decode_weights(download_online_weights(client, online_run))
         init.model.load_state_dict(state)
     except (RuntimeError, OSError, KeyError) as e:  # a snapshot that does not fit: the registered weights
         init = registry.load_bundle(client, model_name, parent)[0]
@@ -549,17 +548,26 @@ def register(
 
 
 def promote_candidate(
-    tracking_uri: str, model_name: str, arm: str, registered: dict[str, Any], who: str = "reco_training"
+    tracking_uri: str,
+    model_name: str,
+    arm: str,
+    registered: dict[str, Any],
+    who: str = "reco_training",
+    experiments_path: str | None = None,
+    why: str | None = None,
 ) -> dict[str, Any]:
     """Point `arm-<arm>` at the new version (and `champion` when there is none). A rejected version
-    is never aliased; an alias already at the version is left alone (reruns)."""
+    is never aliased; an alias already at the version is left alone (reruns). Moving an arm's alias starts
+    a new phase of every experiment that arm is in (`reco.experiments.phases`), recorded before the move."""
     from reco.artifacts import registry
+    from reco.experiments.phases import promote_in_experiment
 
     client = registry.client_for(tracking_uri)
     version = registry.get_version(client, model_name, registered["version"])
     if version.tags.get("rejected"):
         return {"moved": [], "rejected": version.tags["rejected"]}
-    moved = []
+    moved: list[str] = []
+    phases: list[dict[str, Any]] = []
     targets = [registry.arm_alias(arm)]
     if registry.alias_version(client, model_name, registry.CHAMPION) is None:
         targets.append(registry.CHAMPION)
@@ -567,8 +575,13 @@ def promote_candidate(
         current = registry.alias_version(client, model_name, alias)
         if current is not None and str(current.version) == str(version.version):
             continue
-        registry.promote(
-            client, model_name, alias, version.version, who=who, reason=f"passed the gate ({registered['version']})"
-        )
+        reason = why or f"passed the gate ({registered['version']})"
+
+        def move(alias: str = alias, reason: str = reason) -> Any:
+            return registry.promote(client, model_name, alias, version.version, who=who, reason=reason)
+
+        recorded = promote_in_experiment(client, model_name, alias, str(version.version), who=who, why=reason,
+                                         move=move, experiments_path=experiments_path)  # fmt: skip
+        phases += [p.to_dict() for p in recorded]
         moved.append(alias)
-    return {"moved": moved, "version": str(version.version), "rejected": None}
+    return {"moved": moved, "version": str(version.version), "rejected": None, "phases": phases}

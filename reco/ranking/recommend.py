@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from reco.data.catalog import UNKNOWN_CATEGORY
+from reco.data.catalog import UNKNOWN_CATEGORY, ItemRecord
 from reco.data.events import Event, EventType, PageType
 from reco.ranking.candidates import (
     SOURCES,
@@ -39,6 +39,7 @@ from reco.ranking.candidates import (
     SourceFn,
     gather,
 )
+from reco.ranking.cold_start import ColdItems, ColdStartConfig, ImpressionCounts, extend_bundle
 from reco.ranking.explain import anchors_by_attention, reason
 from reco.ranking.rules import RuleConfig, excluded_items, rule_positions
 from reco.state.store import ImpressionRecord
@@ -219,6 +220,11 @@ class ServedModel:
     title_of: Mapping[str, str] = field(default_factory=dict)
     row_category: Sequence[str] = ()  # embedding row -> category
     row_category_code: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # row -> code
+    # The catalogue API's state when this model was built: rows of unavailable items (never served) and the
+    # new items scored from content (`reco.ranking.cold_start`); `catalog_version` = the version read.
+    blocked: np.ndarray | None = None
+    cold: ColdItems | None = None
+    catalog_version: int = 0
 
     @classmethod
     def build(
@@ -228,15 +234,22 @@ class ServedModel:
         *,
         popularity: Mapping[str, float] | None = None,
         online_snapshot: int | None = None,
+        items: Mapping[str, ItemRecord] | None = None,
+        catalog_version: int = 0,
+        ann_threshold: int | None = None,
     ) -> ServedModel:
         """Precompute the normalised embedding matrix, the scorer's item table and the popular lists of `bundle`.
 
         `popularity` (item -> count) defaults to the bundle's `meta["popularity"]`, then to catalogue order.
+        `items` (the catalogue API's records) adds the items `bundle` was not trained on, scored from their
+        content, and blocks the unavailable ones; `bundle` itself is kept unchanged (online weight snapshots
+        are loaded into it), the tables served are the extended ones.
         """
-        emb = bundle.item_embeddings()
+        served, cold = extend_bundle(bundle, items) if items else (bundle, None)
+        emb = served.item_embeddings()
         emb = emb.detach().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
-        index = EmbeddingIndex(list(bundle.item_ids), emb)
-        catalog = bundle.catalog
+        index = EmbeddingIndex(list(served.item_ids), emb, ann_threshold=ann_threshold)
+        catalog = served.catalog
         counts = popularity or (getattr(bundle, "meta", None) or {}).get("popularity")
         if not counts:
             ids = [i for i in bundle.item_ids if i in index]
@@ -248,10 +261,14 @@ class ServedModel:
         titles = {iid: t for iid in ids if (t := catalog.title(iid)) is not None}
         row_category = [all_categories.get(iid, UNKNOWN_CATEGORY) for iid in index.ids]
         codes = {c: k for k, c in enumerate(dict.fromkeys(row_category))}
+        blocked = None
+        if items and any(not r.available for r in items.values()):
+            blocked = np.zeros(index.n_rows, dtype=bool)
+            blocked[index.rows(iid for iid, r in items.items() if not r.available)] = True
         return cls(
-            bundle, str(version), index, bundle.frozen_scorer(), index.row_list(popular.item_ids),
+            bundle, str(version), index, served.frozen_scorer(), index.row_list(popular.item_ids),
             online_snapshot, tuple(catalog.categories), titles, row_category,
-            np.array([codes[c] for c in row_category], dtype=np.int32),
+            np.array([codes[c] for c in row_category], dtype=np.int32), blocked, cold, catalog_version,
         )  # fmt: skip
 
 
@@ -308,6 +325,9 @@ class PipelineConfig:
     # After a features read that failed slowly (half the budget or more: a hung Redis), requests skip the
     # read for this long (served degraded at once) instead of each waiting out the budget again.
     features_cooldown_s: float = 1.0
+    cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
+    # Similarity sources run on the executor under the per-source budget (`gather`); False: inline, uncut.
+    concurrent_sources: bool = True
 
 
 class Recommender:
@@ -334,6 +354,7 @@ class Recommender:
         executor: Executor | None = None,
         log_executor: Executor | None = None,
         on_log_error: Callable[[Exception], None] = lambda exc: None,
+        phase_of: Callable[[str, str], int | None] = lambda arm, version: None,
     ) -> None:
         self.store = store
         self.log_store = log_store or store
@@ -345,9 +366,11 @@ class Recommender:
         self._executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="reco-src")
         self._log_executor = log_executor
         self._on_log_error = on_log_error
+        self.phase_of = phase_of  # (arm, served version) -> experiment phase stamped on impressions
         self._trending: tuple[float, list[str]] | None = None  # (monotonic read time, item ids best first)
         self._features_paused_until = 0.0  # monotonic time; see PipelineConfig.features_cooldown_s
         self._trending_in_rows: tuple[list[str], EmbeddingIndex, RowList] | None = None
+        self.cold_counts = ImpressionCounts()  # impressions this process served per new item (the bonus's n)
 
     def recommend(self, req: RecoRequest, *, defer_log: bool = False) -> RecoResult:
         """Run the pipeline. The impression write starts at once, or with `defer_log` when the caller runs
@@ -374,10 +397,10 @@ class Recommender:
         session = _session_for_model(features, model.index)
         cands = self._candidates(req, model, session, trending)
         degraded += [f"candidates:{s}" for s in cands.failed]
-        ranked, attention = self._rank(model, req, session, cands, features, degraded)
+        ranked, attention, bonus = self._rank(model, req, session, cands, features, degraded)
         thompson = dict(features.thompson) if features is not None else {}
         chosen = self.explorer_for(assignment, thompson).select(ranked, req.limit)
-        items = self._explain(model, chosen, session, attention)
+        items = self._explain(model, chosen, session, attention, bonus)
         start_log = None
         if self.store is None:
             degraded.append("impressions")
@@ -421,6 +444,9 @@ class Recommender:
             sources[Source.trending] = (
                 (lambda: self._trending_rows(index, trending)) if trending is not None else _unavailable
             )
+        if model.cold is not None:
+            fresh = RowList.of(self.cold_counts.source_rows(model.cold, index.ids, self.config.cold_start))
+            sources[Source.new_items] = lambda: fresh
         popular = model.popular_rows
         return gather(
             sources,
@@ -428,6 +454,9 @@ class Recommender:
             config=cfg,
             n_rows=index.n_rows,
             exclude=context,
+            executor=self._executor if self.config.concurrent_sources else None,
+            blocked=model.blocked,
+            inline=(Source.trending, Source.new_items),
         )
 
     def _read_features(
@@ -501,13 +530,19 @@ class Recommender:
         cands: CandidateResult,
         features: Any | None,
         degraded: list[str],
-    ) -> tuple[RankedList, np.ndarray | None]:
-        """Score every candidate with the arm's model (one forward), order best first and apply the business
-        rules; plus the session attention. All in arrays: items are built later, for the page only."""
+    ) -> tuple[RankedList, np.ndarray | None, frozenset[int]]:
+        """Score every candidate with the arm's model (one forward), add the new items' exploration bonus,
+        order best first and apply the business rules; plus the session attention and the rows that carry a
+        bonus. All in arrays: items are built later, for the page only."""
         if not len(cands):
-            return RankedList(model, cands.rows, np.zeros(0), cands.sources, cands.anchors), None
+            return RankedList(model, cands.rows, np.zeros(0), cands.sources, cands.anchors), None, frozenset()
         result = model.scorer.score(session.rows, cands.rows, str(req.page_type), req.device)
         scores = np.asarray(result.scores, dtype=np.float64).reshape(-1)
+        boosted: frozenset[int] = frozenset()
+        if model.cold is not None:
+            bonus = self.cold_counts.bonus(model.cold, cands.rows, model.index.ids, self.config.cold_start)
+            scores = scores + bonus
+            boosted = frozenset(cands.rows[bonus > 0].tolist())
         attention: np.ndarray | None = np.asarray(result.attention).reshape(-1)
         if not np.all(np.isfinite(scores)):
             # A broken forward (NaN/inf) must not reach users: keep the retrieval order instead.
@@ -533,12 +568,19 @@ class Recommender:
         )
         final = order[keep]
         ranked = RankedList(model, cands.rows[final], scores[final], cands.sources[final], cands.anchors[final])
-        return ranked, attention
+        return ranked, attention, boosted
 
     def _explain(
-        self, model: ServedModel, chosen: Sequence[Selection], session: _Session, attention: np.ndarray | None
+        self,
+        model: ServedModel,
+        chosen: Sequence[Selection],
+        session: _Session,
+        attention: np.ndarray | None,
+        boosted: frozenset[int] = frozenset(),
     ) -> list[RecoItem]:
         ranked: list[Ranked] = [s.item for s in chosen]
+        if model.cold is not None:  # the new items served now count towards their bonus's n
+            self.cold_counts.served(r.item_id for r in ranked if model.cold.is_new[r.row])
         anchors: list[str | None] = [r.anchor for r in ranked]
         if session.items and ranked:
             # Name the session item behind each session-based pick: attention x similarity (explain.py).
@@ -557,7 +599,8 @@ class Recommender:
                 reason=reason(r.source, is_exploration=s.is_exploration, anchor=a, title_of=title_of, genre=r.category),
                 source=str(r.source),
                 position=pos,
-                is_exploration=bool(s.is_exploration),
+                # A bonus-lifted new item is deliberate exploration; its propensity is still the policy's.
+                is_exploration=bool(s.is_exploration) or r.row in boosted,
                 propensity=float(s.propensity),
                 category=r.category,
             )
@@ -590,7 +633,8 @@ class Recommender:
         try:
             # The category of each served item drives the arm's Thompson statistics in the store; the
             # session the ranker saw is the learner's request-context record (same round trip).
-            records = impression_records(req, request_id, arm, version, items, ts=ts)
+            phase = self.phase_of(arm, version)
+            records = impression_records(req, request_id, arm, version, items, ts=ts, phase=phase)
             self.log_store.log_request(request_id, req.user_id, arm, ts, records, session)
         except Exception as exc:  # counted by the caller's hook; the response has already been decided
             log.warning("impression log failed for %d items: %s", len(items), exc)
@@ -644,7 +688,13 @@ def _unavailable() -> RowList:
 
 
 def _impression_fields(
-    req: RecoRequest, request_id: str, arm: str, model_version: str, items: Sequence[RecoItem]
+    req: RecoRequest,
+    request_id: str,
+    arm: str,
+    model_version: str,
+    items: Sequence[RecoItem],
+    *,
+    phase: int | None = None,
 ) -> list[dict[str, Any]]:
     """Each served item's impression event, but `ts`: values already valid for `Event` (device cut to the
     schema's 32 characters, propensity clamped into (0, 1])."""
@@ -664,6 +714,7 @@ def _impression_fields(
             "is_exploration": it.is_exploration,
             "page_type": page,
             "device": device,
+            **({} if phase is None else {"phase": phase}),
         }
         for it in items
     ]
@@ -691,7 +742,14 @@ def impression_events(
 
 
 def impression_records(
-    req: RecoRequest, request_id: str, arm: str, model_version: str, items: Sequence[RecoItem], *, ts: datetime
+    req: RecoRequest,
+    request_id: str,
+    arm: str,
+    model_version: str,
+    items: Sequence[RecoItem],
+    *,
+    ts: datetime,
+    phase: int | None = None,
 ) -> list[ImpressionRecord]:
     """`impression_events` serialised for the store's request log, with plain `json.dumps`: building and
     dumping 20 pydantic models took ~0.25 ms of the impression thread's GIL time per request (tests hold
@@ -703,7 +761,7 @@ def impression_records(
     ('r1:1', 'Drama', 2026)
     """
     stamp = ts.astimezone(UTC).isoformat().replace("+00:00", "Z")  # as pydantic writes it (the stream's form)
-    fields = _impression_fields(req, request_id, arm, model_version, items)
+    fields = _impression_fields(req, request_id, arm, model_version, items, phase=phase)
     return [
         ImpressionRecord(f["event_id"], it.item_id, json.dumps({"ts": stamp, **f}, separators=(",", ":")), it.category)
         for f, it in zip(fields, items, strict=True)
