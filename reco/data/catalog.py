@@ -2,6 +2,10 @@
 
 The ranker uses `category` (the first genre) as an item side feature and serving uses titles to explain,
 so the catalog travels with every model bundle (`to_parquet` / `from_parquet`).
+
+`ItemUpsert` / `ItemRecord` are the catalogue API's item (title, categories, free attributes,
+`available`): validated here, stored in Redis (`reco.state.items`) and in the lake's items table
+(`reco.data.items`); `with_items` merges upserted records into a catalog (the next training run's).
 """
 
 from __future__ import annotations
@@ -9,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 UNKNOWN_CATEGORY = "unknown"
 CATALOG_COLUMNS = ("item_id", "title", "year", "genres", "category")
@@ -176,3 +181,79 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     if dup.any():
         raise ValueError(f"duplicate item_id in catalog: {out['item_id'][dup].iloc[0]!r}")
     return out
+
+
+# --- the catalogue API's item ------------------------------------------------------------------------
+
+ItemId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s<>]+$")]
+_Short = Annotated[str, Field(min_length=1, max_length=64)]
+AttributeValue = Annotated[str, Field(max_length=256)] | bool | int | float
+
+
+class ItemUpsert(BaseModel):
+    """The body of `PUT /v1/items/{item_id}`: everything but the id. Unknown fields are refused.
+
+    >>> ItemUpsert(title="Blue Shoe", categories=["Shoes"], attributes={"colour": "blue"}).category
+    'Shoes'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: Annotated[str, Field(max_length=512)] | None = None
+    categories: list[_Short] = Field(default_factory=list, max_length=20, description="first = main category")
+    attributes: dict[_Short, AttributeValue] = Field(default_factory=dict, max_length=50)
+    available: bool = Field(True, description="False: never served again (after the API's next catalogue poll)")
+
+    @field_validator("attributes")
+    @classmethod
+    def _finite(cls, value: dict[str, Any]) -> dict[str, Any]:
+        bad = [k for k, v in value.items() if isinstance(v, float) and v != v or v in (float("inf"), float("-inf"))]
+        if bad:
+            raise ValueError(f"attribute {bad[0]!r} is not a finite number")
+        return value
+
+    @property
+    def category(self) -> str:
+        return self.categories[0] if self.categories else UNKNOWN_CATEGORY
+
+    def content_json(self) -> str:
+        """Canonical JSON of the content (sorted keys, no spaces): equal content, equal text (idempotency)."""
+        return _canonical(self.model_dump(include=set(_CONTENT)))
+
+
+_CONTENT = ("title", "categories", "attributes", "available")
+
+
+def _canonical(d: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class ItemRecord(ItemUpsert):
+    """A stored item: its id, plus the catalogue version that last changed it and when (UTC ISO)."""
+
+    item_id: ItemId
+    version: int = 0
+    updated_at: str | None = None
+
+    def content(self) -> ItemUpsert:
+        return ItemUpsert(**self.model_dump(include=set(_CONTENT)))
+
+
+def with_items(catalog: ItemCatalog, records: Iterable[ItemRecord]) -> ItemCatalog:
+    """`catalog` with the upserted records merged in: new ids appended (in the order given), known ids take
+    the record's title and categories (the year of the base catalog is kept). Unavailable items stay: the
+    vocabulary keeps them (their events still train), serving just does not show them.
+
+    >>> base = ItemCatalog.from_records([{"item_id": "1", "title": "A", "year": 1995, "genres": ["Drama"]}])
+    >>> cat = with_items(base, [ItemRecord(item_id="9", title="New", categories=["Shoes"])])
+    >>> cat.item_ids, cat.category("9"), cat.year("1")
+    (['1', '9'], 'Shoes', 1995)
+    """
+    rows = {r["item_id"]: r for r in catalog.to_records()}
+    for rec in records:
+        old = rows.get(rec.item_id, {})
+        rows[rec.item_id] = {"item_id": rec.item_id, "title": rec.title, "year": old.get("year"),
+                             "genres": list(rec.categories), "category": rec.category}  # fmt: skip
+    return ItemCatalog.from_records(rows.values())

@@ -8,9 +8,14 @@ Sources (`Source`):
 * `context_similar`: on product pages, the items closest to the page's item.
 * `trending`: the trending counters kept in Redis.
 * `popular`: an in-process list computed once per model bundle, so that it answers with Redis down.
+* `new_items`: catalogue items the model was not trained on, least shown first (`reco.ranking.cold_start`).
 
 `EmbeddingIndex` holds the row-normalised embedding matrix once per model (built off the request
-path, when the model is loaded) so that a lookup is a single matrix product.
+path, when the model is loaded) so that a lookup is a single matrix product; above `ANN_THRESHOLD` items
+it searches an approximate index instead (`reco.ranking.ann`, built at load too).
+
+`gather` runs the sources on an executor under one deadline (`CandidateConfig.source_timeout_s`): a slow
+source is cut there and the request goes on without its candidates.
 
 The request path stays in the model's embedding-row space: each source answers a `RowList` (rows and
 anchor rows as int arrays) and `merge` dedups them with a boolean mask, so no per-candidate Python object
@@ -23,14 +28,17 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from enum import StrEnum
 from time import monotonic
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from reco.ranking.ann import AnnIndex
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,7 @@ class Source(StrEnum):
     context_similar = "context_similar"
     trending = "trending"
     popular = "popular"
+    new_items = "new_items"
 
 
 #: Merge order when one item comes from several sources: the more specific source names it.
@@ -49,6 +58,7 @@ SOURCE_PRIORITY: tuple[Source, ...] = (
     Source.context_similar,
     Source.session_similar,
     Source.trending,
+    Source.new_items,
     Source.popular,
 )
 
@@ -75,11 +85,17 @@ class RowList(NamedTuple):
         return cls(rows, np.zeros(len(rows), dtype=np.int64))
 
 
+#: Items above which the similarity sources search an ANN index (`reco.ranking.ann`) instead of all rows.
+ANN_THRESHOLD = 20_000
+
+
 class EmbeddingIndex:
     """Cosine nearest neighbours over a fixed item embedding matrix.
 
     Rows are aligned with `item_ids`; a `<pad>` row and all-zero rows are never returned. The request
     path works on rows (`row_list`, `similar_rows`); `similar` is the same search as `Candidate` objects.
+    With more than `ann_threshold` items the search is approximate (`AnnIndex`, built here: off the
+    request path); below it, exact.
 
     >>> emb = np.array([[0, 0], [1, 0], [0.9, 0.1], [0, 1]], dtype=np.float32)
     >>> idx = EmbeddingIndex(["<pad>", "a", "b", "c"], emb)
@@ -92,18 +108,30 @@ class EmbeddingIndex:
     #: Searches remembered per index (see `similar_rows`): ~6 KB each at the default k = 300, ~6 MB in all.
     MEMO = 1024
 
-    def __init__(self, item_ids: Sequence[str], embeddings: np.ndarray) -> None:
+    def __init__(
+        self, item_ids: Sequence[str], embeddings: np.ndarray, *, ann_threshold: int | None = None
+    ) -> None:
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] != len(item_ids):
             raise ValueError(f"embeddings shape {emb.shape} does not match {len(item_ids)} item ids")
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         self._unit = np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)
-        self._unit_t = np.ascontiguousarray(self._unit.T)
         self.ids: list[str] = list(item_ids)  # row -> item id
         self._row = {iid: i for i, iid in enumerate(self.ids) if iid != PAD}
         # Rows that must never be returned: padding and items without an embedding.
         self._invalid = (norms[:, 0] == 0) | np.array([iid == PAD for iid in self.ids])
         self._memo = functools.lru_cache(maxsize=self.MEMO)(self._similar_of_key)
+        threshold = ANN_THRESHOLD if ann_threshold is None else ann_threshold
+        self.ann: AnnIndex | None = None
+        if len(self._row) > threshold:
+            from reco.ranking.ann import AnnIndex
+
+            self.ann = AnnIndex(self._unit, np.flatnonzero(~self._invalid))
+            # One query row's neighbours, remembered: a browsing session adds one row per request.
+            self._row_memo = functools.lru_cache(maxsize=16 * self.MEMO)(self._ann_row)
+            self._unit_t = np.zeros((emb.shape[1], 0), dtype=np.float32)  # not needed: saves a copy of the table
+        else:
+            self._unit_t = np.ascontiguousarray(self._unit.T)
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._row
@@ -165,6 +193,8 @@ class EmbeddingIndex:
     def _similar_rows(self, q: np.ndarray, k: int, exclude_rows: Sequence[int]) -> tuple[RowList, np.ndarray]:
         if not len(q) or k <= 0:
             return RowList.of([]), np.zeros(0)
+        if self.ann is not None:
+            return self._ann_similar(q, k, exclude_rows)
         sims = self._unit[q] @ self._unit_t  # (n_query, n_items): row-major reductions over the queries
         best = sims.max(axis=0)
         best[self._invalid] = -np.inf
@@ -176,6 +206,31 @@ class EmbeddingIndex:
         top = np.argpartition(-best, k - 1)[:k]
         top = top[np.argsort(-best[top], kind="stable")]
         return RowList(top, q[sims[:, top].argmax(axis=0)]), best[top]  # anchor: the query it is closest to
+
+    def _ann_row(self, row: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self.ann is not None
+        found, sims = self.ann.search(self._unit[row][None, :], k)
+        keep = found[0] >= 0
+        return found[0][keep], sims[0][keep]
+
+    def _ann_similar(self, q: np.ndarray, k: int, exclude_rows: Sequence[int]) -> tuple[RowList, np.ndarray]:
+        """`_similar_rows` over the ANN: each query row's neighbours (remembered per row), then the best
+        similarity per item over the rows, as the exact search's max over the queries."""
+        extra = len(q) + len(exclude_rows) + 1  # room for the query rows and exclusions found among them
+        parts = [self._row_memo(int(r), k + extra) for r in q.tolist()]
+        rows = np.concatenate([p[0] for p in parts])
+        sims = np.concatenate([p[1] for p in parts]).astype(np.float64)
+        anchors = np.repeat(q, [len(p[0]) for p in parts])
+        drop = np.zeros(len(self.ids), dtype=bool)
+        drop[q] = True
+        drop[np.asarray(exclude_rows, dtype=np.int64)] = True
+        keep = ~drop[rows] & ~self._invalid[rows]
+        rows, sims, anchors = rows[keep], sims[keep], anchors[keep]
+        order = np.lexsort((rows, -sims))  # best first; ties by row (stable answers)
+        rows, sims, anchors = rows[order], sims[order], anchors[order]
+        _, first = np.unique(rows, return_index=True)  # each item's best query
+        first = np.sort(first)[:k]
+        return RowList(rows[first], anchors[first]), sims[first]
 
     def similar(
         self, query_ids: Sequence[str], k: int, exclude: Collection[str] = (), source: Source = Source.session_similar
@@ -249,6 +304,7 @@ class CandidateConfig:
     popular_k: int = 500
     max_candidates: int = 500
     source_timeout_s: float = 0.05
+    new_items_k: int = 20
 
 
 #: Source code (`CandidateResult.sources`) -> source.
@@ -288,21 +344,32 @@ def gather(
     config: CandidateConfig,
     n_rows: int,
     exclude: Sequence[int] = (),
+    executor: Executor | None = None,
+    blocked: np.ndarray | None = None,
+    inline: Collection[Source] = (),
 ) -> CandidateResult:
-    """Collect every source, then merge.
+    """Collect every source under one deadline, then merge.
 
-    A source is either a `Future` already running elsewhere (I/O), waited for under
-    `config.source_timeout_s` counted from this call, or a callable run inline (CPU-only numpy work,
-    which gains nothing from a thread hop). A source that raises or runs late is left out and named in
+    A source is a `Future` already running elsewhere (I/O) or a callable. With an `executor`, callables
+    run there, all at once, and every source is waited for until `config.source_timeout_s` after this
+    call: a source still running then is cut (its answer, when it comes, is dropped) and the request goes
+    on. Sources named in `inline` (instant ones: a list already in memory) and every callable without an
+    executor run on the calling thread. A source that raises or runs late is left out and named in
     `failed`; it never fails the request. `fallback` (the in-process popular list) fills up to
-    `config.max_candidates`. Rows in `exclude` and row 0 (padding) are dropped; `n_rows` is the size of
-    the model's item table.
+    `config.max_candidates`. Rows in `exclude`, rows set in `blocked` (unavailable items) and row 0
+    (padding) are dropped; `n_rows` is the size of the model's item table.
     """
     deadline = monotonic() + config.source_timeout_s
     results: dict[Source, RowList] = {}
     failed: list[str] = []
-    # Inline sources first: they overlap with the I/O the futures are waiting on.
-    ordered = sorted(sources.items(), key=lambda kv: isinstance(kv[1], Future))
+    pending: dict[Source, SourceFn | Future[RowList]] = {}
+    for name, src in sources.items():
+        if executor is not None and callable(src) and name not in inline:
+            pending[name] = executor.submit(src)
+        else:
+            pending[name] = src
+    # Inline sources first: they overlap with the work the futures are doing.
+    ordered = sorted(pending.items(), key=lambda kv: isinstance(kv[1], Future))
     for name, src in ordered:
         try:
             if isinstance(src, Future):
@@ -317,13 +384,18 @@ def gather(
             failed.append(str(name))
             log.warning("candidate source %s failed: %s", name, exc)
     results[Source.popular] = fallback()
-    merged = merge(results, config.max_candidates, n_rows=n_rows, exclude=exclude)
+    merged = merge(results, config.max_candidates, n_rows=n_rows, exclude=exclude, blocked=blocked)
     merged.failed = failed
     return merged
 
 
 def merge(
-    results: Mapping[Source, RowList], limit: int, *, n_rows: int, exclude: Sequence[int] = ()
+    results: Mapping[Source, RowList],
+    limit: int,
+    *,
+    n_rows: int,
+    exclude: Sequence[int] = (),
+    blocked: np.ndarray | None = None,
 ) -> CandidateResult:
     """Dedup by row (the first source in `SOURCE_PRIORITY` keeps the item), cap at `limit`, in numpy.
 
@@ -332,7 +404,7 @@ def merge(
     >>> out.rows.tolist(), [str(SOURCES[s]) for s in out.sources], out.anchors.tolist(), out.per_source
     ([1, 3], ['session_similar', 'trending'], [4, 0], {'session_similar': 1, 'trending': 1})
     """
-    taken = np.zeros(n_rows, dtype=bool)
+    taken = np.zeros(n_rows, dtype=bool) if blocked is None else blocked.copy()
     taken[0] = True  # padding
     taken[np.asarray(exclude, dtype=np.int64)] = True
     parts: list[tuple[np.ndarray, np.ndarray, int]] = []

@@ -79,6 +79,8 @@ def _base_reason(source: Source, title: str | None, genre: str | None) -> str:
         return f"Similar to {title}"
     if source == Source.trending:
         return "Trending now"
+    if source == Source.new_items:
+        return f"New in {genre}" if genre and genre != "unknown" else "New arrival"
     if genre and genre != "unknown":
         return f"Popular in {genre}"
     return "Popular right now"
