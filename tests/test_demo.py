@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reco.devstack.local_stack import LocalStack, Service, StackError, free_port, group_alive, pid_alive
+from reco.devstack.local_stack import LocalStack, Service, StackError, free_port, group_alive
+from reco.state.processes import pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 
