@@ -345,20 +345,53 @@ def slate_policy_value(
     pick from a longer candidate list, it values the candidate's re-ranking of what was shown.
     `max_weight` clips W (less variance, some bias; None = no clipping).
     """
+    r, p, req, slot = _logged_arrays(logged)
+    q = plackett_luce_propensities(scores, tau)[req, slot]
+    if np.isnan(q).any():
+        raise ValueError("the candidate's scores do not cover every logged slot")
+    out = slate_estimates(r, p, q, req, slot, alpha, max_weight)
+    out["policy"] = {"kind": "plackett-luce over the logged slate" if tau > 0 else "greedy over the logged slate",
+                     "tau": tau, "max_weight": max_weight}  # fmt: skip
+    return out
+
+
+def _logged_arrays(logged: LoggedSlates) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rewards, logged propensities, request index and slot of every logged row."""
     imps = logged.impressions
     r = imps.column("clicked").to_numpy().astype(float)
     p = imps.column("propensity").to_numpy().astype(float)
     if not np.all((p > 0) & (p <= 1)):
         raise ValueError("logging propensities must lie in (0, 1]")
     req = logged.request_of_row
-    slot = np.arange(len(r)) - logged.offsets[req]
-    q = plackett_luce_propensities(scores, tau)[req, slot]
-    if np.isnan(q).any():
-        raise ValueError("the candidate's scores do not cover every logged slot")
-    # prefix weights: cumulative product of q / p down the slots of each request
-    ratio = np.ones(scores.shape)
-    ratio[req, slot] = q / p
-    w = np.cumprod(ratio, axis=1)[req, slot]
+    return r, p, req, np.arange(len(r)) - logged.offsets[req]
+
+
+def prefix_weights(p: np.ndarray, q: np.ndarray, req: np.ndarray, slot: np.ndarray) -> np.ndarray:
+    """W of each row: the product of q / p over its request's slots up to and including its own (rows of a
+    request contiguous, in slot order): the ratio of the two policies' probabilities of the logged prefix.
+
+    >>> prefix_weights(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.25, 1.0]), np.array([0, 0, 1]),
+    ...                np.array([0, 1, 0])).tolist()
+    [2.0, 1.0, 1.0]
+    """
+    n_req, width = int(req.max()) + 1, int(slot.max()) + 1
+    ratio = np.ones((n_req, width))
+    ratio[req, slot] = np.asarray(q, dtype=float) / np.asarray(p, dtype=float)
+    return np.cumprod(ratio, axis=1)[req, slot]
+
+
+def slate_estimates(
+    r: np.ndarray, p: np.ndarray, q: np.ndarray, req: np.ndarray, slot: np.ndarray, alpha: float = 0.05,
+    max_weight: float | None = None,
+) -> dict[str, object]:  # fmt: skip
+    """IPS, SNIPS and DR of a target policy's clicks per impression from logged slates, for any pair of
+    policies that log and state the same kind of propensity: ``p`` (logged) and ``q`` (target) are each
+    policy's P(logged item at its slot | the logged items above it), over the same candidates (see
+    `reco.ranking.bandits`: both serving policies log exactly that). With W_j the prefix weight
+    (`prefix_weights`), E_log[W_j r_j] = E_target[r_j] whenever the target's slates are possible under the
+    logging policy: IPS is unbiased (tests/test_offpolicy.py checks it on a simulator for both serving
+    policies), SNIPS consistent. Requests are the independent units of the CIs."""
+    w = prefix_weights(p, q, req, slot)
     if max_weight is not None:
         w = np.minimum(w, max_weight)
     w_prev = np.where(slot == 0, 1.0, np.r_[1.0, w[:-1]])
@@ -374,7 +407,21 @@ def slate_policy_value(
     out["dr"] = _result("dr", x.mean(), _ratio_se(x, ones, req), n, w, alpha).as_dict()
     out["dr"]["reward_model"] = "position baseline (logged CTR per slot)"
     out["logged"] = {"ctr": float(r.mean()), "se": _ratio_se(r, ones, req), "impressions": n,
-                     "requests": logged.n_requests}  # fmt: skip
-    out["policy"] = {"kind": "plackett-luce over the logged slate" if tau > 0 else "greedy over the logged slate",
-                     "tau": tau, "max_weight": max_weight}  # fmt: skip
+                     "requests": int(req.max()) + 1}  # fmt: skip
     return out
+
+
+def request_sums(
+    logged: LoggedSlates, scores: np.ndarray, tau: float = 1.0, max_weight: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per logged request, sum(W r) and sum(W) under the Plackett-Luce policy of `scores`: SNIPS is
+    sum(num) / sum(den), and two policies' sums on the same requests pair up for the promotion gate's
+    paired bootstrap (`reco.offline.gate.paired_bootstrap`)."""
+    r, p, req, slot = _logged_arrays(logged)
+    q = plackett_luce_propensities(scores, tau)[req, slot]
+    if np.isnan(q).any():
+        raise ValueError("the scores do not cover every logged slot")
+    w = prefix_weights(p, q, req, slot)
+    if max_weight is not None:
+        w = np.minimum(w, max_weight)
+    return np.bincount(req, weights=w * r), np.bincount(req, weights=w)
