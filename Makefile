@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools demo up down status test lint bench clean
+.PHONY: install tools demo up down status test lint bench clean compose-test images packaging-check
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (reco needs Python 3.11)"; exit 1; }
@@ -22,6 +22,28 @@ tools:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get install -y -q docker-compose >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null; }; \
 	  else echo "error: install docker-compose (sudo apt-get install docker-compose)"; exit 1; fi; }
+
+# The compose stack, built offline (Debian base image via debootstrap + a host wheelhouse) and booted for real:
+# up -> healthy -> bootstrap -> recommendation + events -> reco_training on the celery worker -> swap -> down -v.
+# Needs dockerd (started if not running) and root for debootstrap; about 10-20 min on 2 cores (docs/operations.md).
+compose-test: $(STAMP) tools
+	@command -v debootstrap >/dev/null || apt-get install -y -q debootstrap >/dev/null
+	python3 deploy/compose_test.py
+
+images: $(STAMP)
+	deploy/build-images.sh
+
+# Python 3.12: the pinned tree resolves for reco[serving,pipeline] (pip --dry-run in a throwaway venv).
+PY312 ?= $(shell command -v python3.12 || ls /root/.pyenv/versions/3.12.*/bin/python3.12 2>/dev/null | tail -1)
+packaging-check:
+	@test -n "$(PY312)" || { echo "error: python3.12 not found"; exit 1; }
+	rm -rf .cache/py312 && $(PY312) -m venv .cache/py312
+	.cache/py312/bin/pip install -q --dry-run --report .cache/py312/report.json -c constraints.txt '.[serving,pipeline]' \
+	  >.cache/py312/pip.log 2>&1 || { grep -E 'ERROR' .cache/py312/pip.log; exit 1; }
+	.cache/py312/bin/python -c "import json; r = json.load(open('.cache/py312/report.json')); \
+	  n = {i['metadata']['name'].lower(): i['metadata']['version'] for i in r['install']}; \
+	  assert n['torch'] == '2.13.0' and n['apache-airflow'] == '3.3.2' and n['mlflow'] == '3.17.2', n; \
+	  print(f'python3.12: reco[serving,pipeline] resolves ({len(n)} packages)')"
 
 demo: $(STAMP)
 	$(BIN)/reco demo

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
@@ -88,6 +88,8 @@ class RecoSettings(BaseSettings):
     registered_model: str = Field("reco-ranker", description="name of the registered model")
     experiments_path: Path | None = Field(None, description="experiment config (YAML); unset = built-in")
     data_dir: Path | None = Field(None, description="MovieLens-100k files; unset = <home>/data/ml-100k")
+    log_format: Literal["text", "json"] = Field("text", description="log lines: text, or JSON with request_id")
+    access_log: bool = Field(False, description="log one line per HTTP request (method, route, status, ms)")
 
     @property
     def lake_dir(self) -> Path:

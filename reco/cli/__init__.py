@@ -11,7 +11,7 @@ import typer
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="reco: real-time personalization")
 
 #: Modules under reco/cli/ that add commands.
-COMMAND_MODULES = ("data", "serve", "ab", "demo", "learn", "train")
+COMMAND_MODULES = ("data", "serve", "ab", "demo", "learn", "train", "sink", "bootstrap")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"reco.cli.{_name}").register(app)

@@ -8,6 +8,7 @@ import signal
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -91,6 +92,7 @@ def learn(
     checkpoint_every_s: float = typer.Option(300.0, min=1.0, help="seconds between MLflow checkpoints"),
     no_checkpoint: bool = typer.Option(False, "--no-checkpoint", help="do not checkpoint to MLflow"),
     metrics_file: Path | None = typer.Option(None, help="Prometheus text file (default <home>/metrics/online.prom)"),
+    metrics_port: int | None = typer.Option(None, min=0, max=65535, help="serve Prometheus /metrics on this port"),
     consumer: str = typer.Option("learner-1", help="consumer name in the group (stable across restarts)"),
     threads: int = typer.Option(1, min=1, max=64, help="torch threads (1: measured fastest on 2 shared cores)"),
     max_seconds: float | None = typer.Option(None, min=1.0, help="stop after this many seconds (bounded run)"),
@@ -110,8 +112,9 @@ def learn(
     from reco.settings import RecoSettings
     from reco.state.embedded_redis import resolve_url
     from reco.state.store import RedisStore, StoreUnavailable, connect
+    from reco.telemetry import logs
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(RecoSettings().log_format)
     torch.set_num_threads(threads)
     settings = RecoSettings()
     try:
@@ -151,6 +154,8 @@ def learn(
         checkpoint_every_s=checkpoint_every_s, metrics_path=str(metrics), base_poll_s=base_poll_s,
         rebase=RegistryBases(settings.tracking_uri, settings.registered_model, aliases, make_learner),
     )  # fmt: skip
+    if metrics_port is not None:
+        _serve_metrics(metrics_port, learner)
     stopping = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
@@ -163,6 +168,22 @@ def learn(
         except (StoreUnavailable, RedisError) as exc:
             raise _fail(f"redis unavailable at {url}: {exc}") from None
     typer.echo(f"stopped: {learner.stats.read} events read, {learner.stats.publications} publications")
+
+
+def _serve_metrics(port: int, learner: Any) -> None:
+    """/metrics: the learner's figures plus its backlog in the stream (undelivered + unacknowledged)."""
+    from reco.telemetry.exposition import format_flat, serve_metrics
+
+    def render() -> str:
+        figures = dict(learner.metrics())
+        try:
+            lag = learner.lag()
+            figures["reco_learner_lag_entries"] = lag["lag"] + lag["pending"]
+        except Exception:  # Redis away: the other figures still go out; the lag alert sees no sample
+            logging.getLogger(__name__).warning("learner lag unavailable")
+        return format_flat(figures)
+
+    serve_metrics(port, render)
 
 
 def simulate(

@@ -33,6 +33,8 @@ def serve(
         _prometheus_multiprocess_dir(settings.home / "run" / "prometheus")
     import uvicorn
 
+    from reco.telemetry.logs import dict_config
+
     uvicorn.run(
         "serving.app:create_app",
         factory=True,
@@ -40,7 +42,8 @@ def serve(
         port=port or settings.port,
         workers=n_workers,
         log_level="info",
-        access_log=False,
+        log_config=dict_config(settings.log_format),  # JSON lines with request_id under RECO_LOG_FORMAT=json
+        access_log=False,  # the app's own access log (RECO_ACCESS_LOG) names the route and the request id
     )
 
 
