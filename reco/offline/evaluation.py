@@ -19,7 +19,7 @@ the items of the history given: it lets the model learn that ML-100k users never
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -136,6 +136,30 @@ def _history_columns(item_ids: Sequence[str], sessions: Sequence[Sequence[str]])
     return [c[c >= 0] for c in cols]
 
 
+def evaluate_scores(
+    score: Callable[[Sequence[Sequence[str]]], np.ndarray],
+    items: Sequence[str],
+    sessions: Sequence[Sequence[str]],
+    targets: Sequence[str],
+    batch_size: int = 64,
+) -> dict[str, dict[str, float]]:
+    """Rank `items` for each session by `score(batch of sessions) -> (len(batch), len(items))`; the one
+    ranking code of every model measured here (the ranker, the benchmarks' baselines). Returns {"all":
+    metrics with history kept, "exclude_history": metrics without it}."""
+    tcols = _columns(items, targets)
+    ranks_all, ranks_excl = [], []
+    for lo in range(0, len(sessions), batch_size):
+        batch = sessions[lo : lo + batch_size]
+        scores = score(batch)
+        t = tcols[lo : lo + batch_size]
+        ranks_all.append(target_ranks(scores, t))
+        ranks_excl.append(target_ranks(scores, t, exclude=_history_columns(items, batch)))
+    return {
+        "all": ranking_metrics(np.concatenate(ranks_all)),
+        "exclude_history": ranking_metrics(np.concatenate(ranks_excl)),
+    }
+
+
 def evaluate_bundle(
     bundle: ModelBundle,
     sessions: Sequence[Sequence[str]],
@@ -144,26 +168,15 @@ def evaluate_bundle(
     page_type: str = "home",
     device: str = "desktop",
     seen: bool = True,
-    per_user: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Rank every vocabulary item for each session through `ModelBundle.score_batch` (the ranker's
-    forward). Returns {"all": metrics with history kept, "exclude_history": metrics without it}.
-    `seen=False` turns the ranker's "already seen" input off (see the module docstring)."""
+    forward): `evaluate_scores`. `seen=False` turns the ranker's "already seen" input off (module docstring)."""
     items = bundle.item_ids[1:]  # every real item; row 0 is padding
-    tcols = _columns(items, targets)
-    ranks_all, ranks_excl = [], []
-    for lo in range(0, len(sessions), batch_size):
-        batch = sessions[lo : lo + batch_size]
-        scores, _ = bundle.score_batch(batch, items, page_type=page_type, device=device, seen=seen)
-        t = tcols[lo : lo + batch_size]
-        ranks_all.append(target_ranks(scores, t))
-        ranks_excl.append(target_ranks(scores, t, exclude=_history_columns(items, batch)))
-    if per_user is not None:  # per-session target ranks: the promotion gate's paired bootstrap
-        per_user["all"], per_user["exclude_history"] = np.concatenate(ranks_all), np.concatenate(ranks_excl)
-    return {
-        "all": ranking_metrics(np.concatenate(ranks_all)),
-        "exclude_history": ranking_metrics(np.concatenate(ranks_excl)),
-    }
+
+    def score(batch: Sequence[Sequence[str]]) -> np.ndarray:
+        return bundle.score_batch(batch, items, page_type=page_type, device=device, seen=seen)[0]
+
+    return evaluate_scores(score, items, sessions, targets, batch_size)
 
 
 def most_popular(
