@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reco.ranking.candidates import CandidateConfig
+from reco.ranking.cold_start import ColdStartConfig
 from reco.ranking.recommend import ArmPolicies, NoModelAvailable, PipelineConfig, Recommender, RecoRequest, RecoResult
 from reco.ranking.rules import RuleConfig
 from serving.metrics import Metrics
@@ -56,6 +57,7 @@ from serving.schemas import (
     RecommendationRequest,
     RecommendationResponse,
 )
+from serving.items import catalogue_poll, category_of_upserted, served_model_builder
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class Services:
     manager: ModelManager
     recommender: Recommender
     metrics: Metrics
+    items: Any | None = None  # reco.state.items.ItemStore: the catalogue API's store
 
 
 def create_app(settings: Settings | None = None, *, model_source: ModelSource | None = None) -> FastAPI:
@@ -138,6 +141,7 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
     store, reads = _open_store(settings, closers)
     policies = ArmPolicies(seed=settings.exploration_seed, max_per_category=settings.max_per_category)
     source = model_source or RegistrySource(settings.tracking_uri, settings.registered_model)
+    items, follower = _open_catalogue(store)
     manager = ModelManager(
         arms,
         source,
@@ -149,6 +153,8 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
         on_interactions=policies.set_interactions,
         on_refused=metrics.model_refused_by_smoke_test,
         phases=(lambda: source.phases(experiment.name)) if hasattr(source, "phases") else None,
+        build=served_model_builder(follower, settings.ann_threshold),
+        on_poll=(lambda: catalogue_poll(follower)) if follower is not None else (lambda: False),
     )
     manager.refresh()
     manager.refresh_weights()
@@ -172,13 +178,31 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
             rules=RuleConfig(max_per_category=settings.max_per_category),
             features_timeout_s=settings.features_timeout_ms / 1000,
             features_inline=True,  # `reads` times out at the features budget: no thread hop needed
+            cold_start=ColdStartConfig(
+                bonus=settings.cold_start_bonus, max_impressions=settings.cold_start_max_impressions
+            ),
         ),
         executor=pool,
         log_executor=log_pool if settings.log_impressions_async else None,
         on_log_error=lambda exc: metrics.impression_log_failures.inc(),
         phase_of=manager.phase_of,
     )
-    return Services(settings, store, manager, recommender, metrics), closers
+    return Services(settings, store, manager, recommender, metrics, items), closers
+
+
+def _open_catalogue(store: Any) -> tuple[Any, Any]:
+    """The catalogue store and this worker's follower of it, read once now (None, None without Redis)."""
+    from reco.state.items import CatalogFollower, ItemStore
+
+    if store is None:
+        return None, None
+    items = ItemStore(store.client, store.prefix)
+    follower = CatalogFollower(items)
+    try:
+        follower.poll()
+    except Exception as exc:  # Redis down at start: the catalogue is read at the next poll
+        log.warning("catalogue not read at start: %s", exc)
+    return items, follower
 
 
 def _open_store(settings: Settings, closers: list) -> tuple[Any, Any]:
@@ -311,6 +335,9 @@ def _add_routes(app: FastAPI) -> None:
         return EventsAccepted(accepted=result.accepted, duplicates=result.duplicates)
 
     _add_admin_routes(app)
+    from serving.items import add_item_routes
+
+    add_item_routes(app)
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz() -> Health:
@@ -544,18 +571,28 @@ def _learning_status(services: Services, paused: set[str]) -> LearningStatus:
 
 
 def _check_items(services: Services, batch: EventBatch) -> dict[str, str]:
-    """Every event's item must be in the served catalogue (422 otherwise); returns item -> category."""
+    """Every event's item must be in the served catalogue, or upserted through the catalogue API since the
+    last poll (422 otherwise); returns item -> category."""
     model = services.manager.any()
     if model is None:
         return {}
-    catalog = model.bundle.catalog
-    unknown = [(i, e.item_id) for i, e in enumerate(batch.events) if e.item_id not in catalog]
+    index, row_category = model.index, model.row_category
+    categories: dict[str, str] = {}
+    missing: list[str] = []
+    for iid in dict.fromkeys(e.item_id for e in batch.events):
+        row = index.row_of(iid)
+        if row is None:
+            missing.append(iid)
+        else:
+            categories[iid] = row_category[row]
+    if missing:
+        categories.update(category_of_upserted(services.items, missing) or {})
+    unknown = [(i, e.item_id) for i, e in enumerate(batch.events) if e.item_id not in categories]
     if unknown:
         shown = ", ".join(f"events[{i}].item_id={iid!r}" for i, iid in unknown[:5])
         more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
         raise ApiError(422, f"unknown item ids: {shown}{more}")
-    ids = list({e.item_id for e in batch.events})
-    return dict(zip(ids, catalog.categories_of(ids), strict=True))
+    return categories
 
 
 # --- errors ------------------------------------------------------------------------------------------

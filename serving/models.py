@@ -148,6 +148,7 @@ class ModelManager:
         on_interactions: Callable[[str, int], None] = lambda arm, n: None,
         on_refused: Callable[[str, str], None] = lambda arm, kind: None,
         phases: Callable[[], Sequence[Any]] | None = None,
+        on_poll: Callable[[], bool] = lambda: False,
     ) -> None:
         self.arms = dict(arms)
         # The experiment's phases (`reco.experiments.phases`), read at every registry poll: impressions
@@ -163,6 +164,7 @@ class ModelManager:
         self._on_change = on_change
         self._on_interactions = on_interactions
         self._on_refused = on_refused
+        self._on_poll = on_poll  # True: what `build` reads changed (the item catalogue): rebuild every arm
         # What the smoke test refused, per arm, so a bad version or snapshot is neither re-downloaded nor
         # re-logged at every poll: registry version, and (base version, snapshot) of online weights.
         self._refused_version: dict[str, str] = {}
@@ -265,6 +267,29 @@ class ModelManager:
         self._install(arm, self._build(bundle, version), base=True)
         log.warning("arm %s serves cached version %s (registry unavailable)", arm, version)
 
+    def rebuild(self) -> list[str]:
+        """Rebuild every arm's current model from its bundle (the item catalogue changed: new items,
+        availability) off the request path and swap it in; returns the arms rebuilt."""
+        done = []
+        with self._refresh_lock:
+            for arm in self.arms:
+                current = self._models.get(arm)
+                if current is None:
+                    continue
+                try:
+                    model = self._build(current.bundle, current.version, online_snapshot=current.online_snapshot)
+                    base = self._base.get(arm)
+                    if base is current:
+                        self._base[arm] = model
+                    elif base is not None:
+                        self._base[arm] = self._build(base.bundle, base.version)
+                except Exception as exc:  # keep serving the model we have
+                    log.warning("arm %s not rebuilt for the new catalogue: %s", arm, exc)
+                    continue
+                self._install(arm, model, base=False)
+                done.append(arm)
+        return done
+
     def _install(self, arm: str, model: ServedModel, *, base: bool) -> None:
         if base:
             self._base[arm] = model
@@ -338,6 +363,11 @@ class ModelManager:
                 self.refresh()
                 next_registry = time.monotonic() + self.poll_s
             self.refresh_weights()
+            try:
+                if self._on_poll():
+                    self.rebuild()
+            except Exception as exc:  # Redis down: the catalogue stays as it was
+                log.warning("catalogue poll failed: %s", exc)
 
 
 def with_weights(bundle: Any, blob: bytes) -> Any:

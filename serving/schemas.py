@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from reco.data.catalog import ItemId, ItemUpsert
 from reco.data.events import Event, PageType
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
@@ -96,3 +97,29 @@ class ErrorBody(BaseModel):
 
     detail: str | list[ValidationIssue]
     message: str | None = None
+
+
+# --- catalogue API (`PUT /v1/items...`; the item model itself is reco.data.catalog.ItemUpsert) ---------
+
+
+class ItemBatchEntry(ItemUpsert):
+    item_id: ItemId
+
+
+class ItemBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ItemBatchEntry] = Field(min_length=1, description="at most `max_items_per_batch` (default 1000)")
+
+
+class ItemUpserted(BaseModel):
+    item_id: str
+    status: str = Field(description="created, updated or unchanged (same content: nothing changed)")
+    version: int = Field(description="catalogue version that last changed the item")
+
+
+class ItemsUpserted(BaseModel):
+    created: int
+    updated: int
+    unchanged: int
+    catalog_version: int = Field(description="the catalogue version after this batch")

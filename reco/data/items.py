@@ -147,3 +147,21 @@ def _atomic_write(table: pa.Table, folder: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def merge_into_catalog(catalog_path: str | Path, table: ItemsTable) -> int:
+    """Merge the table's latest records into the catalogue file the pipeline trains and validates with
+    (`reco.data.catalog.with_items`; written atomically). Returns the number of records merged."""
+    from reco.data.catalog import ItemCatalog, with_items
+
+    latest = table.latest()
+    if not latest:
+        return 0
+    path = Path(catalog_path)
+    base = ItemCatalog.from_parquet(path) if path.is_file() else ItemCatalog.from_records([])
+    merged = with_items(base, latest.values())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    merged.to_parquet(tmp)
+    os.replace(tmp, path)
+    return len(latest)

@@ -92,7 +92,29 @@ def ingest(
         written = {d: lake.count_rows(d, d) for d in lake.days() if s <= d <= e}
     else:
         raise ValueError(f"unknown source {source!r}: use 'files', 'stream' or 'lake'")
-    return {"lake": str(p["lake"]), "rows": int(sum(written.values())), "days": len(written)}
+    items = _land_items(p, source, redis_url, redis_prefix, home)
+    return {"lake": str(p["lake"]), "rows": int(sum(written.values())), "days": len(written), "items": items}
+
+
+def _land_items(p: dict[str, Path], source: str, redis_url: str | None, prefix: str, home: str) -> int:
+    """The catalogue API's items: Redis -> the lake's items table (with the stream), then the table's latest
+    records -> the catalogue file that validation and training read, so that upserted items are known
+    to GX and join the next model's vocabulary. Returns the items merged."""
+    from reco.data.items import ItemsTable, merge_into_catalog
+
+    table = ItemsTable(p["lake"] / "items")
+    if source == "stream":
+        from reco.state.embedded_redis import resolve_url
+        from reco.state.items import ItemStore, export_items
+        from reco.state.store import connect
+
+        url, _server = resolve_url(redis_url, home)
+        client = connect(url, socket_timeout=30.0)
+        try:
+            export_items(ItemStore(client, prefix), table)
+        finally:
+            client.close()
+    return merge_into_catalog(p["catalog"], table)
 
 
 def _drain_stream(

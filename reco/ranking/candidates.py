@@ -143,6 +143,10 @@ class EmbeddingIndex:
     def n_rows(self) -> int:
         return len(self.ids)
 
+    def row_of(self, item_id: str) -> int | None:
+        """The item's row (None: not in this index)."""
+        return self._row.get(item_id)
+
     def rows(self, item_ids: Iterable[str]) -> list[int]:
         """Matrix rows of the known ids (unknown ids are skipped)."""
         get = self._row.get
