@@ -78,14 +78,14 @@ def request_candidates(store: RedisStore, served, session_id: str = "bench-s") -
     """The exact candidates the benchmark request ranks (user "bench", session `session_id`), from the
     pipeline's own candidate code."""
     from reco.experiments.assignment import Assignment, ExplorationConfig
-    from reco.ranking.recommend import Recommender, RecoRequest, _session_for_model
+    from reco.ranking.recommend import Recommender, RecoRequest, session_for_model
 
     rec = Recommender(store=store, assign=lambda u: Assignment("e", "control", "arm-control", ExplorationConfig(), 0.0),
                       models=lambda a: served)  # fmt: skip
     features = store.request_context("bench", session_id, [], "control", served.categories, trending_k=100)
     trending = [str(iid) for iid, _ in features.trending_top]
     cands = rec._candidates(RecoRequest("bench", session_id=session_id, limit=20), served,
-                            _session_for_model(features, served.index), trending)  # fmt: skip
+                            session_for_model(features, served.index), trending)  # fmt: skip
     return [served.index.ids[r] for r in cands.rows]
 
 
