@@ -3,7 +3,14 @@ gate -> register -> promote to `arm-<target>` (and `champion` when there is none
 
 Thin wiring: every task calls one `reco.pipeline.training_tasks` function (imported inside the task, so
 parsing this file imports neither torch, mlflow nor great_expectations). XCom carries small dicts of
-paths and ids. Daily schedule (the run's data interval, one day) or a manual trigger with the form below.
+paths and ids.
+
+Daily data intervals: the run of logical date D trains on the lake's validated events of the UTC day D
+(plus `lookback_days` before it), landed by `reco sink`, warm-started from the arm's current version and
+its newest online snapshot; it starts once day D is over. A promotion into an experiment arm starts a new
+experiment phase. `source=files` is the MovieLens-100k bootstrap path (as `reco bootstrap`). Backfill a
+range with `airflow backfill create --dag-id reco_training --from-date ... --to-date ...` or
+`POST /api/v2/backfills`; every task is idempotent per logical date.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 VALIDATED_EVENTS = Asset(name="reco_validated_events", uri="file:///reco/validated")
 
@@ -27,14 +34,18 @@ PARAMS = {
     "start": Param(None, type=["null", "string"], format="date", description="first day (UTC); empty = run's day"),
     "end": Param(None, type=["null", "string"], format="date", description="last day, inclusive; empty = start"),
     "source": Param(
-        "files",
+        "lake",
         type="string",
-        enum=["files", "stream", "lake"],
-        description="MovieLens files, the Redis stream, or the lake as it is",
+        enum=["lake", "stream", "files"],
+        description="lake: events the sink landed (the live loop); stream: drain the Redis stream first; "
+        "files: MovieLens-100k (bootstrap)",
     ),
+    "lookback_days": Param(0, type="integer", minimum=0, maximum=365, description="days before the interval"),
     "arm": Param("treatment", type="string", pattern="^[a-z0-9_-]{1,40}$", description="target experiment arm"),
     "epochs": Param(5, type="integer", minimum=1, maximum=200),
-    "gate_tolerance": Param(0.01, type="number", minimum=0, maximum=1, description="allowed NDCG@10 drop"),
+    "gate_margin": Param(0.05, type="number", minimum=0, maximum=1, description="reject: CI of rel. NDCG@10 < -margin"),
+    "offpolicy_gate": Param(True, type="boolean", description="off-policy SNIPS CTR vs champion gates too"),
+    "offpolicy_min_requests": Param(1000, type="integer", minimum=1, description="logged requests needed to gate"),
     "bad_row_threshold": Param(0.05, type="number", minimum=0, maximum=1, description="max quarantined fraction"),
     "data_dir": Param(None, type=["null", "string"], description="MovieLens folder; empty = RECO_DATA_DIR"),
     "home": Param(None, type=["null", "string"], description="reco state folder; empty = RECO_HOME"),
@@ -44,13 +55,15 @@ PARAMS = {
 
 def _job() -> dict[str, Any]:
     """The run's resolved settings (params over RECO_* environment), computed at run time, never at parse."""
+    from reco.pipeline.window import run_days
     from reco.settings import RecoSettings
 
     ctx = get_current_context()
     p = ctx["params"]
     settings = RecoSettings()
-    run_day = ctx.get("data_interval_start") or ctx.get("logical_date") or datetime.now() - timedelta(days=1)
-    start = p.get("start") or run_day.date().isoformat()
+    first, last = run_days(ctx.get("data_interval_start"), ctx.get("data_interval_end"), ctx.get("logical_date"),
+                           run_after=ctx["dag_run"].run_after, start=p.get("start"), end=p.get("end"),
+                           lookback_days=int(p.get("lookback_days") or 0))  # fmt: skip
     return {
         "home": str(p.get("home") or settings.home),
         "tracking_uri": p.get("tracking_uri") or settings.tracking_uri,
@@ -58,19 +71,22 @@ def _job() -> dict[str, Any]:
         "data_dir": str(p.get("data_dir") or settings.movielens_dir),
         "redis_url": settings.redis_url,
         "redis_prefix": settings.redis_prefix,
-        "start": start,
-        "end": p.get("end") or start,
+        "start": first.isoformat(),
+        "end": last.isoformat(),
+        "experiments_path": None if settings.experiments_path is None else str(settings.experiments_path),
         "source": p["source"],
         "arm": p["arm"],
         "epochs": int(p["epochs"]),
-        "gate_tolerance": float(p["gate_tolerance"]),
+        "gate_margin": float(p["gate_margin"]),
+        "offpolicy_gate": bool(p["offpolicy_gate"]),
+        "offpolicy_min_requests": int(p["offpolicy_min_requests"]),
         "threshold": float(p["bad_row_threshold"]),
     }
 
 
 @dag(
     dag_id="reco_training",
-    schedule="@daily",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -132,7 +148,7 @@ def reco_training() -> None:
     def gate(job: dict[str, Any], candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
         from reco.pipeline.training_tasks import gate
 
-        return gate(candidate, evaluation, job["gate_tolerance"])
+        return gate(candidate, evaluation, job["gate_margin"], job["offpolicy_gate"], job["offpolicy_min_requests"])
 
     @task
     def register(
@@ -153,7 +169,14 @@ def reco_training() -> None:
     def promote(job: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any]:
         from reco.pipeline.training_tasks import promote_candidate
 
-        return promote_candidate(job["tracking_uri"], job["model_name"], job["arm"], registered)
+        ctx = get_current_context()
+        who, why = f"reco_training {ctx['run_id']}", f"trained on {job['start']}..{job['end']}"
+        # the phase starts, in event time, when the run's data ends (a simulated day or a backfill: that day)
+        starts = ctx.get("data_interval_end") or ctx["dag_run"].run_after
+
+        return promote_candidate(job["tracking_uri"], job["model_name"], job["arm"], registered, who=who,
+                                 experiments_path=job.get("experiments_path"), why=why,
+                                 now=starts.isoformat())  # fmt: skip
 
     job = resolve()
     validation = validate(job, ingest(job))

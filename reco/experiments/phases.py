@@ -61,6 +61,7 @@ class Phase:
     why: str
     versions: Mapping[str, str | None]
     learning: Mapping[str, str] = field(default_factory=dict)  # arm -> "online" | "frozen"
+    recorded_at: str = ""  # wall-clock time of the record (`started` may be a run's logical time)
 
     @property
     def frozen(self) -> tuple[str, ...]:
@@ -70,13 +71,15 @@ class Phase:
     def to_dict(self) -> dict[str, Any]:
         """What the A/B report's `phases` parameter takes (id, started, who, why, versions) and more."""
         return {"id": self.id, "experiment": self.experiment, "started": self.started, "who": self.who,
-                "why": self.why, "versions": dict(self.versions), "learning": dict(self.learning)}  # fmt: skip
+                "why": self.why, "versions": dict(self.versions), "learning": dict(self.learning),
+                "recorded_at": self.recorded_at}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Phase:
+        versions = {str(k): None if v is None else str(v) for k, v in d["versions"].items()}
+        learning = {str(k): str(v) for k, v in (d.get("learning") or {}).items()}
         return cls(str(d["experiment"]), int(d["id"]), str(d["started"]), str(d.get("who") or ""),
-                   str(d.get("why") or ""), {str(k): None if v is None else str(v) for k, v in d["versions"].items()},
-                   {str(k): str(v) for k, v in (d.get("learning") or {}).items()})  # fmt: skip
+                   str(d.get("why") or ""), versions, learning, str(d.get("recorded_at") or ""))  # fmt: skip
 
 
 def phase_of(phases: Sequence[Phase], arm: str, version: str | None) -> int | None:
@@ -140,7 +143,9 @@ class PhaseLog:
         now: datetime | None = None,
     ) -> Phase:
         """Start a new phase with these versions (and learning modes), unless the current phase already
-        has exactly them: then the current phase is returned (idempotent reruns)."""
+        has exactly them: then the current phase is returned (idempotent reruns). `now` is when the phase
+        starts in event time (a DAG run passes the end of its data interval, so that simulated days and
+        backfills get the day they stand for); default the wall clock."""
         versions = {str(a): None if v is None else str(v) for a, v in versions.items()}
         learning = {a: (learning or {}).get(a, ONLINE) for a in versions}
         cur = self.current(experiment)
@@ -149,8 +154,9 @@ class PhaseLog:
         for _attempt in range(3):
             last = self.phases(experiment)
             new_id = (last[-1].id if last else 0) + 1
-            stamp = (now or datetime.now(UTC)).astimezone(UTC).isoformat()
-            phase = Phase(experiment, new_id, stamp, who, why, versions, learning)
+            wall = datetime.now(UTC)
+            stamp = (now or wall).astimezone(UTC).isoformat()
+            phase = Phase(experiment, new_id, stamp, who, why, versions, learning, wall.isoformat())
             key = _tag(experiment, new_id)
             if key in self._tags():  # another writer took the id meanwhile
                 continue
@@ -217,7 +223,7 @@ def experiment_phases(
     from reco.artifacts.registry import client_for, ensure_registered_model
     from reco.experiments.assignment import load_config
 
-    name = load_config(experiments_path).experiment(experiment).name
+    name = experiment or load_config(experiments_path).experiment().name
     client = client_for(tracking_uri)
     ensure_registered_model(client, model_name)
     return [p.to_dict() for p in PhaseLog(client, model_name).phases(name)]
