@@ -16,12 +16,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# System tools the tests use: Debian's docker-compose 1.29 validates docker-compose.yml without an engine.
+# System tools the tests use: Debian's docker-compose 1.29 validates docker-compose.yml without an engine;
+# Debian's chromium renders the A/B report headless (tests/test_ab_report_browser.py).
 tools:
 	@command -v docker-compose >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get install -y -q docker-compose >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null; }; \
 	  else echo "error: install docker-compose (sudo apt-get install docker-compose)"; exit 1; fi; }
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	  else echo "error: install chromium (sudo apt-get install chromium)"; exit 1; fi; }
 
 # The compose stack, built offline (Debian base image via debootstrap + a host wheelhouse) and booted for real:
 # up -> healthy -> bootstrap -> recommendation + events -> reco_training on the celery worker -> swap -> down -v.

@@ -268,10 +268,11 @@ def novelty(units: pd.DataFrame, arm: str, cfg: ReportConfig) -> dict[str, Any]:
     """Does the relative lift trend with days since first exposure? WLS slope z-test over exposure days
     with at least `novelty_min_users` users in both arms; flagged when p < alpha and the trend shrinks the
     lift. Fewer than 3 such days: not testable (flagged None, never "no")."""
-    test = "WLS of daily lift on days since first exposure"
+    test = "WLS of daily lift on days since first exposure, user-clustered (delta-method) standard error"
     u = units[units["arm"].isin([arm, cfg.control])]
     first = u.groupby(["user_id", "arm"], observed=True)["day"].transform("min")
-    mom = _arm_moments(u.assign(k=(u["day"] - first).to_numpy()), ["arm", "k"])
+    u = u.assign(k=(u["day"] - first).to_numpy())
+    mom = _arm_moments(u, ["arm", "k"])
     rows = {}
     for a in (arm, cfg.control):
         if a not in mom.index.get_level_values(0):
@@ -294,8 +295,12 @@ def novelty(units: pd.DataFrame, arm: str, cfg: ReportConfig) -> dict[str, Any]:
             "exposure_days_used": tr.n_points,
             "why": f"{tr.n_points} exposure day(s) with >= {cfg.novelty_min_users} users per arm; 3 needed",
         }
+    se = _clustered_slope_se(u, arm, cfg.control, j, S.relative_lift_var(j["r_t"], j["v_t"], j["r_c"], j["v_c"]))
+    z = tr.slope / se if se > 0 else math.nan
+    p = float(2 * st.norm.sf(abs(z))) if math.isfinite(z) else math.nan
+    tr = S.Trend(tr.slope, se, z, p, tr.n_points)
     overall = (rel * j["n_t"]).sum() / max(j["n_t"].sum(), 1)
-    flagged = bool(tr.p_value < cfg.alpha and np.sign(tr.slope) != np.sign(overall))
+    flagged = bool(math.isfinite(p) and p < cfg.alpha and np.sign(tr.slope) != np.sign(overall))
     return {
         "test": test,
         "testable": True,
@@ -305,6 +310,28 @@ def novelty(units: pd.DataFrame, arm: str, cfg: ReportConfig) -> dict[str, Any]:
         "exposure_days_used": tr.n_points,
         "flagged": flagged,
     }
+
+
+def _clustered_slope_se(u: pd.DataFrame, arm: str, control: str, j: pd.DataFrame, var_k: Any) -> float:
+    """Standard error of the WLS slope with users as clusters. The daily lifts share users (a user is on
+    exposure days 0, 1, 2, ...), so the slope's textbook variance, which treats days as independent, is
+    too small (13 % false alarms in a simulated A/A at alpha 5 %). The slope is linear in the daily lifts,
+    b = sum_k g_k y_k, and each y_k = R_t,k / R_c,k - 1 is linearised in users' clicks and impressions
+    (delta method), so b ~ sum over users of their influence phi_i; Var(b) = sum phi_i^2 (users independent)."""
+    w = 1.0 / np.asarray(var_k, dtype=float)
+    x = j.index.to_numpy(float)
+    xb = (w @ x) / w.sum()
+    g = pd.Series(w * (x - xb) / float(w @ (x - xb) ** 2), index=j.index)
+    rows = u[u["k"].isin(j.index)]
+    sums = rows.groupby(["arm", "k"], observed=True)["imps"].sum()
+    k = rows["k"].to_numpy()
+    rt, rc = j["r_t"].reindex(k).to_numpy(), j["r_c"].reindex(k).to_numpy()
+    is_t = (rows["arm"] == arm).to_numpy()
+    den = np.where(is_t, sums.loc[arm].reindex(k).to_numpy(), sums.loc[control].reindex(k).to_numpy())
+    c, n = rows["clicks"].to_numpy(float), rows["imps"].to_numpy(float)
+    infl = np.where(is_t, (c - rt * n) / den / rc, -(rt / rc**2) * (c - rc * n) / den)
+    phi = pd.Series(g.reindex(k).to_numpy() * infl).groupby([rows["user_id"].to_numpy(), rows["arm"].to_numpy()]).sum()
+    return float(np.sqrt((phi.to_numpy() ** 2).sum()))
 
 
 # --------------------------------------------------------------------------- breakdowns

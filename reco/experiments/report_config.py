@@ -42,7 +42,7 @@ class ReportConfig:
     guardrails_source: str = "default"
     pre_period_days: int = 14
     experiment_start: date | None = None  # first day of the experiment (phase 1): the pre-period ends before it
-    novelty_min_users: int = 30
+    novelty_min_users: int = 100  # per arm and exposure day: fewer makes the ratio estimates too noisy
     min_segment_users: int = 30
     phase: int = 1
     phases: tuple[Mapping[str, Any], ...] = ()
