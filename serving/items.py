@@ -9,7 +9,7 @@ copies Redis in the training pipeline (`reco.state.items.export_items`).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations, which name objects
-# imported inside `add_item_routes` (serving.app imports this module).
+# imported inside `add_item_routes` (serving.routes imports this module).
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path
@@ -39,7 +39,9 @@ def catalogue_poll(follower: CatalogFollower) -> bool:
 
 
 def add_item_routes(app: FastAPI) -> None:
-    from serving.app import ApiError, ApiKey, ServicesDep, Services
+    from serving.errors import ApiError
+    from serving.middleware import ApiKey
+    from serving.services import Services, ServicesDep
 
     errors = {
         401: {"description": "missing API key"},
