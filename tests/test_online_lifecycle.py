@@ -11,13 +11,13 @@ import pytest
 import redis
 import torch
 from reliability_helpers import RedisProcess
-from test_online import _close_windows, _learner, _model, _online, _traffic
+from test_online import _close_windows, _learner, _model, _one_thread, _online, _traffic  # noqa: F401 (fixture)
 
 from reco.online.arm import ArmLearner
 from reco.online.history import HistoryTracker
 from reco.online.join import RewardJoiner
 from reco.online.learner import OnlineLearner
-from reco.online.model import state_from_bytes
+from reco.state.snapshots import decode_weights
 from reco.state.store import RedisStore, connect
 
 pytestmark = pytest.mark.integration
@@ -95,7 +95,7 @@ def test_registry_base_change_switches_the_arm(redis_url: str, redis_prefix: str
     assert ol.arms["treatment"] is new and ol.stats.rebases == 1
     snap = store.get_weights("treatment")  # published at once: the new base, snapshot 0
     assert snap.meta["base_version"] == "8" and snap.meta["snapshot"] == 0
-    assert all(torch.equal(new_base[k], v) for k, v in state_from_bytes(snap.blob).items())
+    assert all(torch.equal(new_base[k], v) for k, v in decode_weights(snap.blob).items())
     # The old base's examples waiting for a step were acknowledged; nothing is left pending.
     assert _group(store.client, store, ol.group) == {"lag": 0, "pending": 0}
     assert ol.maybe_rebase(force=True) == []  # same version again: nothing to do

@@ -4,11 +4,19 @@ Every `update_every` fresh labelled examples (a seeded `holdout_fraction` of the
 instead) the learner takes one step on a mini-batch of the newest `batch_size` of them plus `replay`
 rows sampled from the replay buffer (all fresh rows then enter the buffer): one forward and one
 backward, BCE on the logit, optional inverse-propensity weights (clipped at `ips_clip`, normalised to
-mean 1), gradient-norm clipping. A non-finite loss or gradient skips the step
-and restores the last good weights. Every `check_every` steps the holdout is scored (the previous score
-is the "before"); a non-finite score restores the last good weights, a score worse than the base's by
-`margin` for `patience` consecutive checks reverts to the base weights. Otherwise the weights become the
-new last good snapshot.
+mean 1), gradient-norm clipping. A non-finite loss or gradient skips the step and restores the last good
+weights.
+
+Every step is checked on the holdout before it can be published (only the last good snapshot is ever
+published): the updated weights are accepted as the new last good snapshot only when their holdout
+log-loss is within `margin` of the last good snapshot's *and* of the base's, both scored on the same,
+current holdout rows. Otherwise the update is refused (outcome "reverted", counted in `reverts`): the
+weights go back to the last good snapshot (not the base) and the optimizer's moments are reset. So a
+finite but harmful update (flipped labels, a learning-rate spike) is never served, and nothing served is
+worse than the last good snapshot by more than `margin`. While the holdout holds fewer than `min_holdout`
+rows nothing is accepted (the base stays published). As the holdout rolls, the last good snapshot itself is
+compared with the base; worse by more than `margin` on `patience` consecutive checks, the arm goes back to
+the base weights (outcome "reverted_to_base").
 """
 
 from __future__ import annotations
@@ -30,10 +38,10 @@ class StepReport:
     step: int
     n_fresh: int
     loss: float
-    outcome: str  # "ok" | "skipped_nonfinite" | "restored" | "reverted"
-    holdout_before: float = float("nan")
-    holdout_after: float = float("nan")
-    holdout_base: float = float("nan")
+    outcome: str  # "ok" | "unchecked" | "skipped_nonfinite" | "restored" | "reverted" | "reverted_to_base"
+    holdout_before: float = float("nan")  # the last good snapshot's holdout log-loss (the reference)
+    holdout_after: float = float("nan")  # the updated weights' log-loss on the same rows
+    holdout_base: float = float("nan")  # the base weights' log-loss on the same rows
 
 
 @dataclass
@@ -43,7 +51,8 @@ class ArmCounters:
     steps: int = 0
     skipped_nonfinite: int = 0
     restored: int = 0
-    reverts: int = 0
+    reverts: int = 0  # updates refused by the holdout check (back to the last good snapshot)
+    reverts_to_base: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -53,11 +62,12 @@ class ArmLearner:
     >>> from reco.online.model import DotScorer
     >>> torch.manual_seed(0) and None
     >>> model = ArmModel(DotScorer(n_items=3, dim=4), {"a": 1, "b": 2, "c": 3}, base_version="1")
-    >>> learner = ArmLearner(model, update_every=4, batch_size=4, holdout_fraction=0.0, max_session=2, seed=0)
-    >>> z = np.zeros(4, np.int64)
-    >>> ex = Examples(np.array([[1, 0]] * 4), np.ones(4, np.int64), np.array([2, 3, 2, 3]),
-    ...               np.ones(4, np.int64), z, z, np.ones(4, np.float32), np.array([1, 0, 1, 0], np.float32),
-    ...               np.full(4, np.nan, np.float32), np.arange(4))
+    >>> learner = ArmLearner(model, lr=0.05, update_every=8, batch_size=8, holdout_fraction=0.5, min_holdout=4,
+    ...                      max_session=2, seed=0)
+    >>> z, items = np.zeros(16, np.int64), np.array([2, 3] * 8)   # item 2 is clicked, item 3 is not
+    >>> ex = Examples(np.array([[1, 0]] * 16), np.ones(16, np.int64), items, np.ones(16, np.int64), z, z,
+    ...               np.ones(16, np.float32), (items == 2).astype(np.float32), np.full(16, np.nan, np.float32),
+    ...               np.arange(16))
     >>> [r.outcome for r in learner.learn_many(ex)], learner.snapshot_step
     (['ok'], 1)
     """
@@ -76,7 +86,6 @@ class ArmLearner:
         holdout_fraction: float = 0.1,
         holdout_size: int = 1024,
         min_holdout: int = 200,
-        check_every: int = 4,
         margin: float = 0.01,
         patience: int = 3,
         max_session: int = 20,
@@ -94,7 +103,6 @@ class ArmLearner:
         self.holdout_fraction = holdout_fraction
         self.holdout_size = holdout_size
         self.min_holdout = min_holdout
-        self.check_every = check_every
         self.margin = margin
         self.patience = patience
         self.max_session = max_session
@@ -107,10 +115,11 @@ class ArmLearner:
         self._base_module = copy.deepcopy(model.module).eval()
         self._base_state = clone_state(model.module)
         self._good_state = self._base_state
+        self._good_module = copy.deepcopy(model.module).eval()  # the last good snapshot, to score the holdout
+        self._good_losses = (float("nan"), float("nan"))  # (good, base) log-loss at the last check
         self._opt = torch.optim.Adam(model.module.parameters(), lr=lr)
         self._fresh: list[Examples] = []
         self._n_fresh = 0
-        self._last_holdout = float("nan")
         self._snapshot_step = 0
         self.counters = ArmCounters()
         model.module.eval()
@@ -137,11 +146,26 @@ class ArmLearner:
         return self._good_state
 
     def holdout_losses(self) -> tuple[float, float]:
-        """(online, base) log-loss on the current holdout."""
+        """(last good snapshot, base) log-loss on the current holdout."""
         rows = self._holdout.rows()
         if len(rows) == 0:
             return float("nan"), float("nan")
-        return log_loss(logits_numpy(self.model, rows), rows.labels), log_loss(rows.base_logit, rows.labels)
+        good = log_loss(logits_numpy(self.model, rows, module=self._good_module), rows.labels)
+        return good, log_loss(rows.base_logit, rows.labels)
+
+    def good_losses(self) -> tuple[float, float]:
+        """(last good snapshot, base) log-loss as of the last holdout check (no forward pass)."""
+        return self._good_losses
+
+    def holdout(self) -> Examples:
+        """The rows of the current holdout (with the base model's logits in `base_logit`)."""
+        return self._holdout.rows()
+
+    def set_learning_rate(self, lr: float) -> None:
+        """Change the optimizer's step size until the next reset (a revert or resume uses `lr` again):
+        an operator's knob, and how the tests inject a learning-rate spike."""
+        for group in self._opt.param_groups:
+            group["lr"] = lr
 
     # -- learning ----------------------------------------------------------------------------------------
     def learn_many(self, ex: Examples) -> list[StepReport]:
@@ -172,7 +196,7 @@ class ArmLearner:
     def resume_from(self, state: dict[str, torch.Tensor], snapshot_step: int) -> None:
         """Continue from a published snapshot of the same base (a restarted learner)."""
         self._load(state)
-        self._good_state = clone_state(self.model.module)
+        self._set_good(clone_state(self.model.module))
         self._snapshot_step = snapshot_step
 
     def rewind(self) -> None:
@@ -181,17 +205,21 @@ class ArmLearner:
         base (`resume_from` the last published snapshot follows). Replay buffer and holdout are kept."""
         self._fresh, self._n_fresh = [], 0
         self._load(self._base_state)
-        self._good_state = self._base_state
+        self._set_good(self._base_state)
         self._snapshot_step = 0
         self._rule.reset()
 
     def revert_to_base(self) -> None:
         """Back to the base weights (optimizer moments reset); also used by a manual admin revert."""
         self._load(self._base_state)
-        self._good_state = self._base_state
+        self._set_good(self._base_state)
         self._snapshot_step = 0
         self._rule.reset()
-        self.counters.reverts += 1
+        self.counters.reverts_to_base += 1
+
+    def _set_good(self, state: dict[str, torch.Tensor]) -> None:
+        self._good_state = state
+        self._good_module.load_state_dict(state)
 
     def _load(self, state: dict[str, torch.Tensor]) -> None:
         self.model.module.load_state_dict(state)
@@ -234,28 +262,38 @@ class ArmLearner:
         return StepReport(step, n, loss, "skipped_nonfinite")
 
     def _guard(self, step: int, n: int, loss: float) -> StepReport:
+        """The holdout check every update passes before it can be published (see the module docstring)."""
         if not all_finite(self.model.module):
             self._load(self._good_state)
             self.counters.restored += 1
             return StepReport(step, n, loss, "restored")
-        if step % self.check_every or len(self._holdout) < self.min_holdout:
-            return self._accept(StepReport(step, n, loss, "ok"))
-        before = self._last_holdout
-        after, base = self.holdout_losses()
-        report = StepReport(step, n, loss, "ok", before, after, base)
+        rows = self._holdout.rows()
+        if len(rows) < max(1, self.min_holdout):
+            return StepReport(step, n, loss, "unchecked")  # learned, not yet publishable
+        after = log_loss(logits_numpy(self.model, rows), rows.labels)
+        good = log_loss(logits_numpy(self.model, rows, module=self._good_module), rows.labels)
+        base = log_loss(rows.base_logit, rows.labels)
+        report = StepReport(step, n, loss, "ok", good, after, base)
         if not math.isfinite(after):
             self._load(self._good_state)
             self.counters.restored += 1
             report.outcome = "restored"
             return report
-        self._last_holdout = after
-        if self._rule.check(after, base):
-            self.revert_to_base()
+        if after > min(good, base) + self.margin:
+            self._load(self._good_state)  # a finite but harmful update: back to the last good snapshot
+            self.counters.reverts += 1
             report.outcome = "reverted"
-            return report
-        return self._accept(report)
-
-    def _accept(self, report: StepReport) -> StepReport:
-        self._good_state = clone_state(self.model.module)
+            self._good_losses = (good, base)
+            return self._drift(report, good, base)
+        self._set_good(clone_state(self.model.module))
         self._snapshot_step += 1
+        self._good_losses = (after, base)
+        return self._drift(report, after, base)
+
+    def _drift(self, report: StepReport, good: float, base: float) -> StepReport:
+        """The holdout rolls: a last good snapshot worse than the base for `patience` checks -> the base."""
+        if self._rule.check(good, base):
+            self.revert_to_base()
+            self._good_losses = (base, base)
+            report.outcome = "reverted_to_base"
         return report

@@ -1,40 +1,55 @@
 """`OnlineLearner`: the single writer of online weights. Stream -> reward join -> per-arm updates ->
 versioned snapshots in Redis, with acknowledgements that make a restart lose nothing.
 
+One writer, enforced. With `lease_ttl_ms` set (`reco learn` always sets it), the learner writes only
+while it holds every one of its arms' leases (`reco.state.lease`: SET NX PX + a fencing token per arm).
+A second learner waits as a standby: it reads nothing from the stream (a group's consumers would split
+the entries) and retries every third of the lease lifetime; when the holder dies its leases expire and the
+standby takes over within `lease_ttl_ms` plus one retry. A holder that cannot renew (a long pause, a lost
+connection) steps down like a restarted process. Every snapshot is written under the arm's token and the
+write is refused inside Redis when a newer token exists (`StaleToken`: the learner steps down).
+
 Delivery contract. The learner reads the event stream through a consumer group. An entry is
 acknowledged (XACK) only once it is fully used: a view or unrelated event right after it is read; an
 impression and its feedback only after the update that trained on them was *published* (or the example was
 routed to the holdout / dropped, and the publication after that went out). A learner killed at any point
-restarts from its pending entries (XREADGROUP id 0, then XAUTOCLAIM from any dead consumer of the group),
-rebuilding the reward join from them, and resumes from the last published snapshot. So no event is lost,
-and an event is trained on twice only if the process dies between a publication and the XACK that follows
-it (one publication's worth of examples: the documented at-least-once window).
+restarts from its pending entries (XAUTOCLAIM of what other consumers of the group left pending for at
+least `claim_idle_ms`, then its own from id 0), rebuilding the reward join from them, and resumes from the
+last published snapshot. Entries another consumer left pending more recently are claimed later (every
+`claim_idle_ms`, XPENDING IDLE + XCLAIM, never this consumer's own). So no event is lost, and an event is
+trained on twice only if the process dies between a publication and the XACK that follows it (one
+publication's worth of examples: the documented at-least-once window).
 
-Snapshots. Each publication is `store.put_weights(arm, torch.save(state_dict), meta)` with meta naming
-`base_version`, `snapshot` (accepted updates since the base), `steps`, `examples`, holdout log-losses and
-`reverted`. The API adopts a newer version between requests.
+Snapshots. Each publication is `store.put_weights(arm, encode_weights(state_dict), meta, token=...)` with
+meta naming `base_version`, `snapshot` (accepted updates since the base), `steps`, `examples`, `reverts`,
+holdout log-losses of the published weights and of the base, and the fencing `token`. Only weights that
+passed the holdout check are ever published (`ArmLearner.good_state`). The API adopts a newer version
+between requests.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
+import socket
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import redis
 
 from reco.online.arm import ArmLearner, StepReport
-from reco.online.control import beat, paused_arms, read_request_contexts, reverts_key, stats_key
 from reco.online.examples import encode
 from reco.online.history import HistoryTracker
 from reco.online.join import Labelled, RewardJoiner
-from reco.online.model import ArmModel, state_from_bytes, state_to_bytes
+from reco.online.model import ArmModel
+from reco.state.lease import Lease
+from reco.state.online import Row, decode_event
+from reco.state.snapshots import StaleToken, decode_weights, encode_weights
 from reco.state.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -50,25 +65,8 @@ RECONNECTABLE: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.T
 Rebase = Callable[[str, str], "ArmLearner | None"]
 
 
-def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> dict[str, Any] | None:
-    """A stream entry (`e` = Event JSON, see reco.state.store) -> a flat dict with `ts` as epoch seconds.
-
-    >>> decode_entry("1-0", {b"e": b'{"event_id": "x", "ts": "2026-01-01T00:00:00Z", "event_type": "view",'
-    ...                             b' "user_id": "u", "item_id": "i"}'})["ts"]
-    1767225600.0
-    >>> decode_entry("1-1", {b"e": b"not json"}) is None
-    True
-    """
-    raw = fields.get(b"e", fields.get("e"))
-    try:
-        ev = json.loads(raw)
-        ev["ts"] = datetime.fromisoformat(ev["ts"]).timestamp()
-        ev["event_type"] = str(ev["event_type"])
-        ev["item_id"] = str(ev["item_id"])
-    except (TypeError, ValueError, KeyError):
-        return None
-    ev["sid"] = entry_id
-    return ev
+#: A stream entry as the learner reads it (`reco.state.online.decode_event`; kept under its old name).
+decode_entry = decode_event
 
 
 @dataclass
@@ -82,7 +80,16 @@ class LearnerStats:
     paused_examples: int = 0
     reconnects: int = 0  # lost Redis connections survived
     rebases: int = 0  # arms switched to a new registry base version
+    claimed: int = 0  # entries taken over from other consumers of the group
+    leaderships: int = 0  # times this learner took the leases (became the writer)
+    stepped_down: int = 0  # times it lost a lease (or a publication was refused as stale) and stood by
+    led_at: float | None = None  # `clock()` when it last became the writer
     reports: list[StepReport] = field(default_factory=list)
+
+
+def default_owner(consumer: str) -> str:
+    """A lease owner name unique to this process (host, pid, random suffix)."""
+    return f"{consumer}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class OnlineLearner:
@@ -90,6 +97,8 @@ class OnlineLearner:
 
     `store` is a `reco.state.store.RedisStore`. `checkpoint(arm, blob, meta)` (optional, e.g. the MLflow
     hand-off) is called with the last good snapshot at most every `checkpoint_every_s` seconds of wall time.
+    `lease_ttl_ms` (None: no lease, for single-process tests and benchmarks) enables the per-arm leases;
+    `clock` (default `time.time`) drives lease renewal and the claim interval.
     """
 
     def __init__(
@@ -112,7 +121,13 @@ class OnlineLearner:
         base_poll_s: float = 30.0,
         joiner_args: Mapping[str, Any] | None = None,
         history_args: Mapping[str, Any] | None = None,
+        lease_ttl_ms: int | None = None,
+        owner: str | None = None,
+        claim_idle_ms: int = 10_000,
+        clock: Callable[[], float] = time.time,
     ):
+        if claim_idle_ms <= 0:
+            raise ValueError("claim_idle_ms must be > 0: a live consumer's entries are never taken from it")
         self.store = store
         self.arms = dict(arms)
         self.group = group
@@ -129,8 +144,12 @@ class OnlineLearner:
         self.base_poll_s = base_poll_s
         self.joiner_args = joiner_args
         self.history_args = history_args
+        self.lease_ttl_ms = lease_ttl_ms
+        self.owner = owner
+        self.claim_idle_ms = claim_idle_ms
+        self.clock = clock
         self.stats = LearnerStats()
-        self._last_beat = 0.0
+        self._last_beat = float("-inf")
         self._joiner_args = {"window_s": window_s, **(joiner_args or {})}
         self._history_args = dict(history_args or {})
         self.joiner = RewardJoiner(**self._joiner_args)
@@ -142,13 +161,72 @@ class OnlineLearner:
         self._dirty: set[str] = set()
         self._last_publish = 0.0
         self._last_checkpoint = time.monotonic()
+        self._last_claim = clock()
         self._versions: dict[str, int | None] = {}
         self._recovered = False
+        name = owner or default_owner(consumer)
+        self._leases = (
+            {}
+            if lease_ttl_ms is None
+            else {arm: Lease(store.client, store.prefix, arm, name, ttl_ms=lease_ttl_ms, clock=clock) for arm in self.arms}
+        )
+
+    # -- one writer: the leases --------------------------------------------------------------------------
+    @property
+    def leading(self) -> bool:
+        """True when this learner may write (it holds every arm's lease, or runs without leases)."""
+        return all(lease.held for lease in self._leases.values())
+
+    def token(self, arm: str) -> int | None:
+        lease = self._leases.get(arm)
+        return None if lease is None else lease.token
+
+    def hold_leases(self) -> bool:
+        """Renew the leases when due, or try to take them all (sorted, all or none). True = may write."""
+        if not self._leases:
+            return True
+        if self.leading:
+            if all(lease.renew_due() for lease in self._leases.values()):
+                return True
+            self.step_down("a lease was lost")
+            return False
+        taken = []
+        for arm in sorted(self._leases):
+            lease = self._leases[arm]
+            if lease.held or lease.acquire() is not None:
+                taken.append(lease)
+                continue
+            for held in taken:  # all or none: two standbys never deadlock on half the arms each
+                held.release()
+            return False
+        self.stats.leaderships += 1
+        self.stats.led_at = self.clock()
+        self._recovered = False  # resume from the last snapshot and take over the pending entries
+        log.info("leases taken (tokens %s): this learner writes now", {a: l.token for a, l in self._leases.items()})
+        return True
+
+    def step_down(self, why: str) -> None:
+        """Stop writing: forget what was not published (the next holder replays it) and free the leases."""
+        log.warning("stepping down (%s): standing by", why)
+        self.stats.stepped_down += 1
+        self._forget_unpublished()
+        for lease in self._leases.values():
+            try:
+                lease.release()
+            except RECONNECTABLE:  # it expires on its own
+                lease.token = None
+
+    def release(self) -> None:
+        """Give the leases up at a clean stop, so that a standby takes over at once."""
+        for lease in self._leases.values():
+            lease.release()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
         """Create the group if needed, resume each arm from its last published snapshot on the same base,
         and replay this group's pending entries (what a previous run read but did not finish)."""
+        if not self.hold_leases():
+            raise RuntimeError("another learner holds the leases of these arms (run() waits as a standby)")
         self.store.ensure_group(self.group, start_id="0")
         for arm, learner in self.arms.items():
             self._resume_weights(arm, learner)
@@ -158,37 +236,44 @@ class OnlineLearner:
         snap = self.store.get_weights(arm)
         if snap is None or str(snap.meta.get("base_version")) != learner.model.base_version:
             return
-        learner.resume_from(state_from_bytes(snap.blob), int(snap.meta.get("snapshot", 0)))
+        learner.resume_from(decode_weights(snap.blob), int(snap.meta.get("snapshot", 0)))
         self._versions[arm] = snap.version
         log.info("arm %s resumes from snapshot version %s", arm, snap.version)
 
     def _recover_pending(self) -> None:
-        client, key = self.store.client, self.store.stream_key
-        cursor = "0-0"
-        while True:  # take over what other (dead) consumers of the group left pending
-            cursor, *_ = client.xautoclaim(key, self.group, self.consumer, 0, start_id=cursor, count=self.read_count)
-            cursor = cursor.decode() if isinstance(cursor, bytes) else cursor
-            if cursor == "0-0":
-                break
+        # Take over what other (dead) consumers of the group left pending for a real idle time, then replay
+        # this consumer's pending entries, oldest first.
+        self.stats.claimed += self.store.claim_idle(self.group, self.consumer, min_idle_ms=self.claim_idle_ms,
+                                                    count=self.read_count)  # fmt: skip
+        self._last_claim = self.clock()
         start = "0-0"
-        while True:  # this consumer's pending entries, oldest first
-            res = client.xreadgroup(self.group, self.consumer, {key: start}, count=self.read_count)
-            rows = res[0][1] if res else []
+        while True:
+            rows = self.store.read_pending_after(self.group, self.consumer, start, count=self.read_count)
             if not rows:
                 break
             self._process(rows)
             start = rows[-1][0]
         self._recovered = True
 
+    def _claim_orphans(self) -> None:
+        """Every `claim_idle_ms`: entries another consumer left pending that long (it died after a
+        takeover's claim, or it was a learner without a lease)."""
+        if self.clock() - self._last_claim < self.claim_idle_ms / 1000.0:
+            return
+        self._last_claim = self.clock()
+        rows = self.store.claim_from_others(self.group, self.consumer, min_idle_ms=self.claim_idle_ms,
+                                            count=self.read_count)  # fmt: skip
+        if rows:
+            self.stats.claimed += len(rows)
+            self._process(rows)
+
     def poll(self, block_ms: int | None = 200) -> int:
         """Read, join and learn from one batch of new entries; publish and acknowledge what is due.
         Returns the number of entries read."""
         if not self._recovered:
             self.start()
-        res = self.store.client.xreadgroup(
-            self.group, self.consumer, {self.store.stream_key: ">"}, count=self.read_count, block=block_ms
-        )
-        rows = res[0][1] if res else []
+        self._claim_orphans()
+        rows = self.store.read_events(self.group, self.consumer, count=self.read_count, block_ms=block_ms)
         self._process(rows)
         self.maybe_publish()
         return len(rows)
@@ -202,25 +287,38 @@ class OnlineLearner:
     ) -> None:
         """Poll until `stop()` is true (or nothing arrived for `idle_exit_s`); publish what is left.
 
-        A lost Redis connection (restart, failover, timeout) is not fatal: the learner forgets what it had
-        not published (`_forget_unpublished`), waits `reconnect_backoff_s` (doubling up to
+        Without the leases (another learner holds them) it stands by, retrying every third of the lease
+        lifetime. A lost Redis connection (restart, failover, timeout) is not fatal: the learner forgets
+        what it had not published (`_forget_unpublished`), waits `reconnect_backoff_s` (doubling up to
         `max_backoff_s`) and starts over like a restarted process: resume from the last published
         snapshot, replay the group's pending entries. Base-version changes are polled every
-        `base_poll_s` seconds when a `rebase` callback was given.
+        `base_poll_s` seconds when a `rebase` callback was given. A clean stop releases the leases.
         """
         idle_since = time.monotonic()
         backoff = self.reconnect_backoff_s
+
+        def wait(seconds: float) -> None:
+            waited = 0.0
+            while waited < seconds and not stop():  # short slices: a stop request is honoured quickly
+                sleep(min(0.1, seconds))
+                waited += min(0.1, seconds)
+
         while not stop():
             try:
+                if not self.hold_leases():
+                    self._heartbeat()
+                    wait((self.lease_ttl_ms or 0) / 3000.0)
+                    idle_since = time.monotonic()
+                    continue
                 self.maybe_rebase()
                 n = self.poll()
                 self._heartbeat()
+            except StaleToken as exc:
+                self.step_down(str(exc))
+                continue
             except RECONNECTABLE as exc:
                 self._on_disconnect(exc, backoff)
-                waited = 0.0
-                while waited < backoff and not stop():  # short slices: a stop request is honoured quickly
-                    sleep(min(0.1, backoff))
-                    waited += min(0.1, backoff)
+                wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
             backoff = self.reconnect_backoff_s
@@ -229,15 +327,17 @@ class OnlineLearner:
             elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                 break
         try:
-            self.maybe_publish(force=True)
-        except RECONNECTABLE as exc:  # the pending entries stay pending: the next run replays them
-            log.warning("final publication skipped, redis unavailable: %s", exc)
+            if self.leading and self._recovered:
+                self.maybe_publish(force=True)
+            self.release()
+        except (*RECONNECTABLE, StaleToken) as exc:  # the pending entries stay pending: the next run replays them
+            log.warning("final publication skipped: %s", exc)
 
     def _heartbeat(self) -> None:
         """At most every 5 s: tell `reco learn --check` (the compose healthcheck) that this loop runs."""
-        now = time.time()
+        now = self.clock()
         if now - self._last_beat >= 5.0:
-            beat(self.store.client, self.store.prefix, self.consumer, now)
+            self.store.beat(self.consumer, now)
             self._last_beat = now
 
     def _on_disconnect(self, exc: BaseException, backoff: float) -> None:
@@ -261,12 +361,10 @@ class OnlineLearner:
         self._recovered = False
 
     # -- one batch ---------------------------------------------------------------------------------------
-    def _process(self, rows: list[tuple[Any, Any]]) -> None:
+    def _process(self, rows: list[Row]) -> None:
         events, done = [], []
         contexts: dict[str, tuple[str, ...]] = {}  # one fallback tuple per request, shared by its impressions
-        for entry_id, fields in rows:
-            sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-            ev = decode_entry(sid, fields or {})
+        for sid, ev in rows:
             if ev is None:  # unparseable or trimmed while pending: nothing to learn, do not keep it pending
                 self.stats.undecodable += 1
                 done.append(sid)
@@ -283,7 +381,6 @@ class OnlineLearner:
         done += finished
         self._learn(labelled, done)
         self._ack(done)
-
     def _learn(self, labelled: list[Labelled], done: list[str]) -> None:
         by_arm: dict[str, list[Labelled]] = {}
         for x in labelled:
@@ -295,10 +392,8 @@ class OnlineLearner:
                 done.extend(x.sids)
         if not by_arm:
             return
-        contexts = read_request_contexts(
-            self.store.client, self.store.prefix, (x.imp.request_id for xs in by_arm.values() for x in xs)
-        )
-        paused = paused_arms(self.store, list(by_arm))
+        contexts = self.store.read_request_contexts(x.imp.request_id for xs in by_arm.values() for x in xs)
+        paused = self.store.paused_arms(list(by_arm))
         for arm, xs in by_arm.items():
             if arm in paused:  # consumed and acknowledged, not learned: lag stays flat while paused
                 self.stats.paused_examples += len(xs)
@@ -324,14 +419,14 @@ class OnlineLearner:
             del self.stats.reports[: -self._keep_reports]
             self._dirty.add(arm)
             for r in reports:
-                if r.outcome == "reverted":
+                if r.outcome in ("reverted", "reverted_to_base"):
                     self._on_revert(arm, r)
 
     def _on_revert(self, arm: str, report: StepReport) -> None:
-        self.store.client.incr(reverts_key(self.store.prefix, arm))
+        self.store.count_revert(arm)
         log.warning(
-            "arm %s reverted to base %s: holdout log-loss %.4f vs base %.4f",
-            arm, self.arms[arm].model.base_version, report.holdout_after, report.holdout_base,
+            "arm %s: update %s refused, back to the last good snapshot (holdout log-loss %.4f vs %.4f good,"
+            " %.4f base)", arm, report.step, report.holdout_after, report.holdout_before, report.holdout_base,
         )  # fmt: skip
 
     # -- base-version changes ----------------------------------------------------------------------------
@@ -394,11 +489,11 @@ class OnlineLearner:
             self._last_checkpoint = now
             for arm, learner in self.arms.items():
                 if learner.snapshot_step > 0:
-                    self.checkpoint(arm, state_to_bytes(learner.good_state()), self._meta(arm))
+                    self.checkpoint(arm, encode_weights(learner.good_state()), self._meta(arm))
 
     def _meta(self, arm: str) -> dict[str, Any]:
         learner = self.arms[arm]
-        online, base = learner.holdout_losses()
+        online, base = learner.good_losses()
         c = learner.counters
         return {
             "base_version": learner.model.base_version,
@@ -408,12 +503,13 @@ class OnlineLearner:
             "reverts": c.reverts,
             "holdout_logloss": None if math.isnan(online) else round(online, 6),
             "base_logloss": None if math.isnan(base) else round(base, 6),
-            "published_at": time.time(),
+            "published_at": self.clock(),
         }
 
     def _publish(self, arm: str) -> None:
         learner = self.arms[arm]
-        self._versions[arm] = self.store.put_weights(arm, state_to_bytes(learner.good_state()), self._meta(arm))
+        blob = encode_weights(learner.good_state())
+        self._versions[arm] = self.store.put_weights(arm, blob, self._meta(arm), token=self.token(arm))
         self.stats.publications += 1
 
     def held_entries(self) -> int:
@@ -437,16 +533,12 @@ class OnlineLearner:
 
     def _ack(self, sids: list[str]) -> None:
         if sids:
-            self.stats.acked += int(self.store.client.xack(self.store.stream_key, self.group, *sids))
+            self.stats.acked += self.store.ack(self.group, sids)
 
     # -- observability -----------------------------------------------------------------------------------
     def lag(self) -> dict[str, int]:
         """Entries not yet delivered to the group (`lag`) and delivered but not acknowledged (`pending`)."""
-        for g in self.store.client.xinfo_groups(self.store.stream_key):
-            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-            if name == self.group:
-                return {"lag": int(g.get("lag") or 0), "pending": int(g["pending"])}
-        return {"lag": 0, "pending": 0}
+        return self.store.group_lag(self.group)
 
     def metrics(self) -> dict[str, float]:
         """Flat metrics (Prometheus-style names; `{arm}` labels inlined)."""
@@ -455,6 +547,8 @@ class OnlineLearner:
             "reco_online_events_acked_total": self.stats.acked,
             "reco_online_publications_total": self.stats.publications,
             "reco_online_pending_impressions": self.joiner.n_pending,
+            "reco_online_leading": float(self.leading),
+            "reco_online_stepped_down_total": self.stats.stepped_down,
         }
         for k, v in self.joiner.counters.items():
             m[f"reco_online_join_{k}_total"] = v
@@ -466,27 +560,24 @@ class OnlineLearner:
             m[f"reco_online_skipped_nonfinite_total{lbl}"] = c.skipped_nonfinite
             m[f"reco_online_restored_total{lbl}"] = c.restored
             m[f"reco_online_reverts_total{lbl}"] = c.reverts
+            m[f"reco_online_reverts_to_base_total{lbl}"] = c.reverts_to_base
             m[f"reco_online_snapshot{lbl}"] = learner.snapshot_step
         return m
 
     def _write_stats(self) -> None:
-        pipe = self.store.client.pipeline(transaction=False)
+        stats = {}
         for arm, learner in self.arms.items():
-            c = learner.counters
-            pipe.hset(
-                stats_key(self.store.prefix, arm),
-                mapping={"snapshot": learner.snapshot_step, "steps": c.steps, "examples": c.examples,
-                         "reverts": c.reverts, "version": self._versions.get(arm) or 0},
-            )  # fmt: skip
-        pipe.execute()
+            c, (online, base) = learner.counters, learner.good_losses()
+            stats[arm] = {"snapshot": learner.snapshot_step, "steps": c.steps, "examples": c.examples,
+                          "reverts": c.reverts, "version": self._versions.get(arm) or 0,
+                          "holdout_logloss": online, "base_logloss": base}  # fmt: skip
+        self.store.write_learner_stats(stats)
         if self.metrics_path:
             write_prometheus(self.metrics_path, self.metrics())
 
 
 def write_prometheus(path: str, metrics: Mapping[str, float]) -> None:
     """Write metrics in the Prometheus text format (node-exporter textfile collector), atomically."""
-    import os
-
     lines = [f"{k} {float(v)!r}" for k, v in sorted(metrics.items())]
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:

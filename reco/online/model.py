@@ -8,7 +8,6 @@ and as a fallback when no registered ranker exists.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from reco.online.examples import Examples
+from reco.state.snapshots import decode_weights, encode_weights
 
 
 class Batch(NamedTuple):
@@ -87,14 +87,12 @@ class DotScorer(nn.Module):
 
 
 def state_to_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
-    """A state_dict as the bytes published to Redis (`torch.load(..., weights_only=True)` reads it back)."""
-    buf = io.BytesIO()
-    torch.save(dict(state), buf)
-    return buf.getvalue()
+    """A state_dict as the bytes published to Redis (`reco.state.snapshots`, the one weights codec)."""
+    return encode_weights(state)
 
 
 def state_from_bytes(blob: bytes) -> dict[str, torch.Tensor]:
-    return torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
+    return decode_weights(blob)
 
 
 def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:

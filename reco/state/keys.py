@@ -29,7 +29,18 @@ Redis key layout (``P`` is the configurable prefix, `RecoSettings.redis_prefix`,
                                          ``<cat>:b`` failures; ``_n`` counted feedback events (interactions)
     P:weights:<arm>             string   latest published online-weights version (int)
     P:weights:<arm>:seq         string   version allocator (INCR)
-    P:weights:<arm>:<version>   hash     ``blob`` (bytes) and ``meta`` (JSON); the last keep_weights kept
+    P:weights:<arm>:<version>   hash     ``blob`` (bytes, `reco.state.snapshots` codec) and ``meta`` (JSON, with
+                                         the writer's fencing ``token``); the last keep_weights kept
+    P:reqctx:<request_id>       string   JSON list of the session items a request was ranked with (written by
+                                         the API's impression log), TTL REQUEST_CONTEXT_TTL_S
+    P:online:paused:<arm>       string   set = online learning of the arm paused (admin API); no TTL
+    P:online:reverts:<arm>      string   guardrail reverts of the arm (INCR)
+    P:online:stats:<arm>        hash     the learner's counters per arm (snapshot, steps, examples, reverts,
+                                         version, holdout log-losses)
+    P:online:heartbeat:<name>   string   last poll time of learner <name>, TTL HEARTBEAT_TTL_S
+    P:online:lease:<arm>        string   "<owner> <token>": the one learner that may write the arm's weights,
+                                         SET NX PX LEASE_TTL_MS, renewed by its holder (`reco.state.lease`)
+    P:online:lease:<arm>:token  string   the arm's fencing-token counter (INCR per acquisition, never reset)
 
 Thompson statistics are counted per served impression, never per raw click: an impression of an item
 served by arm A in category c adds 1 to ``c:b`` (a failure until proven otherwise); the first feedback
@@ -54,7 +65,18 @@ Python and passed to the script; on Redis Cluster every key of a request would n
 
 from __future__ import annotations
 
-__all__ = ["REQUEST_CONTEXT_TTL_S", "request_context_key"]  # the online-control keys: reco.online.control
+__all__ = [
+    "HEARTBEAT_TTL_S",
+    "LEASE_TTL_MS",
+    "REQUEST_CONTEXT_TTL_S",
+    "heartbeat_key",
+    "lease_key",
+    "lease_token_key",
+    "paused_key",
+    "request_context_key",
+    "reverts_key",
+    "stats_key",
+]
 
 #: Default lifetime of a request-context record (seconds of wall time). Must exceed the reward window
 #: (in wall time) plus the learner's lag.
@@ -68,3 +90,40 @@ def request_context_key(prefix: str, request_id: str) -> str:
     'reco:reqctx:r1'
     """
     return f"{prefix}:reqctx:{request_id}"
+
+
+#: A learner that has not beaten for this long is reported unhealthy (`reco learn --check`).
+HEARTBEAT_TTL_S = 60
+
+#: Default lease lifetime: a standby learner takes over at most this long (plus one retry interval,
+#: a third of it) after the holder died.
+LEASE_TTL_MS = 10_000
+
+
+def paused_key(prefix: str, arm: str) -> str:
+    return f"{prefix}:online:paused:{arm}"
+
+
+def reverts_key(prefix: str, arm: str) -> str:
+    return f"{prefix}:online:reverts:{arm}"
+
+
+def stats_key(prefix: str, arm: str) -> str:
+    return f"{prefix}:online:stats:{arm}"
+
+
+def heartbeat_key(prefix: str, consumer: str) -> str:
+    return f"{prefix}:online:heartbeat:{consumer}"
+
+
+def lease_key(prefix: str, arm: str) -> str:
+    """``P:online:lease:<arm>``.
+
+    >>> lease_key("reco", "control"), lease_token_key("reco", "control")
+    ('reco:online:lease:control', 'reco:online:lease:control:token')
+    """
+    return f"{prefix}:online:lease:{arm}"
+
+
+def lease_token_key(prefix: str, arm: str) -> str:
+    return f"{lease_key(prefix, arm)}:token"

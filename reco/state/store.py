@@ -5,6 +5,8 @@ Every Redis failure surfaces as one exception type, `StoreUnavailable`, so that 
 
 The key layout, every TTL and what the scripts keep consistent is documented in `reco.state.keys`;
 the Lua scripts are in `reco.state.scripts`, the connection and reply decoding in `reco.state.redis_io`.
+Weight snapshots (fenced by the learner's lease token) and the online learner's operations (request
+contexts, pause/resume, counters, its stream reads) are `reco.state.online.OnlineStateOps`, mixed in here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import redis
 
 from reco.data.events import FEEDBACK_TYPES, Event, EventType
 from reco.state.keys import REQUEST_CONTEXT_TTL_S, request_context_key
+from reco.state.online import OnlineStateOps
 from reco.state.records import ImpressionRecord, IngestResult, RequestFeatures, StreamEntry, WeightsSnapshot
 from reco.state.redis_io import (
     StoreUnavailable,
@@ -32,7 +35,7 @@ from reco.state.redis_io import (
     round_trip,
     text,
 )
-from reco.state.scripts import IMPRESSIONS_LUA, INGEST_LUA, LATEST_WEIGHTS_LUA
+from reco.state.scripts import IMPRESSIONS_LUA, INGEST_LUA
 
 __all__ = [
     "ImpressionRecord",
@@ -46,7 +49,7 @@ __all__ = [
 ]
 
 
-class RedisStore:
+class RedisStore(OnlineStateOps):
     """Typed operations over the key layout in this module's docstring.
 
     >>> store = RedisStore(connect("redis://127.0.0.1:1/0"), "demo")
@@ -97,7 +100,6 @@ class RedisStore:
         self.cart_max = cart_max
         self._ingest = client.register_script(INGEST_LUA)
         self._impressions = client.register_script(IMPRESSIONS_LUA)
-        self._latest_weights = client.register_script(LATEST_WEIGHTS_LUA)
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -397,46 +399,6 @@ class RedisStore:
     def interactions(self, arm: str) -> int:
         """Counted feedback events on the arm's served impressions (drives epsilon decay across workers)."""
         return int(number(self.client.hget(self.key("ts", arm), "_n")))
-
-    # -- weights --------------------------------------------------------------------------------
-    @guard
-    def put_weights(self, arm: str, blob: bytes, meta: Mapping[str, Any]) -> int:
-        """Publish a new snapshot; returns its version (1, 2, ...). Only the last keep_weights are kept.
-
-        The version is allocated first (INCR), then blob + pointer are written in one MULTI/EXEC, so a
-        reader never sees a pointer to a missing snapshot.
-        """
-        base = self.key("weights", arm)
-        version = int(self.client.incr(f"{base}:seq"))
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(f"{base}:{version}", mapping={"blob": bytes(blob), "meta": json.dumps(dict(meta))})
-        pipe.set(base, version)
-        old = version - self.keep_weights
-        if old >= 1:
-            pipe.delete(f"{base}:{old}")
-        pipe.execute()
-        return version
-
-    @guard
-    def latest_weights_version(self, arm: str) -> int | None:
-        v = self.client.get(self.key("weights", arm))
-        return None if v is None else int(v)
-
-    @guard
-    def get_weights(self, arm: str, version: int | None = None) -> WeightsSnapshot | None:
-        """The snapshot (latest when version is None); None when there is none (or it was pruned)."""
-        base = self.key("weights", arm)
-        if version is None:
-            res = self._latest_weights(keys=[base])
-            if not res or res[1] is None:
-                return None
-            v, blob, meta = res
-        else:
-            blob, meta = self.client.hmget(f"{base}:{version}", ["blob", "meta"])
-            if blob is None:
-                return None
-            v = version
-        return WeightsSnapshot(int(v), json.loads(text(meta) or "{}"), bytes(blob))
 
     # -- stream consumption (sink, learner) -----------------------------------------------------
     @guard
