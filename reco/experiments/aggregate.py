@@ -76,7 +76,7 @@ def aggregate(
     relevant = int(pc.sum(pc.is_valid(code)).as_py() or 0)
     dupes = 0
     if not pre_deduped:
-        table = _dedup(table.filter(pc.is_valid(code)))
+        table = dedup_events(table.filter(pc.is_valid(code)))
         code = pc.index_in(table.column("event_type"), value_set=_KINDS)
         dupes = relevant - table.num_rows
     table = table.append_column("day", pc.cast(pc.cast(table.column("ts"), pa.date32()), pa.int32()))
@@ -211,7 +211,7 @@ def _segments(exp: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _dedup(table: pa.Table) -> pa.Table:
+def dedup_events(table: pa.Table) -> pa.Table:
     """Keep the first row of each event_id (Arrow hash group-by; multithreaded, order restored)."""
     idx = pa.array(np.arange(table.num_rows, dtype=np.int64))
     first = table.select(["event_id"]).append_column("_i", idx).group_by("event_id").aggregate([("_i", "min")])

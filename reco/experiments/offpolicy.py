@@ -144,9 +144,9 @@ def logged_impressions(events: pa.Table) -> pa.Table:
     >>> logged_impressions(pa.Table.from_pylist(rows)).column("clicked").to_pylist()
     [1]
     """
-    from reco.experiments.report import _dedup
+    from reco.experiments.aggregate import dedup_events
 
-    events = _dedup(events)
+    events = dedup_events(events)
     kind = events.column("event_type")
     prop = events.column("propensity")  # null, or NaN in files written from pandas: not logged
     logged = pc.and_(pc.is_valid(prop), pc.invert(pc.is_nan(prop)))

@@ -25,7 +25,6 @@ from reco.experiments import stats as S
 from reco.experiments.aggregate import (
     EPOCH,
     Aggregates,
-    _dedup,  # noqa: F401  (offpolicy's import path)
     aggregate,
     cumulative_moments,
 )
