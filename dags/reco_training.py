@@ -43,7 +43,9 @@ PARAMS = {
     "lookback_days": Param(0, type="integer", minimum=0, maximum=365, description="days before the interval"),
     "arm": Param("treatment", type="string", pattern="^[a-z0-9_-]{1,40}$", description="target experiment arm"),
     "epochs": Param(5, type="integer", minimum=1, maximum=200),
-    "gate_tolerance": Param(0.01, type="number", minimum=0, maximum=1, description="allowed NDCG@10 drop"),
+    "gate_margin": Param(0.05, type="number", minimum=0, maximum=1, description="reject: CI of rel. NDCG@10 < -margin"),
+    "offpolicy_gate": Param(True, type="boolean", description="off-policy SNIPS CTR vs champion gates too"),
+    "offpolicy_min_requests": Param(1000, type="integer", minimum=1, description="logged requests needed to gate"),
     "bad_row_threshold": Param(0.05, type="number", minimum=0, maximum=1, description="max quarantined fraction"),
     "data_dir": Param(None, type=["null", "string"], description="MovieLens folder; empty = RECO_DATA_DIR"),
     "home": Param(None, type=["null", "string"], description="reco state folder; empty = RECO_HOME"),
@@ -75,7 +77,9 @@ def _job() -> dict[str, Any]:
         "source": p["source"],
         "arm": p["arm"],
         "epochs": int(p["epochs"]),
-        "gate_tolerance": float(p["gate_tolerance"]),
+        "gate_margin": float(p["gate_margin"]),
+        "offpolicy_gate": bool(p["offpolicy_gate"]),
+        "offpolicy_min_requests": int(p["offpolicy_min_requests"]),
         "threshold": float(p["bad_row_threshold"]),
     }
 
@@ -144,7 +148,7 @@ def reco_training() -> None:
     def gate(job: dict[str, Any], candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
         from reco.pipeline.training_tasks import gate
 
-        return gate(candidate, evaluation, job["gate_tolerance"])
+        return gate(candidate, evaluation, job["gate_margin"], job["offpolicy_gate"], job["offpolicy_min_requests"])
 
     @task
     def register(

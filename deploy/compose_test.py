@@ -220,7 +220,7 @@ def trigger_training(token: str, since: str) -> str:
          == 200, 600, 5)  # fmt: skip
     http("PATCH", f"{AIRFLOW}/api/v2/dags/reco_training", {"is_paused": False}, auth)
     conf = {"source": "files", "start": "1998-03-01", "end": "1998-03-07", "arm": ARM, "epochs": 1,
-            "gate_tolerance": 1.0}  # fmt: skip
+            "gate_margin": 1.0}  # fmt: skip
     status, body = http("POST", f"{AIRFLOW}/api/v2/dags/reco_training/dagRuns",
                         {"logical_date": None, "conf": conf, "dag_run_id": f"compose-test-{since}"}, auth)  # fmt: skip
     if status not in (200, 201):

@@ -142,10 +142,12 @@ def evaluate_scores(
     sessions: Sequence[Sequence[str]],
     targets: Sequence[str],
     batch_size: int = 64,
+    per_user: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Rank `items` for each session by `score(batch of sessions) -> (len(batch), len(items))`; the one
     ranking code of every model measured here (the ranker, the benchmarks' baselines). Returns {"all":
-    metrics with history kept, "exclude_history": metrics without it}."""
+    metrics with history kept, "exclude_history": metrics without it}; a `per_user` dict receives each
+    setting's per-session target ranks (the promotion gate's paired bootstrap, `reco.offline.gate`)."""
     tcols = _columns(items, targets)
     ranks_all, ranks_excl = [], []
     for lo in range(0, len(sessions), batch_size):
@@ -154,6 +156,8 @@ def evaluate_scores(
         t = tcols[lo : lo + batch_size]
         ranks_all.append(target_ranks(scores, t))
         ranks_excl.append(target_ranks(scores, t, exclude=_history_columns(items, batch)))
+    if per_user is not None:
+        per_user["all"], per_user["exclude_history"] = np.concatenate(ranks_all), np.concatenate(ranks_excl)
     return {
         "all": ranking_metrics(np.concatenate(ranks_all)),
         "exclude_history": ranking_metrics(np.concatenate(ranks_excl)),
@@ -168,6 +172,7 @@ def evaluate_bundle(
     page_type: str = "home",
     device: str = "desktop",
     seen: bool = True,
+    per_user: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Rank every vocabulary item for each session through `ModelBundle.score_batch` (the ranker's
     forward): `evaluate_scores`. `seen=False` turns the ranker's "already seen" input off (module docstring)."""
@@ -176,7 +181,7 @@ def evaluate_bundle(
     def score(batch: Sequence[Sequence[str]]) -> np.ndarray:
         return bundle.score_batch(batch, items, page_type=page_type, device=device, seen=seen)[0]
 
-    return evaluate_scores(score, items, sessions, targets, batch_size)
+    return evaluate_scores(score, items, sessions, targets, batch_size, per_user)
 
 
 def most_popular(

@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from reco.data.lake import EventLake
+from reco.offline.gate import DEFAULT_MARGIN, OFFPOLICY_MIN_REQUESTS, decide, offpolicy_metrics, offpolicy_summary
+from reco.offline.gate import summary as gate_summary
 
-GATE_METRIC = "ndcg@10"
+GATE_METRIC = "ndcg@10"  # gated; recall@10 is reported beside it
 SMOKE_CANDIDATES = 50
 
 
@@ -374,39 +376,46 @@ def evaluate(
     candidate: dict[str, Any],
     offpolicy_tau: float = OFFPOLICY_TAU,
 ) -> dict[str, Any]:
-    """Candidate and current champion on the SAME holdout (the test side of the split of this job's
-    events), through the served scoring path; plus the candidate's off-policy CTR estimate on the job's
-    logged traffic (`offpolicy_estimate`), whose headline figures join the candidate's metrics (and so its
-    MLflow run metrics and `metric.offpolicy_*` version tags)."""
+    """Candidate and champion on the SAME holdout users (the test side of this job's split), with the paired
+    bootstrap of per-user NDCG@10 and Recall@10 (`comparison`, `reco.offline.gate`); plus the off-policy CTR
+    estimate on the job's logged traffic (`offpolicy_estimate`), whose headline figures join the candidate's
+    metrics (its MLflow run metrics and `metric.offpolicy_*` version tags)."""
     if candidate.get("existing_version"):
         return {"skipped": True}
     from reco.artifacts import registry
     from reco.artifacts.bundle import ModelBundle
-    from reco.offline.evaluation import evaluate_split
+    from reco.offline.evaluation import evaluate_bundle
+    from reco.offline.gate import compare_ranks
 
     _, split = _split(training_set["events"])
+    sessions, targets, _ = split.sessions("test")
     cand_bundle = ModelBundle.load(candidate["candidate_dir"])
-    cand = evaluate_split(cand_bundle, split)["model"]["all"]
-    offpolicy = offpolicy_estimate(training_set["events"], cand_bundle, tau=offpolicy_tau)
+    cand_ranks: dict[str, Any] = {}
+    cand = evaluate_bundle(cand_bundle, sessions, targets, per_user=cand_ranks)["all"]
     client = registry.client_for(tracking_uri)
     champ_mv = registry.alias_version(client, model_name, registry.CHAMPION)
-    champ = None
+    champ = comparison = champ_bundle = None
     if champ_mv is not None:
-        bundle, _ = registry.load_bundle(client, model_name, str(champ_mv.version))
-        champ = evaluate_split(bundle, split)["model"]["all"]
+        champ_bundle, _ = registry.load_bundle(client, model_name, str(champ_mv.version))
+        champ_ranks: dict[str, Any] = {}
+        champ = evaluate_bundle(champ_bundle, sessions, targets, per_user=champ_ranks)["all"]
+        comparison = compare_ranks(cand_ranks["all"], champ_ranks["all"])
+    offpolicy = offpolicy_estimate(training_set["events"], cand_bundle, tau=offpolicy_tau, champion=champ_bundle)
     return {
         "skipped": False,
         "candidate": {**cand, **offpolicy_metrics(offpolicy)},
         "champion": champ,
         "champion_version": None if champ_mv is None else str(champ_mv.version),
-        "holdout_users": len(split.sessions("test")[1]),
+        "comparison": comparison,
+        "holdout_users": len(targets),
         "offpolicy": offpolicy,
     }
 
 
 def offpolicy_estimate(
-    events_path: str, bundle: Any, tau: float = OFFPOLICY_TAU, alpha: float = 0.05, max_weight: float | None = None
-) -> dict[str, Any]:
+    events_path: str, bundle: Any, tau: float = OFFPOLICY_TAU, alpha: float = 0.05, max_weight: float | None = None,
+    champion: Any = None,
+) -> dict[str, Any]:  # fmt: skip
     """The candidate's CTR under its own policy, estimated from the traffic logged in the job's events
     (impressions with request_id, position and propensity, clicks joined by (request_id, item_id)).
 
@@ -414,12 +423,14 @@ def offpolicy_estimate(
     candidate's scores with temperature `tau` (0 = its greedy ranking), the scores computed from the
     request's session as rebuilt from the log (the same session's earlier views and clicks) through the
     served scoring path (`bundle.score_batch`). IPS, SNIPS and DR estimates with CIs, next to the logged
-    policy's CTR: `reco.experiments.offpolicy.slate_policy_value`. Without logged traffic (e.g. the
-    MovieLens files): {"status": "none", "reason": ...}.
+    policy's CTR: `reco.experiments.offpolicy.slate_policy_value`. With a `champion`, `vs_champion`: the paired
+    bootstrap over requests of the SNIPS CTR change vs the champion's policy of the same kind (like with like).
+    Without logged traffic (e.g. the MovieLens files): {"status": "none", "reason": ...}.
     """
     import pyarrow.parquet as pq
 
-    from reco.experiments.offpolicy import logged_slates, score_slates, slate_policy_value
+    from reco.experiments.offpolicy import logged_slates, request_sums, score_slates, slate_policy_value
+    from reco.offline.gate import paired_bootstrap
 
     names = set(pq.read_schema(events_path).names)
     missing = sorted({"request_id", "position", "propensity", "session_id"} - names)
@@ -431,75 +442,48 @@ def offpolicy_estimate(
         return {"status": "none", "reason": "no impressions logged with propensities in the job's interval"}
     scores = score_slates(bundle.score_batch, logged)
     try:
-        return {"status": "estimated", **slate_policy_value(logged, scores, tau, alpha, max_weight)}
+        out = {"status": "estimated", **slate_policy_value(logged, scores, tau, alpha, max_weight)}
+        if champion is not None:
+            cn, cd = request_sums(logged, scores, tau, max_weight)
+            hn, hd = request_sums(logged, score_slates(champion.score_batch, logged), tau, max_weight)
+            out["vs_champion"] = paired_bootstrap("offpolicy snips ctr", cn, hn, cd, hd, alpha=alpha).as_dict()
+        return out
     except ValueError as e:  # e.g. a propensity outside (0, 1]: report, never fail the training job on it
         return {"status": "none", "reason": f"not estimable: {e}"}
 
 
-def offpolicy_metrics(offpolicy: dict[str, Any]) -> dict[str, float]:
-    """Flat `offpolicy_*` metrics of an estimate (finite values only; none without logged traffic).
-
-    >>> offpolicy_metrics({"status": "none", "reason": "no impressions"})
-    {}
-    """
-    if offpolicy.get("status") != "estimated":
-        return {}
-    out = {"offpolicy_n": float(offpolicy["logged"]["impressions"]),
-           "offpolicy_requests": float(offpolicy["logged"]["requests"]),
-           "offpolicy_logged_ctr": offpolicy["logged"]["ctr"]}  # fmt: skip
-    for m in ("snips", "ips", "dr"):
-        if m in offpolicy:
-            e = offpolicy[m]
-            out |= {f"offpolicy_{m}_ctr": e["value"], f"offpolicy_{m}_ci_low": e["ci"][0],
-                    f"offpolicy_{m}_ci_high": e["ci"][1]}  # fmt: skip
-    out["offpolicy_ess"] = offpolicy["ips"]["effective_sample_size"]
-    return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
-
-
-def offpolicy_summary(offpolicy: dict[str, Any] | None) -> str:
-    """One line for the gate's output and logs.
-
-    >>> offpolicy_summary(None)
-    'none (not evaluated)'
-    """
-    if not offpolicy or offpolicy.get("status") != "estimated":
-        return f"none ({(offpolicy or {}).get('reason', 'not evaluated')})"
-    s, lg = offpolicy.get("snips") or offpolicy["ips"], offpolicy["logged"]
-    return (f"{s['method']} CTR {s['value']:.4f} [{s['ci'][0]:.4f}, {s['ci'][1]:.4f}] vs logged {lg['ctr']:.4f} "
-            f"({lg['impressions']} impressions, {lg['requests']} requests, "
-            f"ESS {s['effective_sample_size']:.0f}, tau {offpolicy['policy']['tau']})")  # fmt: skip
-
-
 def gate(
-    candidate: dict[str, Any], evaluation: dict[str, Any], tolerance: float = 0.01, offpolicy_reject: bool = False
+    candidate: dict[str, Any],
+    evaluation: dict[str, Any],
+    margin: float = DEFAULT_MARGIN,
+    offpolicy_gate: bool = True,
+    offpolicy_min_requests: int = OFFPOLICY_MIN_REQUESTS,
 ) -> dict[str, Any]:
-    """Accept the candidate unless: a metric is NaN, NDCG@10 falls more than `tolerance` (absolute)
-    below the champion's, or the saved bundle fails to load and score a smoke batch.
-
-    The off-policy estimate is reported (`offpolicy`: one line, "none (...)" without logged traffic) and
-    does not decide, unless `offpolicy_reject` (off by default): then a candidate whose SNIPS CTR interval
-    lies wholly below the logged policy's CTR is rejected too."""
+    """Accept the candidate unless: a metric is NaN; against the champion, the upper bound of the 95 %
+    paired-bootstrap interval of the relative NDCG@10 change is below -`margin` (`reco.offline.gate.decide`;
+    Recall@10 is reported beside it); with `offpolicy_gate` and at least `offpolicy_min_requests` logged
+    requests, the same holds for the off-policy SNIPS CTR change vs the champion's policy; or the saved
+    bundle fails to load and score a smoke batch. Without a champion only NaN and the smoke test decide."""
     if evaluation.get("skipped"):
         return {"skipped": True, "passed": True, "reason": "already registered"}
     reasons = []
     cand = evaluation["candidate"]
     if any(not math.isfinite(v) for v in cand.values()):
         reasons.append("NaN or infinite offline metric")
-    champ = evaluation.get("champion")
-    if champ is not None and cand[GATE_METRIC] < champ[GATE_METRIC] - tolerance:
-        reasons.append(
-            f"{GATE_METRIC} {cand[GATE_METRIC]:.4f} < champion v{evaluation['champion_version']} "
-            f"{champ[GATE_METRIC]:.4f} - tolerance {tolerance}"
-        )
-    op = evaluation.get("offpolicy")
-    worse = op and op.get("status") == "estimated" and "snips" in op and op["snips"]["ci"][1] < op["logged"]["ctr"]
-    if offpolicy_reject and worse:
-        reasons.append(f"off-policy SNIPS CTR interval below the logged CTR: {offpolicy_summary(op)}")
+    comparison = evaluation.get("comparison") or {}
+    if comparison.get(GATE_METRIC) and (why := decide(comparison[GATE_METRIC], margin)):
+        reasons.append(f"champion v{evaluation['champion_version']}: {why}")
+    op = evaluation.get("offpolicy") or {}
+    vs = op.get("vs_champion") if op.get("status") == "estimated" else None
+    gates = bool(vs) and offpolicy_gate and op["logged"]["requests"] >= offpolicy_min_requests
+    if gates and (why := decide(vs, margin)):
+        reasons.append(f"off-policy: {why}")
     smoke = _smoke(candidate["candidate_dir"])
     if smoke:
         reasons.append(smoke)
     return {"skipped": False, "passed": not reasons, "reason": "; ".join(reasons) or "passed",
-            "offpolicy": offpolicy_summary(op)}  # fmt: skip
+            "margin": margin, "comparison": {m: gate_summary(c) for m, c in comparison.items()},
+            "offpolicy": offpolicy_summary(op or None), "offpolicy_gated": gates}  # fmt: skip
 
 
 def _smoke(bundle_dir: str) -> str | None:
