@@ -33,7 +33,7 @@ import scipy.sparse as sp
 
 from reco.data.catalog import ItemCatalog, ItemRecord, with_items
 
-#: Hashed content features (2^11): the normal equations are DIM x DIM whatever the catalogue size.
+#: Hashed content features (at most 2^11): the normal equations are DIM x DIM whatever the catalogue size.
 DIM = 2048
 _WORD = re.compile(r"[^\W_]{2,}", re.UNICODE)
 
@@ -145,8 +145,11 @@ def extend_bundle(bundle: Any, records: Mapping[str, ItemRecord], *, alpha: floa
     item_ids = list(bundle.item_ids)
     trained = _trained_content(bundle.catalog, item_ids[1:])
     emb = model.item_emb.weight.detach().cpu().numpy()
-    cmap = ContentMap.fit(hashed_features(trained), emb[1:], alpha=alpha)
-    pred, unc = cmap.predict(hashed_features(content_tokens(r.title, r.categories, r.attributes) for r in new))
+    # Fewer hashed features for a small catalogue (the normal equations are dim x dim), DIM at most.
+    dim = int(min(DIM, 2 ** np.ceil(np.log2(max(256, 2 * len(trained))))))
+    cmap = ContentMap.fit(hashed_features(trained, dim), emb[1:], alpha=alpha)
+    new_docs = (content_tokens(r.title, r.categories, r.attributes) for r in new)
+    pred, unc = cmap.predict(hashed_features(new_docs, dim))
     category_index = _category_index(bundle.catalog, item_ids, model.item_category.cpu().numpy())
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state["item_emb.weight"] = torch.cat([state["item_emb.weight"], torch.from_numpy(pred.astype(np.float32))])

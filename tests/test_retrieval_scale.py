@@ -1,0 +1,110 @@
+"""Retrieval at scale: the ANN index against exact search on a seeded synthetic catalogue, the index switch at
+the threshold, and a slow candidate source really cut on the request path."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from serving_helpers import tiny_bundle
+
+from reco.ranking.ann import AnnIndex, recall_at_k
+from reco.ranking.candidates import CandidateConfig, EmbeddingIndex, RowList, Source, gather
+from reco.ranking.recommend import PipelineConfig, Recommender, RecoRequest, ServedModel
+
+N, D = 30_000, 32
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> np.ndarray:
+    """Clustered unit vectors (items of a shop fall into groups), row 0 = padding."""
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((300, D))
+    emb = centres[rng.integers(0, 300, N)] + 0.6 * rng.standard_normal((N, D))
+    emb[0] = 0.0
+    return emb.astype(np.float32)
+
+
+def test_ann_recall_against_exact_search(catalogue: np.ndarray) -> None:
+    unit = catalogue / np.maximum(np.linalg.norm(catalogue, axis=1, keepdims=True), 1e-12)
+    rows = np.arange(1, N)
+    ann = AnnIndex(unit, rows)
+    queries = unit[np.random.default_rng(1).integers(1, N, 200)]
+    assert recall_at_k(unit, rows, ann, queries, 100) >= 0.95  # docs/benchmarks.md reports the figure
+    found, _ = ann.search(queries[:5], 10)
+    assert (found > 0).all()  # padding is never indexed
+
+
+def test_index_switches_to_ann_above_the_threshold_and_keeps_the_contract(catalogue: np.ndarray) -> None:
+    ids = ["<pad>", *[f"i{k}" for k in range(1, N)]]
+    exact = EmbeddingIndex(ids, catalogue, ann_threshold=N)
+    approx = EmbeddingIndex(ids, catalogue, ann_threshold=1000)
+    assert exact.ann is None and approx.ann is not None
+    session = np.array([11, 2345, 20_000])
+    e_rows, e_sims = exact.similar_rows(session, 300)
+    a_rows, a_sims = approx.similar_rows(session, 300)
+    assert len(a_rows.rows) == 300 and len(set(a_rows.rows.tolist())) == 300
+    assert not set(a_rows.rows.tolist()) & {0, *session.tolist()}  # no padding, no query rows
+    assert np.all(np.diff(a_sims) <= 1e-6)  # best first
+    assert len(set(a_rows.rows.tolist()) & set(e_rows.rows.tolist())) / 300 >= 0.9
+    # Every anchor is the query row the item is closest to, as in the exact search.
+    sims = approx.similarity_rows(a_rows.rows, session)
+    assert (session[sims.argmax(axis=1)] == a_rows.anchors).mean() >= 0.99
+
+
+def test_a_slow_source_is_cut_and_the_rest_served() -> None:
+    def slow() -> RowList:
+        time.sleep(1.0)
+        return RowList.of([7, 8])
+
+    with ThreadPoolExecutor(2) as pool:
+        out = gather({Source.session_similar: slow, Source.trending: lambda: RowList.of([3])},
+                     lambda: RowList.of([1, 2, 5]), config=CandidateConfig(source_timeout_s=0.05, max_candidates=10),
+                     n_rows=10, executor=pool)  # fmt: skip
+    assert out.failed == ["session_similar"] and out.rows.tolist() == [3, 1, 2, 5]
+
+
+class _SlowIndex(EmbeddingIndex):
+    """A real index whose similarity search hangs (a stuck source on the request path)."""
+
+    def similar_rows(self, query_rows, k, exclude_rows=()):
+        time.sleep(1.0)
+        return super().similar_rows(query_rows, k, exclude_rows)
+
+
+class _Features:
+    session_items = ["1", "2", "3"]
+    user_items: list[str] = []
+    cart_items: list[str] = []
+    thompson: dict = {}
+    trending_top: list = []
+
+
+class _Store:
+    def request_context(self, *a, **kw):
+        return _Features()
+
+    def log_request(self, *a, **kw):
+        return None
+
+
+class _Arm:
+    arm, alias = "control", "arm-control"
+
+    class exploration:  # noqa: N801
+        strategy, rate = "none", 0.0
+
+
+def test_recommender_serves_without_the_slow_session_source() -> None:
+    model = ServedModel.build(tiny_bundle(), "1")
+    slow = ServedModel(**{**model.__dict__, "index": _SlowIndex(model.index.ids, model.bundle.item_embeddings())})
+    config = PipelineConfig(candidates=CandidateConfig(source_timeout_s=0.05))
+    with ThreadPoolExecutor(4) as pool:
+        reco = Recommender(store=_Store(), assign=lambda u: _Arm(), models=lambda arm: slow, config=config,
+                           executor=pool)  # fmt: skip
+        result = reco.recommend(RecoRequest("u", session_id="s"))
+    assert "candidates:session_similar" in result.degraded
+    assert "session_similar" not in result.candidates_per_source and len(result.items) == 20
+    assert {it.source for it in result.items} <= {"trending", "popular"}
