@@ -3,7 +3,8 @@
 1. Drop items already consumed in the session (the session history).
 2. Page-type rules: a product page never recommends its own item; a cart page never recommends what is
    already in the cart.
-3. Diversity: at most `max_per_category` items of one category among the first `window` positions.
+3. Diversity: at most `max_per_category` items of one category among the first `window` positions (the
+   exploration policies keep the same cap after exploring: `reco.ranking.bandits`).
    Items over the cap are moved behind the others rather than dropped, so a small or one-genre
    candidate list still fills the page.
 
