@@ -48,8 +48,15 @@ def events() -> pa.Table:
 
 
 def main() -> None:
-    cfg = ReportConfig(control="control", experiment="ranker-v2", phase=2, phases=PHASES, start=date(2026, 1, 8),
-                       experiment_start=date(2026, 1, 1), guardrails={"revenue_per_user": 0.05, "ctr": 0.02})  # fmt: skip
+    cfg = ReportConfig(
+        control="control",
+        experiment="ranker-v2",
+        phase=2,
+        phases=PHASES,
+        start=date(2026, 1, 8),
+        experiment_start=date(2026, 1, 1),
+        guardrails={"revenue_per_user": 0.05, "ctr": 0.02},
+    )
     html = HERE / "ab-report.html"
     html.write_text(render_html(build_report(events(), cfg)))
     exe = shutil.which("chromium")
