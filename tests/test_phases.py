@@ -145,3 +145,17 @@ def test_served_impressions_carry_the_phase():
 
     assert Event.model_validate_json(stamped[0].payload).phase == 4
     assert Event.model_validate_json(plain[0].payload).phase is None
+
+
+def test_versions_served_before_any_phase_become_phase_1(reg):
+    """`reco bootstrap` sets the aliases without phases; the first promotion records that state as phase 1
+    (impressions without a phase are phase 1 to the report), then its own as phase 2."""
+    uri, client, name, (v1, v2, _), cfg = reg
+    for alias in ("arm-control", "arm-treatment"):
+        registry.promote(client, name, alias, v1, who="reco bootstrap", reason="first model")
+    out = promote_candidate(uri, name, "treatment", {"version": v2}, who="dag", experiments_path=cfg,
+                            now="2026-01-03T00:00:00+00:00")  # fmt: skip
+    phases = experiment_phases(uri, name, "exp-a", cfg)
+    assert [(p["id"], p["versions"]["treatment"], p["started"]) for p in phases] == [
+        (1, v1, ""), (2, v2, "2026-01-03T00:00:00+00:00")]  # fmt: skip
+    assert [p["id"] for p in out["phases"]] == [2]

@@ -141,11 +141,13 @@ class PhaseLog:
         why: str,
         learning: Mapping[str, str] | None = None,
         now: datetime | None = None,
+        started: str | None = None,
     ) -> Phase:
         """Start a new phase with these versions (and learning modes), unless the current phase already
         has exactly them: then the current phase is returned (idempotent reruns). `now` is when the phase
         starts in event time (a DAG run passes the end of its data interval, so that simulated days and
-        backfills get the day they stand for); default the wall clock."""
+        backfills get the day they stand for); default the wall clock. `started` overrides it as text ("" =
+        unknown: the phase served before phases were recorded)."""
         versions = {str(a): None if v is None else str(v) for a, v in versions.items()}
         learning = {a: (learning or {}).get(a, ONLINE) for a in versions}
         cur = self.current(experiment)
@@ -155,7 +157,7 @@ class PhaseLog:
             last = self.phases(experiment)
             new_id = (last[-1].id if last else 0) + 1
             wall = datetime.now(UTC)
-            stamp = (now or wall).astimezone(UTC).isoformat()
+            stamp = started if started is not None else (now or wall).astimezone(UTC).isoformat()
             phase = Phase(experiment, new_id, stamp, who, why, versions, learning, wall.isoformat())
             key = _tag(experiment, new_id)
             if key in self._tags():  # another writer took the id meanwhile
@@ -194,7 +196,10 @@ def promote_in_experiment(
     `move()` (the alias move itself). Returns the phases recorded (or found current: reruns).
 
     `alias_version(alias)` reads the version an alias points at now (default: the registry's). An
-    experiment some arm of which has no version yet gets no phase."""
+    experiment some arm of which has no version yet gets no phase. When an experiment gets its first recorded
+    phase while its arms already served versions (aliases set by `reco bootstrap` or by hand), that earlier
+    state is recorded first, as phase 1 with an unknown start: impressions without a phase count as phase 1
+    in the report, so they are never pooled with the new versions."""
     if alias_version is None:
         from reco.artifacts import registry
 
@@ -208,6 +213,10 @@ def promote_in_experiment(
         versions = {a.name: (str(version) if a.alias == alias else alias_version(a.alias)) for a in exp.arms}
         if any(v is None for v in versions.values()):
             continue  # bootstrapping: the phase starts when the last arm gets its first version
+        before = {a.name: alias_version(a.alias) for a in exp.arms}
+        if before != versions and all(before.values()) and not log.phases(exp.name):
+            log.start(exp.name, before, who="(unrecorded)", why="the versions served before phases were recorded",
+                      learning=learning_modes(exp), started="")  # fmt: skip
         recorded.append(log.start(exp.name, versions, who=who, why=why, learning=learning_modes(exp), now=now))
     move()
     return recorded

@@ -94,8 +94,23 @@ def ingest(
         written = {d: lake.count_rows(d, d) for d in lake.days() if s <= d <= e}
     else:
         raise ValueError(f"unknown source {source!r}: use 'files', 'stream' or 'lake'")
+    if source != "files" and not p["catalog"].is_file():
+        _bootstrap_catalog(p["catalog"], data_dir)
     items = _land_items(p, source, redis_url, redis_prefix, home)
     return {"lake": str(p["lake"]), "rows": int(sum(written.values())), "days": len(written), "items": items}
+
+
+def _bootstrap_catalog(path: Path, data_dir: str | None) -> None:
+    """The first live run of a stack finds no catalogue file (`reco bootstrap` trains from the MovieLens files
+    without landing them): write the bootstrap data's catalogue, the one the first model was trained with."""
+    from reco.data.movielens import load_movielens
+
+    if not data_dir or not Path(data_dir).is_dir():
+        raise ValueError(f"no item catalogue at {path} and no MovieLens folder to take it from (set RECO_DATA_DIR)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    load_movielens(data_dir).catalog.to_parquet(tmp)
+    tmp.replace(path)
 
 
 def _land_items(p: dict[str, Path], source: str, redis_url: str | None, prefix: str, home: str) -> int:
