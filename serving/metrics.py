@@ -19,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from reco.ranking.recommend import RecoResult, ServedModel
 
 _LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
+_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
 def _multiprocess() -> bool:
@@ -50,6 +51,28 @@ class Metrics:
         self.impression_log_failures = Counter(
             "reco_impression_log_failures_total", "impression batches that could not be written", registry=r
         )
+        # Every HTTP answer (serving.observability): the route template, never the raw path.
+        self.http_requests = Counter(
+            "reco_http_requests_total", "HTTP requests by route, method and status", ["route", "method", "status"],
+            registry=r,
+        )  # fmt: skip
+        self.http_latency = Histogram(
+            "reco_http_request_duration_seconds", "time to the last response byte, by route, method and status",
+            ["route", "method", "status"], buckets=_HTTP_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.expected_share = Gauge(
+            "reco_arm_expected_share", "configured traffic share per arm (the SRM alert's reference)", ["arm"],
+            registry=r, **gauge_mode,
+        )  # fmt: skip
+
+    def http_observed(self, route: str, method: str, status: int, seconds: float) -> None:
+        labels = {"route": route, "method": method, "status": str(status)}
+        self.http_requests.labels(**labels).inc()
+        self.http_latency.labels(**labels).observe(seconds)
+
+    def configured_split(self, shares: dict[str, float]) -> None:
+        for arm, share in shares.items():
+            self.expected_share.labels(arm=arm).set(share)
 
     def observe(self, result: RecoResult) -> None:
         self.latency.labels(arm=result.experiment_group).observe(result.latency_ms / 1000)
