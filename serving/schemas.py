@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from reco.data.catalog import ItemId, ItemUpsert
-from reco.data.events import Event, PageType
+from reco.data.events import DEFAULT_DEVICE, Event, PageType
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -28,7 +28,7 @@ class RecommendationRequest(BaseModel):
     page_type: PageType = PageType.home
     context_item_id: Id | None = Field(None, description="the page's item (product pages: similar items)")
     session_id: Id | None = None
-    device: Annotated[str, Field(min_length=1, max_length=32)] = "mobile"
+    device: Annotated[str, Field(min_length=1, max_length=32)] = DEFAULT_DEVICE
     limit: int = Field(20, ge=1, le=100)
 
 

@@ -32,6 +32,11 @@ class PageType(StrEnum):
 #: Events that count as positive feedback on a served item.
 FEEDBACK_TYPES = frozenset({EventType.click, EventType.add_to_cart, EventType.purchase})
 
+#: The device of a request that names none: the one default of serving, the pipeline and (as the value a
+#: missing `device` is read as) training, evaluation and the simulators. It is in no ranker's device
+#: vocabulary, so it takes the model's "unknown device" row (index 0).
+DEFAULT_DEVICE = "unknown"
+
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 
 

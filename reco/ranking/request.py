@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
-from reco.data.events import PageType
+from reco.data.events import DEFAULT_DEVICE, PageType
 from reco.ranking.candidates import (
     CandidateConfig,
 )
@@ -28,7 +28,7 @@ class RecoRequest:
     page_type: PageType = PageType.home
     context_item_id: str | None = None
     session_id: str | None = None
-    device: str = "unknown"
+    device: str = DEFAULT_DEVICE
     limit: int = 20
     ts: datetime | None = None  # event time of the served impressions; None = now (simulations set it)
 
