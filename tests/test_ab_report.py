@@ -170,16 +170,24 @@ def test_phase_is_analysed_alone() -> None:
                           p2.append_column("phase", pa.array([2] * p2.num_rows, pa.int64()))])  # fmt: skip
     phases = (
         {"id": 1, "started": "2026-01-01", "who": "ci", "why": "launch", "versions": {"treatment": "1"}},
-        {"id": 2, "started": "2026-01-11", "who": "ci", "why": "promote v2", "versions": {"treatment": "2"}},
+        {
+            "id": 2,
+            "started": "2026-01-11T09:30:00+00:00",
+            "who": "ci",
+            "why": "promote v2",
+            "versions": {"treatment": "2"},
+            "learning": {"control": "frozen", "treatment": "online"},
+        },
     )
     rep = build_report(t, ReportConfig(control="control", phase=2, phases=phases, start=date(2026, 1, 11)))
+    assert rep["phase"]["started"] == "2026-01-11" and rep["phase"]["learning"]["control"] == "frozen"
     assert rep["phase"]["id"] == 2 and rep["phase"]["why"] == "promote v2" and rep["past_phases"][0]["id"] == 1
     assert rep["arms"]["treatment"]["model_versions"] == ["treatment-v2"]
     assert rep["window"]["days_with_data"] == 16 and rep["data_quality"]["impressions_in_other_phases"] == 0
     one = build_report(t, ReportConfig(control="control", phase=1))
     assert one["arms"]["treatment"]["model_versions"] == ["treatment-v1"] and one["window"]["days_with_data"] == 10
     html = render_html(rep)
-    assert "Phase 2" in html and "promote v2" in html and "launch" in html
+    assert "Phase 2" in html and "promote v2" in html and "launch" in html and "control frozen" in html
 
 
 def _ev(eid: str, kind: str, user: str, req: str, item: str, arm: str | None, day: int = 1) -> dict:

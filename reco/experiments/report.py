@@ -278,13 +278,16 @@ def _phases(cfg: ReportConfig, agg: Aggregates, arms: list[str]) -> dict[str, An
     def clean(p: Mapping[str, Any]) -> dict[str, Any]:
         started = _as_date(p.get("started"))
         versions = {str(k): str(v) for k, v in dict(p.get("versions") or {}).items()}
-        return {
+        out = {
             "id": int(p["id"]),
             "started": started.isoformat() if started else None,
             "who": p.get("who"),
             "why": p.get("why"),
             "versions": versions,
         }
+        if p.get("learning"):  # arm -> online | frozen: online learning is part of an arm's policy
+            out["learning"] = {str(k): str(v) for k, v in dict(p["learning"]).items()}
+        return out
 
     known = [clean(p) for p in cfg.phases]
     current = next((p for p in known if p["id"] == cfg.phase), None)
