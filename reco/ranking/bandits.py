@@ -87,24 +87,47 @@ def category_codes(ranked_items: Sequence[Any]) -> np.ndarray:
 
 
 class _Page:
-    """What is placed so far: remaining positions and per-category counts, and the eligible positions."""
+    """What is placed so far, for epsilon-greedy: the remaining positions in ranked order, per-category
+    counts on the page and among the remaining, and the number of eligible items (remaining, category under
+    the cap), kept up to date per placement so that no slot scans the list. When no remaining item is under
+    the cap, every remaining item is eligible (`capped` False)."""
 
     def __init__(self, size: int, codes: np.ndarray | None, cap: int | None) -> None:
-        self.remaining = np.ones(size, dtype=bool)
-        self.codes, self.cap = codes, cap
-        self.counts = np.zeros(int(codes.max(initial=-1)) + 1 if codes is not None else 0, dtype=np.int64)
+        self.remaining = list(range(size))
+        self.cap = cap if codes is not None else None
+        self.codes: list[int] = codes.tolist() if codes is not None and cap is not None else []
+        n_cats = int(codes.max(initial=-1)) + 1 if self.cap is not None else 0
+        self.placed = [0] * n_cats
+        self.left = np.bincount(codes, minlength=n_cats).tolist() if self.cap is not None else []
+        self.under = size  # remaining items whose category is under the cap
 
-    def eligible(self) -> np.ndarray:
-        """Remaining positions, ascending, whose category is under the cap (all remaining when none is)."""
-        if self.cap is None or self.codes is None:
-            return np.flatnonzero(self.remaining)
-        ok = self.remaining & (self.counts[self.codes] < self.cap)
-        return np.flatnonzero(ok if ok.any() else self.remaining)
+    @property
+    def capped(self) -> bool:
+        return self.cap is not None and self.under > 0
 
-    def place(self, pos: int) -> None:
-        self.remaining[pos] = False
-        if self.codes is not None:
-            self.counts[self.codes[pos]] += 1
+    def eligible(self, pos: int) -> bool:
+        return not self.capped or self.placed[self.codes[pos]] < self.cap  # type: ignore[operator]
+
+    def greedy(self) -> int:
+        """Index into `remaining` of the first eligible item."""
+        if not self.capped:
+            return 0
+        return next(k for k, pos in enumerate(self.remaining) if self.placed[self.codes[pos]] < self.cap)  # type: ignore[operator]
+
+    def n_eligible(self) -> int:
+        return self.under if self.capped else len(self.remaining)
+
+    def place(self, k: int) -> int:
+        pos = self.remaining.pop(k)
+        if self.cap is not None:
+            c = self.codes[pos]
+            self.left[c] -= 1
+            if self.placed[c] < self.cap:
+                self.under -= 1
+            self.placed[c] += 1
+            if self.placed[c] == self.cap:
+                self.under -= self.left[c]  # the category's other items leave the eligible set
+        return pos
 
 
 class EpsilonGreedy:
@@ -191,9 +214,9 @@ class EpsilonGreedy:
         codes = category_codes(ranked_items) if self.max_per_category is not None else None
         return _Page(len(ranked_items), codes, self.max_per_category)
 
-    def _options(self, slot: int, eligible: np.ndarray, eps: float) -> tuple[float, float]:
+    def _options(self, slot: int, n_eligible: int, eps: float) -> tuple[float, float]:
         """(P(greedy item), P(each other eligible item)) at this slot."""
-        pool = len(eligible) - 1
+        pool = n_eligible - 1
         if slot < self.protected_top or pool == 0 or eps == 0.0:
             return 1.0, 0.0
         return 1.0 - eps, eps / pool
@@ -207,14 +230,17 @@ class EpsilonGreedy:
         out: list[Selection[T]] = []
         # Positions, not items: only the chosen items are read from `ranked_items` (a lazy sequence stays lazy).
         for slot in range(min(n, len(ranked_items))):
-            eligible = page.eligible()
-            greedy, other = self._options(slot, eligible, eps)
-            if other > 0.0 and self._rng.random() < eps:
-                pos, sel = int(eligible[1 + self._rng.randrange(len(eligible) - 1)]), (True, other)
+            greedy = page.greedy()
+            p_greedy, p_other = self._options(slot, page.n_eligible(), eps)
+            if p_other > 0.0 and self._rng.random() < eps:
+                while True:  # uniform over the other remaining items, kept when eligible: uniform over the pool
+                    k = self._rng.randrange(len(page.remaining) - 1)
+                    k += k >= greedy
+                    if page.eligible(page.remaining[k]):
+                        break
+                out.append(Selection(ranked_items[page.place(k)], True, p_other))
             else:
-                pos, sel = int(eligible[0]), (False, greedy)
-            page.place(pos)
-            out.append(Selection(ranked_items[pos], *sel))
+                out.append(Selection(ranked_items[page.place(greedy)], False, p_greedy))
         return out
 
     def slate_propensities(self, ranked_items: Sequence[Any], positions: Sequence[int]) -> np.ndarray:
@@ -229,12 +255,13 @@ class EpsilonGreedy:
         page = self._page(ranked_items)
         out = np.zeros(len(positions))
         for slot, pos in enumerate(positions):
-            eligible = page.eligible()
-            greedy, other = self._options(slot, eligible, eps)
-            if not page.remaining[pos] or pos not in eligible:
+            if pos not in page.remaining or not page.eligible(pos):
                 return out  # impossible here: this and every later slot has probability 0
-            out[slot] = greedy if pos == eligible[0] else other
-            page.place(int(pos))
+            greedy = page.greedy()
+            p_greedy, p_other = self._options(slot, page.n_eligible(), eps)
+            k = page.remaining.index(pos)
+            out[slot] = p_greedy if k == greedy else p_other
+            page.place(k)
         return out
 
 

@@ -64,6 +64,11 @@ class RankedList(Sequence[Ranked]):
         cat = self._model.row_category
         return [cat[r] for r in self._rows]
 
+    @property
+    def category_codes(self) -> np.ndarray:
+        """Category codes: what the exploration policies' cap reads (no strings built for ~500 candidates)."""
+        return self._model.row_category_code[self._rows]
+
 
 @dataclass(frozen=True, slots=True)
 class Greedy:
