@@ -257,10 +257,10 @@ class Recommender:
             self.store.request_context, req.user_id, req.session_id, [], assignment.arm, categories,
             item_features=False, trending_k=trending_k, profile=False,
         )  # fmt: skip
+        started = monotonic()
         if not self.config.features_inline:
-            features = self._features(self._executor.submit(read))
+            features = self._features(self._executor.submit(read), started)
         else:
-            started = monotonic()
             try:
                 features = read()
             except Exception as exc:  # Redis down or past its socket timeout: rank without online features
@@ -294,7 +294,7 @@ class Recommender:
             return None
         return cached[1]
 
-    def _features(self, fut: Future) -> Any | None:
+    def _features(self, fut: Future, started: float) -> Any | None:
         try:
             return fut.result(timeout=self.config.features_timeout_s)
         except FutureTimeout:
@@ -303,6 +303,9 @@ class Recommender:
             self._features_paused_until = monotonic() + self.config.features_cooldown_s
         except Exception as exc:  # Redis down: rank without online features
             log.warning("request features unavailable: %s", exc)
+            # A store whose socket timeout is the budget fails just before `result` gives up: slowly, as inline.
+            if monotonic() - started >= self.config.features_timeout_s / 2:
+                self._features_paused_until = monotonic() + self.config.features_cooldown_s
         return None
 
     def _rank(
