@@ -1,8 +1,9 @@
 """The event lake: one Parquet file per UTC day, `root/date=YYYY-MM-DD/part-0.parquet` (hive layout).
 
-Writes are idempotent: a day's partition is always rewritten whole (temp file + rename, under a per-day
-file lock), deduplicated by `event_id` keeping the first occurrence, so at-least-once delivery and DAG
-reruns never create duplicate rows. Row order inside a partition is the order the events were given in
+Writes are idempotent and durable: a day's partition is always rewritten whole (temp file, fsync, rename,
+directory fsync, under a per-day file lock), deduplicated by `event_id` keeping the first occurrence, so
+at-least-once delivery and DAG reruns never create duplicate rows, and a process killed at any moment
+leaves the previous or the new file, never a torn one. Row order inside a partition is the order the events were given in
 (MovieLens tie-breaking downstream depends on file order). Reads go through `pyarrow.dataset` with the
 `date` partition key, so a date range only opens the files of that range.
 
@@ -138,6 +139,20 @@ def _dedup_first(table: pa.Table) -> pa.Table:
     return table.take(np.sort(first))
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` durable (POSIX: fsync the directory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - a platform without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
 # --------------------------------------------------------------------------- the lake
 
 
@@ -246,6 +261,7 @@ class EventLake:
             self._sidecar(day).unlink(missing_ok=True)
             return 0
         folder = self.partition_dir(day)
+        new_dir = not (folder / PART_FILE).exists()
         # Serialise in memory first: the bytes are hashed for snapshot_id without reading the file back.
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
@@ -254,8 +270,15 @@ class EventLake:
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())  # the bytes are on disk before the rename publishes them
             os.chmod(tmp, 0o644)  # mkstemp makes 0600; other readers (Airflow workers, containers) need read
             os.replace(tmp, folder / PART_FILE)
+            # The rename itself is durable once the directory is synced (and a new day's directory once its
+            # parent is): the stream sink acknowledges a batch only after this returns.
+            _fsync_dir(folder)
+            if new_dir:
+                _fsync_dir(self.root)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
