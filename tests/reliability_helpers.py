@@ -36,7 +36,7 @@ class RedisProcess:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 15.0) -> RedisProcess:
+    def start(self, timeout_s: float = 60.0) -> RedisProcess:  # generous: a loaded machine
         from reco.state.embedded_redis import redis_executable
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ class RedisProcess:
     def ping(self) -> bool:
         import redis
 
-        client = redis.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client = redis.Redis.from_url(self.url, socket_timeout=2.0, socket_connect_timeout=2.0)
         try:
             return bool(client.ping())
         except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError):
@@ -71,7 +71,7 @@ class RedisProcess:
         """SIGKILL: a crash, not a clean shutdown (no final save)."""
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=60)
         self.proc = None
 
     def restart(self) -> None:

@@ -47,7 +47,7 @@ def test_learner_keeps_going_through_a_redis_restart(tmp_path) -> None:
 
         thread = threading.Thread(target=target, daemon=True)
         thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # generous: a loaded machine
         while ol.stats.read == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
         server.kill()  # a crash under the running learner; it sees refused connections for a while
@@ -56,7 +56,7 @@ def test_learner_keeps_going_through_a_redis_restart(tmp_path) -> None:
         second = _traffic(300, seed=7, start=300)
         store.ingest(second)
         _close_windows(store, 20_000)
-        thread.join(timeout=90)
+        thread.join(timeout=300)
         assert not thread.is_alive() and errors == []
         assert ol.stats.reconnects >= 1
         # Everything was delivered; what stays pending is only what waits for the next step (the

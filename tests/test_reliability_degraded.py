@@ -58,10 +58,10 @@ def test_redis_down_serves_popular_refuses_events_and_recovers_by_itself(tmp_pat
         assert ready.status_code == 200 and ready.json()["redis"] is False  # still serving: ready, flagged
 
         redis_proc.start()  # same port, same AOF: the API is not restarted
-        attempts = 0
+        attempts, deadline = 0, time.monotonic() + 60  # generous: a loaded machine
         while (r := c.post("/v1/events", json={"events": [event(3)]}, headers=KEY)).status_code != 202:
             attempts += 1
-            assert r.status_code == 503 and attempts < 20, r.text
+            assert r.status_code == 503 and time.monotonic() < deadline, r.text
             time.sleep(0.1)
         print(f"\nFIGURE degraded: event posts refused after the Redis restart before ingest worked: {attempts}")
         assert r.json() == {"accepted": 1, "duplicates": 0}  # the refused event was not half-stored
