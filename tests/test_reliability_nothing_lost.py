@@ -71,7 +71,7 @@ def _start_learner(env: dict[str, str], log: Path) -> subprocess.Popen:
 def _stop(proc: subprocess.Popen, sig: int) -> int:
     if proc.poll() is None:
         os.kill(proc.pid, sig)
-    return proc.wait(timeout=30)
+    return proc.wait(timeout=120)  # a clean stop publishes first: generous on a loaded machine
 
 
 def _group(client, key: str, group: str) -> dict | None:
