@@ -55,9 +55,11 @@ class AnnIndex:
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, self.nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        index.cp.niter = 20
-        # k-means on a sample (64 points per cell) keeps the build linear in n.
-        sample = rows if n <= 64 * self.nlist else np.random.default_rng(seed).choice(rows, 64 * self.nlist, False)
+        index.cp.niter = 12
+        # k-means on a sample (40 points per cell, ~ faiss's minimum) keeps the build linear in n: ~20 s of
+        # one core at 10^6 items (docs/benchmarks.md, "Scale").
+        per_cell = 40
+        sample = rows if n <= per_cell * self.nlist else np.random.default_rng(seed).choice(rows, per_cell * self.nlist, False)
         index.train(unit[np.sort(sample)])
         index.add_with_ids(unit[rows], rows)
         index.nprobe = self.nprobe

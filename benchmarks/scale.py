@@ -1,0 +1,271 @@
+"""How serving's cost grows with the catalogue: synthetic catalogues with the production model's dimensions.
+
+For each catalogue size (default 1,682 / 10k / 100k / 1M items) a `SessionAwareRanker` with the served
+architecture (64-d items, GRU 2x128, attention 64, MLP 64-32; seeded random weights: cost does not depend
+on what was learned) and a synthetic catalogue (20 categories, Zipf popularity) are built, then:
+
+* `load_s`: `ModelBundle.load` from disk; `build_s`: `ServedModel.build` (the scorer's item tables, the
+  embedding index: exact below 20k items, faiss IVF above, built here), i.e. what a swap costs off the
+  request path; `rss_mb`: the process's resident memory with that model loaded;
+* request latency of the request pipeline (`Recommender.recommend`, in process: no HTTP, no Redis, which
+  cost the same at any catalogue size) on realistic traffic: every request is a new session or a session
+  that gained one view since its last request (sessions of 1-20 views); p50/p99 of one client, and p50/p99 +
+  recommendations/s of 4 client threads;
+* `swap_dropped`: requests that failed while the model was swapped under 4 clients (a new build put in
+  place with one reference assignment, as the model manager does) -- the target is 0.
+
+Prints one JSON line per size and a final summary line; `--plot FILE` draws the cost-growth plot.
+
+    python benchmarks/scale.py [--sizes 1682 10000 100000 1000000] [--requests 400] [--plot docs/scale.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def synthetic_bundle(n_items: int, seed: int = 0) -> Any:
+    """A production-sized model over `n_items` synthetic items (clustered embeddings, Zipf popularity)."""
+    import torch
+
+    from reco.artifacts.bundle import PAD, ModelBundle
+    from reco.data.catalog import ItemCatalog
+    from reco.models.ranker import RankerConfig, SessionAwareRanker
+
+    rng = np.random.default_rng(seed)
+    cats = [f"cat{k}" for k in range(20)]
+    ids = [f"i{k}" for k in range(1, n_items + 1)]
+    item_cat = rng.integers(0, len(cats), n_items)
+    catalog = ItemCatalog.from_records(
+        {"item_id": iid, "title": f"Item {iid}", "genres": [cats[c]]} for iid, c in zip(ids, item_cat, strict=True)
+    )
+    torch.manual_seed(seed)
+    model = SessionAwareRanker(RankerConfig(n_items=n_items + 1, n_categories=len(cats) + 1))
+    centres = rng.standard_normal((max(16, n_items // 200), 64)).astype(np.float32)
+    emb = centres[rng.integers(0, len(centres), n_items)] + 0.5 * rng.standard_normal((n_items, 64)).astype(np.float32)
+    with torch.no_grad():
+        model.item_emb.weight[1:] = torch.from_numpy(0.05 * emb)
+        model.item_category[1:] = torch.from_numpy(item_cat + 1)
+    counts = 1e6 / np.arange(1, n_items + 1) ** 1.1
+    popularity = {iid: float(c) for iid, c in zip(ids, rng.permutation(counts), strict=True)}
+    return ModelBundle(model=model, item_ids=[PAD, *ids], catalog=catalog, meta={"popularity": popularity})
+
+
+@dataclass
+class _Features:
+    session_items: list[str]
+    user_items: list[str] = field(default_factory=list)
+    cart_items: list[str] = field(default_factory=list)
+    thompson: dict = field(default_factory=dict)
+    trending_top: list = field(default_factory=list)
+
+
+class _Traffic:
+    """Sessions for the pipeline's store protocol: each request is a new session, or the client's current
+    session with one more view (a browse step); sessions end after 1-20 views."""
+
+    def __init__(self, item_ids: list[str], seed: int) -> None:
+        self.item_ids = item_ids
+        self.rng = np.random.default_rng(seed)
+        self.sessions: dict[str, list[str]] = {}
+        self.lock = threading.Lock()
+        self.count = 0
+
+    def next_session(self, client: int, state: dict) -> str:
+        with self.lock:
+            sid = state.get("sid")
+            if sid is None or len(self.sessions[sid]) >= state["len"]:
+                self.count += 1
+                sid = f"c{client}-{self.count}"
+                self.sessions[sid] = []
+                state.update(sid=sid, len=int(self.rng.integers(1, 21)))
+            self.sessions[sid].append(self.item_ids[int(self.rng.integers(len(self.item_ids)))])
+            return sid
+
+    def request_context(self, user_id: str, session_id: str | None, *args: Any, **kwargs: Any) -> _Features:
+        return _Features(list(self.sessions.get(session_id or "", []))[-50:])
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_CUT = [0]  # requests whose candidate source ran past its budget (cut, served without it)
+
+
+class _Greedy:
+    arm, alias = "control", "arm-control"
+
+    class exploration:  # noqa: N801
+        strategy, rate = "none", 0.0
+
+
+def _clients(reco: Any, traffic: _Traffic, n_clients: int, n_requests: int, on_error: list) -> list[float]:
+    from reco.ranking.recommend import RecoRequest
+
+    latencies: list[float] = []
+    lock = threading.Lock()
+    cut = _CUT
+
+    def client(k: int) -> None:
+        state: dict = {}
+        mine = []
+        for _ in range(n_requests):
+            sid = traffic.next_session(k, state)
+            t0 = time.perf_counter()
+            try:
+                result = reco.recommend(RecoRequest(user_id=f"u{k}", session_id=sid, limit=20))
+                if not result.items:
+                    on_error.append("empty")
+                if any(d.startswith("candidates:") for d in result.degraded):
+                    cut[0] += 1
+            except Exception as exc:  # counted: a swap must drop nothing
+                on_error.append(repr(exc))
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies
+
+
+def measure(n_items: int, args: argparse.Namespace) -> dict[str, Any]:
+    from reco.artifacts.bundle import ModelBundle
+    from reco.ranking.recommend import PipelineConfig, Recommender, ServedModel
+
+    _CUT[0] = 0
+    cut = _CUT
+    base_rss = _rss_mb()
+    t0 = time.perf_counter()
+    bundle = synthetic_bundle(n_items)
+    with tempfile.TemporaryDirectory(prefix="reco-scale-") as tmp:
+        bundle.save(tmp)
+        del bundle
+        gc.collect()
+        t1 = time.perf_counter()
+        bundle = ModelBundle.load(tmp)
+    t2 = time.perf_counter()
+    model = ServedModel.build(bundle, "1")
+    t3 = time.perf_counter()
+    rss = _rss_mb()
+    state = {"model": model}
+    traffic = _Traffic([i for i in bundle.item_ids[1:]], seed=0)
+    config = PipelineConfig(features_inline=True)
+    reco = Recommender(store=traffic, assign=lambda u: _Greedy(), models=lambda arm: state["model"], config=config)
+    errors: list = []
+    _clients(reco, traffic, 1, 30, errors)  # warm-up
+    one = np.array(_clients(reco, traffic, 1, args.requests, errors)) * 1000
+    start = time.perf_counter()
+    four = np.array(_clients(reco, traffic, 4, args.requests // 4, errors)) * 1000
+    wall = time.perf_counter() - start
+    # A swap under load: 4 clients run while a new build of the same bundle is put in place.
+    swap_errors: list = []
+    done = threading.Event()
+
+    def swap() -> None:
+        state["model"] = ServedModel.build(bundle, "2")
+        done.set()
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    swapped = 0
+    while not done.is_set():
+        swapped += len(_clients(reco, traffic, 4, 10, swap_errors))
+    swapper.join()
+    out = {
+        "benchmark": "scale",
+        "items": n_items,
+        "ann": model.index.ann is not None,
+        "synth_s": round(t1 - t0, 1),
+        "load_s": round(t2 - t1, 2),
+        "build_s": round(t3 - t2, 2),
+        "rss_mb": round(rss, 0),
+        "model_rss_mb": round(rss - base_rss, 0),
+        "p50_ms": round(float(np.percentile(one, 50)), 2),
+        "p99_ms": round(float(np.percentile(one, 99)), 2),
+        "c4_p50_ms": round(float(np.percentile(four, 50)), 2),
+        "c4_p99_ms": round(float(np.percentile(four, 99)), 2),
+        "c4_rec_per_s": round(len(four) / wall, 1),
+        "swap_requests": swapped,
+        "swap_dropped": len(swap_errors),
+        "errors": len(errors),
+        "degraded_cut": cut[0],
+        "load_avg": round(os.getloadavg()[0], 1),
+    }
+    print(json.dumps(out), flush=True)
+    del model, state, bundle, reco
+    gc.collect()
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [r["items"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(n, [r["p50_ms"] for r in rows], "o-", label="p50, 1 client")
+    a.plot(n, [r["c4_p99_ms"] for r in rows], "s--", label="p99, 4 clients")
+    a.set_xscale("log"); a.set_xlabel("catalogue items"); a.set_ylabel("ms per request"); a.legend()  # noqa: E702
+    a.set_title("request latency (pipeline, in process)")
+    b.plot(n, [r["build_s"] for r in rows], "o-", label="build (precompute + index) s")
+    b.plot(n, [r["model_rss_mb"] / 1000 for r in rows], "s--", label="model memory GB")
+    b.set_xscale("log"); b.set_yscale("log"); b.set_xlabel("catalogue items"); b.legend()  # noqa: E702
+    b.set_title("swap cost off the request path")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1682, 10_000, 100_000, 1_000_000])
+    p.add_argument("--requests", type=int, default=400, help="requests per measurement (1 client; 4 share them)")
+    p.add_argument("--plot", type=Path, default=None)
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+    except ImportError:
+        pass
+    rows = [measure(n, args) for n in args.sizes]
+    first, last = rows[0], rows[-1]
+    summary = {"benchmark": "scale", "summary": True, "sizes": args.sizes,
+               "p50_ratio_largest_vs_smallest": round(last["p50_ms"] / first["p50_ms"], 2),
+               "swap_dropped": sum(r["swap_dropped"] for r in rows)}  # fmt: skip
+    print(json.dumps(summary), flush=True)
+    if args.plot:
+        plot(rows, args.plot)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,71 @@
+"""Quality of what the API serves next to the model's full ranking, on the same leave-one-out test cases.
+
+Full ranking: `reco.offline.evaluation.evaluate_split` (every item ranked, history kept / excluded).
+Served list: `reco.offline.served_eval.evaluate_served` (the request pipeline: <= 500 candidates from the
+sources, the rules with the last 50 history items dropped, the per-category cap of 3, a page of 10).
+The model is benchmarks/holdout_model.py's (MovieLens-100k without 50 items kept for the cold-start run).
+
+    python benchmarks/served_quality.py --model DIR [--epochs 8] [--users N]
+
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from holdout_model import DEFAULT_DATA, load_or_train  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, required=True, help="holdout model folder (trained there if absent)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--users", type=int, default=None, help="evaluate the first N test users only")
+    p.add_argument("--max-per-category", type=int, default=3)
+    a = p.parse_args(argv)
+
+    import torch
+
+    from reco.offline.evaluation import evaluate_bundle
+    from reco.offline.served_eval import evaluate_served
+    from reco.ranking.recommend import ServedModel
+
+    torch.set_num_threads(1)
+    got = load_or_train(a.model, data=a.data, epochs=a.epochs)
+    bundle, split = got["bundle"], got["split"]
+    sessions, targets, _ = split.sessions("test")
+    if a.users:
+        sessions, targets = sessions[: a.users], targets[: a.users]
+    t0 = time.perf_counter()
+    full = evaluate_bundle(bundle, sessions, targets)
+    t1 = time.perf_counter()
+    model = ServedModel.build(bundle, "eval")
+    served = evaluate_served(model, sessions, targets, max_per_category=a.max_per_category)
+    t2 = time.perf_counter()
+    out = {
+        "benchmark": "served_quality",
+        "cases": len(targets),
+        "full_ndcg@10": round(full["all"]["ndcg@10"], 4),
+        "full_excl_history_ndcg@10": round(full["exclude_history"]["ndcg@10"], 4),
+        "full_recall@10": round(full["all"]["recall@10"], 4),
+        "full_excl_history_recall@10": round(full["exclude_history"]["recall@10"], 4),
+        **{f"served_{k}": round(v, 4) if isinstance(v, float) else v for k, v in served.items() if k != "cases"},
+        "served_vs_full_ndcg@10": round(served["ndcg@10"] / max(full["all"]["ndcg@10"], 1e-12), 3),
+        "served_vs_full_excl_ndcg@10": round(served["ndcg@10"] / max(full["exclude_history"]["ndcg@10"], 1e-12), 3),
+        "full_s": round(t1 - t0, 1),
+        "served_s": round(t2 - t1, 1),
+    }
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
