@@ -87,10 +87,10 @@ def aggregate(
         ph = pa.array(np.ones(table.num_rows, dtype=np.int64))
     table = table.append_column("_phase", ph)
     for dim in ("page_type", "device"):
-        col = (
-            table.column(dim).cast(pa.string()) if dim in table.column_names else pa.nulls(table.num_rows, pa.string())
-        )
-        table = table.append_column(f"_{dim}", pc.fill_null(col, _UNKNOWN))
+        # as stored (dictionary-encoded from the lake: cheap group-by keys); nulls become "unknown" after the
+        # group-by, on the reduced table
+        col = table.column(dim) if dim in table.column_names else pa.nulls(table.num_rows, pa.string())
+        table = table.append_column(f"_{dim}", col)
     per_day, orphans, versions, user_ids = _impressions(table)
 
     armed = per_day["arm"].notna() & (per_day["_phase"] == phase)
@@ -162,9 +162,10 @@ def _impressions(table: pa.Table) -> tuple[pd.DataFrame, int, dict[tuple[str, in
     orphans = int(per_key.sum() - per_key[np.unique(hits.column("_k").to_numpy())].sum())
     versions: dict[tuple[str, int], set[str]] = {}
     if has_mv:
-        mv = imps.filter(pc.is_valid(imps.column("arm"))).select(["arm", "_phase", "model_version"])
+        # grouped without filtering first (a filter copies the columns); the null-arm groups are skipped
+        mv = imps.select(["arm", "_phase", "model_version"])
         for r in mv.group_by(["arm", "_phase", "model_version"]).aggregate([]).to_pylist():
-            if r["model_version"] is not None:
+            if r["model_version"] is not None and r["arm"] is not None:
                 versions.setdefault((str(r["arm"]), int(r["_phase"])), set()).add(str(r["model_version"]))
     keys6 = ["user_id", "arm", "day", "_phase", "_page_type", "_device"]
     joined = imps.select(keys6).append_column("clicked", pa.array(clicked))
@@ -176,6 +177,8 @@ def _impressions(table: pa.Table) -> tuple[pd.DataFrame, int, dict[tuple[str, in
     df = g.to_pandas()
     if isinstance(df["arm"].dtype, pd.CategoricalDtype):
         df["arm"] = df["arm"].astype(object)
+    for col in ("_page_type", "_device"):
+        df[col] = df[col].astype(object).where(df[col].notna(), _UNKNOWN)
     return df, orphans, versions, users.dictionary
 
 
