@@ -7,10 +7,19 @@ artifact is an MLflow pyfunc model whose `artifacts/bundle/` is the saved `Model
 `weights_only=True`): model weights are never unpickled. The pyfunc wrapper's class is referenced
 by module path, so `mlflow models serve` can run a version too.
 
+Each version is an MLflow 3 LoggedModel (the pyfunc directory, with a signature and an input example,
+linked to the training run), registered with a description saying what changed, on which data and what
+the gate said. The run holds the training config as params, the per-epoch curves (loss, validation
+metrics) as metric steps, the evaluation metrics, and the training data as an MLflow dataset input
+(`TrainingData`: the lake partition's source, schema, profile and digest).
+
 Aliases, not stages: `champion` and `arm-<name>`. Every move records who/why/previous version on the
-version and appends to the registered model tag `alias-history.<alias>` (JSON list), which is what
-`rollback` reads. Each version carries lineage tags (see `Lineage`) and a `fingerprint` tag: the hash
-of data snapshot + training config + parent version, so a rerun finds its version instead of adding one.
+version and as one tag of the model's alias-history run (`move.<alias>.<ns>`, JSON; the registered model
+tag `alias-history-run` names the run), which is what `alias_history` and `rollback` read. A run holds any
+number of tags, so the history is unbounded (the former single registered-model tag, capped at 5,000
+characters, held about 28 moves; it is still read, as the oldest part of the history). Each version
+carries lineage tags (see `Lineage`) and a `fingerprint` tag: the hash of data snapshot + training config
++ parent version, so a rerun finds its version instead of adding one.
 
 Every function takes an `MlflowClient` (or builds one from a URI with `client_for`); nothing touches
 MLflow's global tracking URI, so the same code runs against a tracking server and a `sqlite:///` URI.
@@ -22,6 +31,7 @@ import hashlib
 import json
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -41,8 +51,11 @@ if TYPE_CHECKING:
 CHAMPION = "champion"
 ARTIFACT_PATH = "model"
 BUNDLE_ARTIFACT = "bundle"
-HISTORY_TAG = "alias-history.{alias}"
-HISTORY_LIMIT = 50  # entries kept per alias (tag values are bounded in size)
+HISTORY_TAG = "alias-history.{alias}"  # legacy: one registered-model tag per alias (read, no longer written)
+HISTORY_RUN_TAG = "alias-history-run"  # registered-model tag: id of the run whose tags are the moves
+HISTORY_EXPERIMENT = "reco-registry"
+MOVE_TAG = "move.{alias}.{seq:020d}"
+MODEL_NAME_IN_RUN = "ranker"  # the LoggedModel's name
 
 
 class RegistryError(LookupError):
@@ -225,6 +238,105 @@ def find_by_fingerprint(client: MlflowClient, name: str, fp: str) -> ModelVersio
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What a version was trained on, logged as an MLflow dataset input of its run: `frame` (the rows, or a
+    sample of them: MLflow keeps the schema, a profile and a digest), `source` (where they live, e.g. the
+    lake partition's folder) and a `name` such as ``lake 2026-01-01..2026-01-07``."""
+
+    frame: pd.DataFrame
+    source: str
+    name: str
+
+
+def describe(lineage: Lineage, rejected_reason: str | None = None) -> str:
+    """The version's description in the registry UI: what changed, which data, what the gate said.
+
+    >>> lin = Lineage("lake-2026-01-01", 1200, "val-1", 3, "4", {"ndcg@10": 0.1084}, {"epochs": 5},
+    ...               extra={"warm_start": "warm from v4", "gate": "passed"})
+    >>> text = describe(lin)
+    >>> text[:58]
+    'warm from v4 (parent v4). Data: lake-2026-01-01, 1,200 row'
+    >>> text[text.index("Gate"):]
+    'Gate: passed. Offline: ndcg@10 0.1084. Config: epochs=5.'
+    """
+    warm = lineage.extra.get("warm_start") or ("warm start" if lineage.parent_version else "cold start")
+    parent = f" (parent v{lineage.parent_version})" if lineage.parent_version else ""
+    gate = lineage.extra.get("gate") or "not run"
+    verdict = f"REJECTED: {rejected_reason}" if rejected_reason else gate
+    metrics = ", ".join(f"{k} {_num(v)}" for k, v in sorted(lineage.metrics.items())) or "none"
+    config = ", ".join(f"{k}={v}" for k, v in sorted(lineage.train_config.items()) if not isinstance(v, dict))
+    return (
+        f"{warm}{parent}. Data: {lineage.data_snapshot_id}, {lineage.data_rows:,} rows; validation "
+        f"{lineage.validation_id}, {lineage.validation_bad_rows:,} bad rows quarantined. Gate: {verdict}. "
+        f"Offline: {metrics}. Config: {config}."
+    )[:4900]
+
+
+def _params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flat MLflow params of a (nested) training config.
+
+    >>> _params({"epochs": 5, "model": {"dim": 64}})
+    {'epochs': '5', 'model.dim': '64'}
+    """
+    out: dict[str, str] = {}
+    for k, v in config.items():
+        if isinstance(v, Mapping):
+            out.update(_params(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)[:6000]
+    return out
+
+
+def _epoch_metrics(history: Any) -> list[Any]:
+    """Per-epoch curves of `bundle.meta["history"]` as MLflow metric steps (step = epoch)."""
+    from mlflow.entities import Metric
+
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    out = []
+    for row in history or []:
+        epoch = int(row.get("epoch", len(out) + 1))
+        for k, v in row.items():
+            if k != "epoch" and isinstance(v, int | float) and v == v:
+                out.append(Metric(f"epoch_{metric_name(k)}", float(v), now, epoch))
+    return out
+
+
+def _input_example(bundle: ModelBundle) -> pd.DataFrame:
+    items = [str(i) for i in bundle.item_ids[1:6]]
+    return pd.DataFrame(
+        {
+            "session_item_ids": [items[:2]],
+            "candidate_item_ids": [items[2:]],
+            "page_type": ["home"],
+            "device": ["mobile"],
+        }
+    )
+
+
+def _log_run(
+    client: MlflowClient, run_id: str, lineage: Lineage, bundle: ModelBundle, data: TrainingData | None
+) -> None:
+    """Params, per-epoch curves, evaluation metrics and the training data of a version's run."""
+    from mlflow.entities import Metric, Param
+
+    existing = client.get_run(run_id).data.params
+    params = [Param(k, v) for k, v in _params(lineage.train_config).items() if k not in existing]
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    metrics = [Metric(metric_name(k), float(v), now, 0) for k, v in lineage.metrics.items() if v == v]
+    # MLflow rejects NaN metrics on some backends; the `metrics` tag still records "nan"
+    metrics += _epoch_metrics(bundle.meta.get("history"))
+    for i in range(0, max(len(params), len(metrics)), 500):  # log_batch takes at most 1,000 entities
+        client.log_batch(run_id, metrics=metrics[i : i + 500], params=params[i : i + 500])
+    if data is not None:
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = mlflow.data.from_pandas(data.frame, source=data.source, name=data.name)
+        tags = [InputTag(key="mlflow.data.context", value="training")]
+        client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+
+
 def log_bundle(
     client: MlflowClient,
     name: str,
@@ -233,38 +345,54 @@ def log_bundle(
     *,
     run_id: str,
     rejected_reason: str | None = None,
+    data: TrainingData | None = None,
 ) -> ModelVersion:
-    """Log `bundle` as a pyfunc model under run `run_id` and register it as a new version of `name`,
-    tagged with its lineage (and `rejected=<reason>` for a candidate that failed the gate).
+    """Log `bundle` as a LoggedModel (pyfunc) of run `run_id` and register it as a new version of `name`,
+    tagged with its lineage (and `rejected=<reason>` for a candidate that failed the gate), described,
+    with the run's params, curves, metrics and (given `data`) its training dataset.
 
     Idempotent: when a version with the same fingerprint exists it is returned and nothing is logged.
     """
     existing = find_by_fingerprint(client, name, lineage.fingerprint)
     if existing is not None:
         return existing
-    with tempfile.TemporaryDirectory(prefix="reco-bundle-") as tmp:
-        bundle_dir = Path(tmp) / BUNDLE_ARTIFACT
-        bundle.save(bundle_dir)
-        # Embeddings travel with the artifact so consumers (retrieval indexes) need no torch forward.
-        np.save(bundle_dir / "item_embeddings.npy", bundle.item_embeddings(), allow_pickle=False)
-        model_dir = Path(tmp) / ARTIFACT_PATH
-        mlflow.pyfunc.save_model(
-            path=str(model_dir),
-            python_model=RankerPyfunc(),
-            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-            signature=_signature(),
-            pip_requirements=["reco"],
-        )
-        client.log_artifacts(run_id, str(model_dir), ARTIFACT_PATH)
-    for k, v in lineage.metrics.items():
-        if v == v:  # MLflow rejects NaN metrics on some backends; the tag still records "nan"
-            client.log_metric(run_id, metric_name(k), float(v))
-    source = f"{client.get_run(run_id).info.artifact_uri}/{ARTIFACT_PATH}"
+    run = client.get_run(run_id)
     tags = lineage.tags()
     if rejected_reason:
         tags["rejected"] = rejected_reason
+    _log_run(client, run_id, lineage, bundle, data)
+    logged = client.create_logged_model(
+        run.info.experiment_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id, model_type="pyfunc",
+        params=_params(lineage.train_config), tags={"fingerprint": lineage.fingerprint, "registered_model": name},
+    )  # fmt: skip
+    try:
+        with tempfile.TemporaryDirectory(prefix="reco-bundle-") as tmp:
+            bundle_dir = Path(tmp) / BUNDLE_ARTIFACT
+            bundle.save(bundle_dir)
+            # Embeddings travel with the artifact so consumers (retrieval indexes) need no torch forward.
+            np.save(bundle_dir / "item_embeddings.npy", bundle.item_embeddings(), allow_pickle=False)
+            model_dir = Path(tmp) / ARTIFACT_PATH
+            mlflow.pyfunc.save_model(
+                path=str(model_dir),
+                python_model=RankerPyfunc(),
+                artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+                signature=_signature(),
+                input_example=_input_example(bundle),
+                pip_requirements=["reco"],
+            )
+            client.log_model_artifacts(logged.model_id, str(model_dir))
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    logged = client.finalize_logged_model(logged.model_id, "READY")
     ensure_registered_model(client, name)
-    return client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    tags["logged_model_id"] = logged.model_id
+    # The source is the LoggedModel's artifact location (not `models:/<id>`, which the registry resolves
+    # through the global tracking URI that this module never sets).
+    return client.create_model_version(
+        name, source=logged.artifact_location, run_id=run_id, tags=tags,
+        description=describe(lineage, rejected_reason), model_id=logged.model_id,
+    )  # fmt: skip
 
 
 def get_version(client: MlflowClient, name: str, ref: str | int) -> ModelVersion:
@@ -322,10 +450,39 @@ class AliasMove:
         return asdict(self)
 
 
+def _history_run(client: MlflowClient, name: str, *, create: bool) -> str | None:
+    """The run whose tags are `name`'s alias moves (created on the first move)."""
+    run_id = client.get_registered_model(name).tags.get(HISTORY_RUN_TAG)
+    if run_id or not create:
+        return run_id
+    exp = ensure_experiment(client, HISTORY_EXPERIMENT)
+    found = client.search_runs([exp], f"tags.`reco.alias_history_of` = '{name}'", order_by=["attributes.start_time"])
+    if found:  # created by a concurrent first move, or the registered-model tag was lost
+        run_id = found[0].info.run_id
+    else:
+        run = client.create_run(exp, run_name=f"alias history of {name}", tags={"reco.alias_history_of": name})
+        run_id = run.info.run_id
+        client.set_terminated(run_id)  # a finished run still takes tags
+    client.set_registered_model_tag(name, HISTORY_RUN_TAG, run_id)
+    return run_id
+
+
 def alias_history(client: MlflowClient, name: str, alias: str) -> list[dict[str, Any]]:
-    """Moves of `alias`, oldest first."""
-    raw = client.get_registered_model(name).tags.get(HISTORY_TAG.format(alias=alias))
-    return json.loads(raw) if raw else []
+    """Moves of `alias`, oldest first (the legacy registered-model tag's moves, then the history run's)."""
+    legacy_raw = client.get_registered_model(name).tags.get(HISTORY_TAG.format(alias=alias))
+    moves = json.loads(legacy_raw) if legacy_raw else []
+    run_id = _history_run(client, name, create=False)
+    if run_id:
+        prefix = f"move.{alias}."
+        tags = client.get_run(run_id).data.tags
+        moves += [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(prefix))]
+    return moves
+
+
+def _record(client: MlflowClient, name: str, move: AliasMove) -> None:
+    run_id = _history_run(client, name, create=True)
+    seq = time.time_ns()  # keys sort in time order; two moves of one alias never share a nanosecond here
+    client.set_tag(run_id, MOVE_TAG.format(alias=move.alias, seq=seq), json.dumps(move.to_dict())[:7900])
 
 
 def _move(client: MlflowClient, name: str, alias: str, version: str, who: str, reason: str, action: str) -> AliasMove:
@@ -336,7 +493,7 @@ def _move(client: MlflowClient, name: str, alias: str, version: str, who: str, r
         version=str(mv.version),
         previous=None if prev is None else str(prev.version),
         who=who,
-        reason=reason,
+        reason=reason[:1000],
         action=action,
         at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
@@ -348,8 +505,7 @@ def _move(client: MlflowClient, name: str, alias: str, version: str, who: str, r
         "promoted_at": move.at,
     }.items():
         client.set_model_version_tag(name, mv.version, f"{alias}.{k}", v)
-    history = [*alias_history(client, name, alias), move.to_dict()][-HISTORY_LIMIT:]
-    client.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history))
+    _record(client, name, move)
     return move
 
 

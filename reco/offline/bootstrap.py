@@ -76,7 +76,7 @@ def _train_and_register(
     result = train(events.iloc[split.train_rows], ml.catalog, cfg, progress=False,
                    validation=(valid_sessions, valid_targets))  # fmt: skip
     test = evaluate_split(result.bundle, split, "test")
-    metrics = {k: float(v) for k, v in test["model"].items()}
+    metrics = {k: float(v) for k, v in test["model"]["all"].items()}
     lineage = registry.Lineage(
         data_snapshot_id=f"movielens-100k:{SHA256[INTER_FILE][:16]}",
         data_rows=len(events),
@@ -89,6 +89,7 @@ def _train_and_register(
         extra={"warm_start": "cold", "gate": "bootstrap: first model, no champion to compare", "source": "bootstrap"},
     )
     run_id = client.create_run(registry.ensure_experiment(client, EXPERIMENT), run_name="bootstrap").info.run_id
-    mv = registry.log_bundle(client, model_name, result.bundle, lineage, run_id=run_id)
+    data = registry.TrainingData(events, source=str(Path(data_dir).resolve()), name="movielens-100k (leave-one-out)")
+    mv = registry.log_bundle(client, model_name, result.bundle, lineage, run_id=run_id, data=data)
     client.set_terminated(run_id)
     return str(mv.version), metrics

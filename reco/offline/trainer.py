@@ -384,6 +384,8 @@ def train(
         "n_events": len(events),
         "parent": init.meta.get("version") if init is not None else None,
         "warm_start": init is not None,
+        # per-epoch curves (loss, validation metrics, speed): the registry logs them as MLflow metric steps
+        "history": [{k: v for k, v in h.items() if k != "_state"} for h in history],
     }
     return TrainResult(ModelBundle(model.eval(), item_ids, catalog, meta), metrics, history)
 
