@@ -1,7 +1,7 @@
 """reco_training: ingest -> validate/quarantine -> training set -> warm-start train -> evaluate ->
 gate -> register -> promote to `arm-<target>` (and `champion` when there is none).
 
-Thin wiring: every task calls one `reco.pipeline.training_tasks` function (imported inside the task, so
+Thin wiring: every task calls one `reco.pipeline.data_tasks` or `training_tasks` function (imported inside the task, so
 parsing this file imports neither torch, mlflow nor great_expectations). XCom carries small dicts of
 paths and ids.
 
@@ -102,7 +102,7 @@ def reco_training() -> None:
 
     @task
     def ingest(job: dict[str, Any]) -> dict[str, Any]:
-        from reco.pipeline.training_tasks import ingest
+        from reco.pipeline.data_tasks import ingest
 
         return ingest(
             job["home"], job["start"], job["end"], job["source"], job["data_dir"], job["redis_url"], job["redis_prefix"]
@@ -113,7 +113,7 @@ def reco_training() -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from reco.data.validation import SchemaMismatch, ValidationFailed
-        from reco.pipeline.training_tasks import validate
+        from reco.pipeline.data_tasks import validate
 
         try:
             out = validate(job["home"], job["start"], job["end"], job["threshold"])
@@ -128,7 +128,7 @@ def reco_training() -> None:
 
     @task
     def build_training_set(job: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
-        from reco.pipeline.training_tasks import build_training_set
+        from reco.pipeline.data_tasks import build_training_set
 
         return build_training_set(job["home"], job["start"], job["end"], job["arm"], validation)
 
