@@ -51,8 +51,9 @@ def test_session_history_is_bounded_chronological_and_expires(store: RedisStore)
 
 def test_trending_decays_with_half_life(store: RedisStore) -> None:
     store.trending_half_life_s = 100.0
-    store.ingest([ev("a1", "view", "a"), ev("a2", "click", "a"), ev("b1", "view", "b")])
-    now = time.time()
+    now = time.time()  # the events' time and the reading's: no wall time passes between them, however loaded
+    at = datetime.fromtimestamp(now, UTC)
+    store.ingest([ev("a1", "view", "a", ts=at), ev("a2", "click", "a", ts=at), ev("b1", "view", "b", ts=at)])
     top = store.trending(5, now=now)
     assert [i for i, _ in top] == ["a", "b"]
     assert top[0][1] == pytest.approx(2.0, rel=1e-2)
@@ -74,9 +75,9 @@ def test_trending_epoch_rebase_keeps_scores(store: RedisStore) -> None:
     now = time.time()
     store.client.set(store.key("trending", "epoch"), repr(now - 400.0))  # 40 half-lives ago
     store.client.zadd(store.key("trending"), {"x": 3.0 * 2.0**40})  # 3 events counted just now
-    store.ingest([ev("v", "view", "y")])  # rebases: exponents stay small
+    store.ingest([ev("v", "view", "y", ts=datetime.fromtimestamp(now, UTC))])  # rebases: exponents stay small
     assert float(store.client.get(store.key("trending", "epoch"))) > now - 20.0
-    scores = dict(store.trending(2))
+    scores = dict(store.trending(2, now=now))  # read at `now`: a 10 s half-life leaves no slack for a slow machine
     assert scores["x"] == pytest.approx(3.0, rel=1e-2) and scores["y"] == pytest.approx(1.0, rel=1e-2)
 
 
