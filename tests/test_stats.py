@@ -131,3 +131,20 @@ def test_trend_matches_weighted_least_squares() -> None:
     cov = np.linalg.inv(X.T @ (w[:, None] * X))
     beta = cov @ X.T @ (w * y)
     assert tr.slope == pytest.approx(beta[1], abs=TOL) and tr.se == pytest.approx(np.sqrt(cov[1, 1]), abs=TOL)
+
+
+def test_log_ratio_lift_one_scale_and_expected_loss() -> None:
+    """p < alpha exactly when the log-ratio CI excludes 0; the interval is exp(log ratio +- z se) - 1; the
+    expected relative loss matches sampling of the same normal on the log scale."""
+    from scipy import stats as st
+
+    for t, c, v in [(0.11, 0.10, 1e-5), (0.105, 0.10, 2e-5), (0.09, 0.10, 1e-5), (0.1, 0.1, 1e-5)]:
+        lf = S.log_ratio_lift(t, v, c, v)
+        se = np.sqrt(v / t**2 + v / c**2)
+        assert np.isclose(lf.se, se) and np.isclose(lf.p_value, 2 * st.norm.sf(abs(np.log(t / c)) / se))
+        assert np.isclose(lf.relative_ci[0], np.exp(np.log(t / c) - 1.959963984540054 * se) - 1)
+        assert (lf.p_value < 0.05) == (lf.relative_ci[0] > 0 or lf.relative_ci[1] < 0)
+    rng = np.random.default_rng(5)
+    for d, se in [(0.02, 0.03), (-0.05, 0.02), (0.0, 0.1)]:
+        draws = rng.normal(d, se, 1_000_000)
+        assert np.isclose(S.expected_relative_loss(d, se), np.maximum(0, 1 - np.exp(draws)).mean(), rtol=0.02)
