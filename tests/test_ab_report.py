@@ -300,3 +300,10 @@ def test_html_renders_days_without_a_confidence_interval(winner: dict) -> None:
     report["daily"][0]["ctr"] = None
     html = render_html(report)
     assert html.count("<svg") >= 10 and "ship treatment" in html
+
+
+def test_html_escapes_what_comes_from_the_events() -> None:
+    rows = [_ev(f"i{a}{u}", "impression", f"{a}{u}", f"r{a}{u}", "m1", a) for a in ("A", "<i>B</i>") for u in range(5)]
+    rows += [_ev("c1", "click", "A0", "rA0", "m1", "A")]
+    html = render_html(build_report(pa.Table.from_pylist(rows), ReportConfig(control="A", experiment="<b>x</b>")))
+    assert "<i>B</i>" not in html and "&lt;i&gt;B&lt;/i&gt;" in html and "<b>x</b>" not in html
