@@ -103,7 +103,10 @@ def report_for(
     if not traffic:
         experiment, traffic, cfg_guardrails, traffic_source = configured_experiment(experiment, experiments_path)
     elif experiments_path is not None:
-        cfg_guardrails = configured_experiment(experiment, experiments_path)[2]
+        try:  # explicit shares: the config only adds guardrail margins, when it knows the experiment
+            cfg_guardrails = configured_experiment(experiment, experiments_path)[2]
+        except ReportError:
+            cfg_guardrails = None
     if phase is None:
         phase = max((int(p["id"]) for p in phases), default=1)
     start = start or _phase_start(phases, phase)
