@@ -48,7 +48,7 @@ def reco_ab_report() -> None:
     def report() -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from reco.experiments.phases import experiment_phases
+        from reco.experiments.phases import experiment_phases, phase_at
         from reco.experiments.report import ReportError
         from reco.pipeline.report_tasks import SRMFlagged, run_ab_report
         from reco.pipeline.window import run_days
@@ -62,9 +62,9 @@ def reco_ab_report() -> None:
         tracking_uri = p.get("tracking_uri") or s.tracking_uri
         experiments = p.get("experiments") or s.experiments_path
         try:
+            phases = experiment_phases(tracking_uri, s.registered_model, p["experiment"], experiments)
             return run_ab_report(
-                phase=p.get("phase"), phases=experiment_phases(tracking_uri, s.registered_model, p["experiment"],
-                                                               experiments),
+                phase=p.get("phase") or phase_at(phases, end), phases=phases,
                 experiment=p["experiment"], control=p["control"], start=p.get("start"), end=end,
                 lake_dir=p.get("lake_dir") or s.lake_dir, reports_dir=p.get("reports_dir") or s.reports_dir,
                 tracking_uri=tracking_uri, traffic=p.get("traffic"),

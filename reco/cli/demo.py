@@ -109,14 +109,25 @@ def up(
     api_port: int = typer.Option(8000, min=1, max=65535, help="reco API port"),
     api: bool = typer.Option(True, "--api/--no-api", help="start the reco API"),
     learner: bool = typer.Option(True, "--learner/--no-learner", help="start the online learner"),
+    profile: str = typer.Option(
+        "local", help="local (embedded Redis, SQLite, LocalExecutor) or production (real services, Celery)"
+    ),
 ) -> None:
-    """Start the long-running local stack (Redis, MLflow, Airflow, API, learner) on 127.0.0.1 and return."""
+    """Start the long-running local stack (Redis, MLflow, Airflow, API, learner) on 127.0.0.1 and return.
+
+    `--profile production`: Airflow with the CeleryExecutor and MLflow on PostgreSQL, the API with 2 workers,
+    the learner and the stream sink, configured only by the environment / `.env` (docs/operations.md)."""
     from reco.devstack import local_stack as ls
     from reco.settings import RecoSettings
     from reco.state.embedded_redis import EmbeddedRedisError
 
     settings = RecoSettings()
     console = _console()
+    if profile not in ("local", "production"):
+        _fail(f"unknown profile {profile!r}: use local or production", code=2)
+    if profile == "production":
+        _up_production(settings.home, console)
+        return
     try:
         info = ls.up(
             settings.home,
@@ -144,6 +155,24 @@ def up(
     console.print(f"Redis:       {info.redis_url}")
     console.print(f"logs:        {info.logs}")
     console.print("stop with:   make down  (or reco down)")
+
+
+def _up_production(home: Path, console: Any) -> None:
+    from reco.devstack import local_stack as ls
+    from reco.devstack import production
+
+    try:
+        info = production.up(home, say=lambda m: console.print(f"[cyan]•[/cyan] {m}", highlight=False))
+    except (ls.StackError, ls.AirflowError) as e:
+        _fail(f"{e}\n(what this command started was stopped; `reco down` stops the rest)")
+    except KeyboardInterrupt:
+        _fail("interrupted; what this command started was stopped", code=130)
+    console.print("[bold green]production profile is up[/bold green] (CeleryExecutor, PostgreSQL)")
+    console.print(f"MLflow UI:   {info.mlflow_url}")
+    console.print(f"Airflow UI:  {info.airflow_url}  login {info.airflow_user} (AIRFLOW_ADMIN_PASSWORD)")
+    console.print(f"API:         {info.api_url}/docs  (X-API-Key from RECO_API_KEYS)")
+    console.print(f"logs:        {info.logs}")
+    console.print("stop with:   reco down")
 
 
 def down() -> None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "Phase",
     "PhaseLog",
     "experiment_phases",
+    "phase_at",
     "phase_of",
     "promote_in_experiment",
 ]
@@ -89,6 +90,20 @@ def phase_of(phases: Sequence[Phase], arm: str, version: str | None) -> int | No
         return None
     found = [p.id for p in phases if p.versions.get(arm) == str(version)]
     return max(found) if found else None
+
+
+def phase_at(phases: Sequence[Mapping[str, Any]], day: str | date) -> int | None:
+    """The phase that was running during UTC `day`: the newest one started on or before it (an unknown
+    start counts as the beginning). The daily report of day D analyses it, even when a run promoted a
+    new version at the end of D (that phase starts on D + 1).
+
+    >>> ps = [{"id": 1, "started": ""}, {"id": 2, "started": "2026-01-02T00:00:00+00:00"}]
+    >>> phase_at(ps, "2026-01-01"), phase_at(ps, "2026-01-02"), phase_at([], "2026-01-01")
+    (1, 2, None)
+    """
+    d = day if isinstance(day, date) else date.fromisoformat(str(day)[:10])
+    started = [int(p["id"]) for p in phases if not p.get("started") or date.fromisoformat(str(p["started"])[:10]) <= d]
+    return max(started) if started else None
 
 
 def _tag(experiment: str, key: str | int) -> str:
