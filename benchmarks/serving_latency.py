@@ -19,7 +19,12 @@ request's impression log overlaps the next request). A third, "settled", waits (
 recommendation until its impression write is in Redis before timing a bare forward, so that nothing of the
 server's overlaps the forward (`p50_ratio_settled`). A fourth, "new sessions", sends each recommendation for
 another 20-item session written just before (untimed), so the server has nothing of it remembered, and
-times the bare forward on that session and its candidates (`p50_ratio_new_sessions`).
+times the bare forward on that session and its candidates (`p50_ratio_new_sessions`). A fifth, "browse",
+is the realistic steady state: each request follows one more view of its session (written untimed just
+before; a session ends after 20 views and the next one starts), and the bare forward runs on that session and
+its candidates (`p50_ratio_browse`). A sixth, "clients4", runs the browse protocol from 4 client threads
+(each its own connection and sessions) for `--requests` requests in all: p50/p99 and recommendations/s
+(`--workers` sets the uvicorn workers).
 
     .venv/bin/python benchmarks/serving_latency.py [--requests 2000] [--redis-url redis://127.0.0.1:6379/0]
 
@@ -143,11 +148,100 @@ def percentiles(xs: list[float]) -> dict[str, float]:
             "mean_ms": round(float(a.mean()), 3)}  # fmt: skip
 
 
+def _view(store: RedisStore, session_id: str, user: str, item: str, n: int) -> None:
+    from reco.data.events import Event
+
+    store.ingest([Event(event_id=f"{session_id}-v{n}", ts=datetime.now(UTC), user_id=user, session_id=session_id,
+                        item_id=item, event_type="view")])  # fmt: skip
+
+
+def browse_phase(store, served, bundle, model, tensors, conn, body, headers, n: int) -> dict[str, list[float]]:
+    """One more view before each request (untimed), sessions of 20 views; the bare forward on the same
+    session and candidates."""
+    import torch
+
+    rng = np.random.default_rng(11)
+    items = bundle.item_ids[1:]
+    out: dict[str, list[float]] = {"http": [], "bare_forward": []}
+    session: list[str] = []
+    sid = ""
+    for i in range(n):
+        if i % 20 == 0:
+            sid, session = f"bench-b{i}", []
+        session.append(str(rng.choice(items)))
+        _view(store, sid, "bench-b", session[-1], i)
+        cands = request_candidates_for(store, served, "bench-b", sid)
+        payload = json.dumps({**body, "user_id": "bench-b", "session_id": sid}).encode()
+        t0 = time.perf_counter()
+        status, raw = post(conn, "/v1/recommendations", payload, headers)
+        out["http"].append(time.perf_counter() - t0)
+        if status != 200:
+            raise RuntimeError(f"/v1/recommendations answered {status}: {raw[:300]!r}")
+        fresh = (torch.tensor([bundle.index_of(session)]), torch.tensor([bundle.index_of(cands)]), *tensors[2:])
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model(*fresh)
+        out["bare_forward"].append(time.perf_counter() - t0)
+    return out
+
+
+def clients_phase(store, bundle, port: int, body, headers, n: int, n_clients: int) -> dict:
+    """The browse protocol from `n_clients` threads at once (each its own connection and sessions)."""
+    import threading
+
+    items = bundle.item_ids[1:]
+    lat: list[float] = []
+    errors: list[int] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        rng = np.random.default_rng(100 + k)
+        conn = http_client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine = []
+        user = f"bench-c{k}"
+        for i in range(n // n_clients):
+            sid = f"{user}-s{i // 20}"
+            _view(store, sid, user, str(rng.choice(items)), i)
+            payload = json.dumps({**body, "user_id": user, "session_id": sid}).encode()
+            t0 = time.perf_counter()
+            status, _ = post(conn, "/v1/recommendations", payload, headers)
+            mine.append(time.perf_counter() - t0)
+            if status != 200:
+                errors.append(status)
+        conn.close()
+        with lock:
+            lat.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n_clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {**percentiles(lat), "rec_per_s": round(len(lat) / wall, 1), "errors": len(errors), "clients": n_clients,
+            "note": "each request preceded by its view event (written by the client, inside the wall time)"}
+
+
+def request_candidates_for(store, served, user: str, session_id: str) -> list[str]:
+    from reco.experiments.assignment import Assignment, ExplorationConfig
+    from reco.ranking.recommend import Recommender, RecoRequest, session_for_model
+
+    rec = Recommender(store=store, assign=lambda u: Assignment("e", "control", "arm-control", ExplorationConfig(), 0.0),
+                      models=lambda a: served)  # fmt: skip
+    features = store.request_context(user, session_id, [], "control", served.categories, trending_k=100)
+    trending = [str(iid) for iid, _ in features.trending_top]
+    cands = rec._candidates(RecoRequest(user, session_id=session_id, limit=20), served,
+                            session_for_model(features, served.index), trending)  # fmt: skip
+    return [served.index.ids[r] for r in cands.rows]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--redis-url", default=os.environ.get("RECO_REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--torch-threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn workers of the server")
     args = ap.parse_args()
 
     import httpx
@@ -195,7 +289,7 @@ def main() -> None:
     env.update({"MALLOC_MMAP_THRESHOLD_": "16777216", "MALLOC_TRIM_THRESHOLD_": "67108864",
                 "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "benchmarks")})  # fmt: skip
     cmd = [sys.executable, "-m", "uvicorn", "serving_latency:bench_app", "--factory", "--port", str(port),
-           "--no-access-log", "--log-level", "warning"]  # fmt: skip
+           "--no-access-log", "--log-level", "warning", "--workers", str(args.workers)]  # fmt: skip
     server = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -282,6 +376,8 @@ def main() -> None:
                 with torch.inference_mode():
                     model(*fresh_tensors)
                 new_sessions["bare_forward"].append(time.perf_counter() - t0)
+            browse = browse_phase(store, served, bundle, model, tensors, conn, body, headers, args.requests // 4)
+            clients4 = clients_phase(store, bundle, port, body, headers, args.requests, n_clients=4)
             parsed = [json.loads(raw) for raw in answers[WARMUP : WARMUP + args.requests]]
             server_lat = [a["latency_ms"] / 1000 for a in parsed]
             n_items = {len(a["items"]) for a in parsed}
@@ -322,6 +418,9 @@ def main() -> None:
         "p50_ratio_new_sessions": round(
             np.percentile(new_sessions["http"], 50) / np.percentile(new_sessions["bare_forward"], 50), 3
         ),
+        "browse": {k: percentiles(v) for k, v in browse.items()},
+        "p50_ratio_browse": round(np.percentile(browse["http"], 50) / np.percentile(browse["bare_forward"], 50), 3),
+        "clients4": clients4, "workers": args.workers,
         "empty_endpoint_async": fixed_p, "empty_endpoint_sync": p["empty_sync"],
         "p50_ratio": round(http_p["p50_ms"] / bare_p["p50_ms"], 3),
         "p50_ratio_net_of_fixed_http": round((http_p["p50_ms"] - fixed_p["p50_ms"]) / bare_p["p50_ms"], 3),
