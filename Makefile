@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools demo up down status test lint bench clean compose-test images packaging-check
+.PHONY: install tools demo up down status test lint bench clean compose-test images packaging-check live-test
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (reco needs Python 3.11)"; exit 1; }
@@ -65,6 +65,12 @@ status: $(STAMP)
 
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q
+
+# The live loop on the production profile (Celery, PostgreSQL, MLflow server, API x2, learner, sink): 3 simulated
+# days of HTTP traffic, each trained by the scheduler on a celery worker, promoted, hot-swapped and reported.
+# Needs PostgreSQL and Redis at their standard ports; RECO_LIVE_SCALE=0.5 shortens it (docs/operations.md).
+live-test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests_live
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -139,6 +139,7 @@ def production_env(home: Path, environ: Mapping[str, str]) -> dict[str, str]:
         "AIRFLOW__API__HOST": LOOPBACK,
         "AIRFLOW__API__PORT": cfg["AIRFLOW_PORT"],
         "AIRFLOW__API__BASE_URL": airflow_url,
+        "AIRFLOW__API__WORKERS": environ.get("AIRFLOW__API__WORKERS", "1"),  # one machine: one is plenty
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": environ.get("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "30"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _pg_url(cfg, cfg["AIRFLOW_DB"]),
         "AIRFLOW__CELERY__RESULT_BACKEND": _pg_url(cfg, cfg["AIRFLOW_DB"], "db+postgresql"),
