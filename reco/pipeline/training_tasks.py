@@ -371,6 +371,11 @@ def register(
     client.log_dict(run_id, evaluation, "evaluation.json")
     client.log_dict(run_id, candidate["train_config"], "train_config.json")
     rejected = None if verdict["passed"] else verdict["reason"]
+    # The interval's validated lake partitions, frozen for this job: the run's MLflow dataset input.
+    import pandas as pd
+
+    frame = pd.read_parquet(training_set["events"])
+    data = registry.TrainingData(frame, source=training_set["events"], name=f"lake {training_set['snapshot_id']}")
     mv = registry.log_bundle(
         client,
         model_name,
@@ -378,6 +383,7 @@ def register(
         lineage,
         run_id=run_id,
         rejected_reason=rejected,
+        data=data,
     )
     client.set_terminated(run_id)
     return {"version": str(mv.version), "rejected": rejected, "created": True, "run_id": run_id}
