@@ -52,7 +52,8 @@ def test_build_examples_covers_every_prefix_once_in_time_order():
             assert t[j] == w[j] % N_ITEMS + 1
             n_owned += 1
     assert n_owned == ex.n_examples
-    assert (ex.page[ex.targets > 0] == 1).all() and (ex.device[ex.targets > 0] == 1).all()  # missing -> home/desktop
+    # missing page -> home (row 1); missing device -> DEFAULT_DEVICE, in no device vocabulary (row 0), as at serving
+    assert (ex.page[ex.targets > 0] == 1).all() and (ex.device[ex.targets > 0] == 0).all()
 
 
 def test_build_examples_small_case_by_hand():

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from reco.data.catalog import ItemCatalog
+from reco.data.events import DEFAULT_DEVICE
 from reco.models.scorer import FrozenScorer, ScoreResult
 
 PAD = "<pad>"
@@ -71,7 +72,7 @@ class ModelBundle:
         session_item_ids: Sequence[str],
         candidate_item_ids: Sequence[str],
         page_type: str = "home",
-        device: str = "desktop",
+        device: str = DEFAULT_DEVICE,
     ) -> ScoreResult:
         """Scores (logits) of the candidates for one session; one forward pass, session encoded once."""
         scores, attention = self.score_batch([session_item_ids], candidate_item_ids, page_type, device)
@@ -82,7 +83,7 @@ class ModelBundle:
         sessions: Sequence[Sequence[str]],
         candidates: Sequence[str] | Sequence[Sequence[str]],
         page_type: str = "home",
-        device: str = "desktop",
+        device: str = DEFAULT_DEVICE,
         seen: bool = True,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Many sessions at once, through the ranker's forward. `candidates` is one list shared by all

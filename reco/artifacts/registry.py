@@ -42,6 +42,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from reco.data.events import DEFAULT_DEVICE
+
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
@@ -189,7 +191,7 @@ class RankerPyfunc(mlflow.pyfunc.PythonModel):
         index_of = self.bundle.index_of
         for row in model_input.to_dict("records"):
             page = row.get("page_type") or "home"
-            device = row.get("device") or "desktop"
+            device = row.get("device") or DEFAULT_DEVICE
             res = self.scorer.score(index_of(list(row["session_item_ids"])), index_of(list(row["candidate_item_ids"])),
                                     page, device)  # fmt: skip
             out.append(res.scores.astype(float).tolist())

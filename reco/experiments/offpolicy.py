@@ -28,6 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats as st
 
+from reco.data.events import DEFAULT_DEVICE
+
 
 @dataclass(frozen=True)
 class OffPolicyEstimate:
@@ -245,7 +247,7 @@ def logged_slates(events: pa.Table, max_session: int = MAX_SESSION) -> LoggedSla
 
     sessions = _histories(events, first.column("session_id").to_pylist(), req_ts, max_session)
     return LoggedSlates(
-        imps, offsets, col("request_id", ""), sessions, col("page_type", "home"), col("device", "desktop")
+        imps, offsets, col("request_id", ""), sessions, col("page_type", "home"), col("device", DEFAULT_DEVICE)
     )
 
 

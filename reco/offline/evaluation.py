@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from reco.data.events import DEFAULT_DEVICE
+
 if TYPE_CHECKING:
     from reco.artifacts.bundle import ModelBundle
 
@@ -170,7 +172,7 @@ def evaluate_bundle(
     targets: Sequence[str],
     batch_size: int = 64,
     page_type: str = "home",
-    device: str = "desktop",
+    device: str = DEFAULT_DEVICE,
     seen: bool = True,
     per_user: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:

@@ -48,6 +48,7 @@ import pandas as pd
 
 from reco.artifacts.bundle import PAD, ModelBundle
 from reco.data.catalog import ItemCatalog
+from reco.data.events import DEFAULT_DEVICE
 from reco.offline.evaluation import chronological_order, evaluate_bundle
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
     from reco.models.ranker import SessionAwareRanker
 
 log = logging.getLogger(__name__)
-DEFAULT_PAGE, DEFAULT_DEVICE = "home", "desktop"  # the defaults of ModelBundle.score
+DEFAULT_PAGE = "home"  # the default of ModelBundle.score; a missing device is DEFAULT_DEVICE, as at serving
 
 
 class WarmStartError(ValueError):
@@ -87,7 +88,7 @@ class TrainConfig:
 
 
 @dataclass
-class Examples:
+class TrainingWindows:
     """Windows of item rows (W, T), right-padded; targets (W, T) with 0 = no loss at that position;
     the page/device index of each target's event (W, T)."""
 
@@ -151,7 +152,7 @@ def build_examples(
     window_stride: int = 25,
     page_types: Sequence[str] = ("home", "product", "category", "cart"),
     devices: Sequence[str] = ("desktop", "mobile", "tablet"),
-) -> Examples:
+) -> TrainingWindows:
     """Per user chronological sequences -> windows of every prefix -> next item (see module doc).
 
     >>> ev = pd.DataFrame({"user_id": ["u"] * 4, "item_id": ["a", "b", "c", "d"],
@@ -203,7 +204,7 @@ def build_examples(
             start += window_stride
     if not out["w"]:
         raise ValueError("no training examples: every user needs at least 2 interactions with known items")
-    return Examples(*(np.stack(out[k]) for k in "wtpd"), np.array(users), np.array(offsets), sequences)
+    return TrainingWindows(*(np.stack(out[k]) for k in "wtpd"), np.array(users), np.array(offsets), sequences)
 
 
 def popularity_buckets(counts: np.ndarray, n_buckets: int) -> np.ndarray:
@@ -281,7 +282,7 @@ def _set_item_features(
 # --------------------------------------------------------------------------- loop
 
 
-def _seen(batch: dict[str, torch.Tensor], sel: torch.Tensor, cands: torch.Tensor, ex: Examples, n_items: int):
+def _seen(batch: dict[str, torch.Tensor], sel: torch.Tensor, cands: torch.Tensor, ex: TrainingWindows, n_items: int):
     """(M, C) bool: the ranker's `seen` over the user's history up to the example's prefix (all of it, not
     only the window: serving passes the whole known history). That history is the items before the window
     (one per window, shared by its examples) plus the window's items up to the prefix."""
@@ -304,7 +305,11 @@ def _seen(batch: dict[str, torch.Tensor], sel: torch.Tensor, cands: torch.Tensor
 
 
 def _batch_loss(
-    model: SessionAwareRanker, batch: dict[str, torch.Tensor], cfg: TrainConfig, gen: torch.Generator, ex: Examples
+    model: SessionAwareRanker,
+    batch: dict[str, torch.Tensor],
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    ex: TrainingWindows,
 ):
     import torch
     import torch.nn.functional as F
@@ -390,7 +395,9 @@ def train(
     return TrainResult(ModelBundle(model.eval(), item_ids, catalog, meta), metrics, history)
 
 
-def _fit(model, ex: Examples, cfg: TrainConfig, item_ids, catalog, categories, validation, progress) -> list[dict]:
+def _fit(
+    model, ex: TrainingWindows, cfg: TrainConfig, item_ids, catalog, categories, validation, progress
+) -> list[dict]:
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

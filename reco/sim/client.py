@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from reco.data.events import DEFAULT_DEVICE
+
 EVENT_TIME_HEADER = "X-Reco-Event-Time"
 
 
@@ -29,7 +31,9 @@ class ApiError(RuntimeError):
 class HttpApi:
     """`POST /v1/recommendations` and `POST /v1/events` (with `X-API-Key`) through one httpx client."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 10.0, device: str = "desktop"):
+    def __init__(
+        self, base_url: str, api_key: str | None = None, timeout_s: float = 10.0, device: str = DEFAULT_DEVICE
+    ):
         import httpx
 
         self.base_url = base_url.rstrip("/")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reco.data.events import Event
+from reco.data.events import DEFAULT_DEVICE, Event
 from reco.models.ranker import SessionAwareRanker
 from reco.online.control import write_request_context
 from reco.online.examples import Examples
@@ -62,7 +62,7 @@ class InProcessApi:
         rows = [model.index_of[i] for i in session if i in model.index_of][-self.max_session :]
         consumed = set(session)
         cands = [c for c in self.candidates if c not in consumed and c in model.index_of]
-        page, dev = (model.context_index or (lambda p, d: (0, 0)))(page_type, "desktop")
+        page, dev = (model.context_index or (lambda p, d: (0, 0)))(page_type, DEFAULT_DEVICE)
         if not rows and model.min_session > 0:
             scores = np.array([self._pop_rank.get(c, -1e9) for c in cands])
         else:
@@ -74,7 +74,7 @@ class InProcessApi:
             Event(event_id=f"{request_id}:{it['position']}", ts=ts, user_id=user_id, session_id=session_id,
                   item_id=it["item_id"], event_type="impression", request_id=request_id, position=it["position"],
                   arm=arm, model_version=model.base_version, propensity=1.0, is_exploration=False,
-                  page_type=page_type, device="desktop")
+                  page_type=page_type, device=DEFAULT_DEVICE)
             for it in items
         ]  # fmt: skip
         write_request_context(self.store.client, self.store.prefix, request_id, session[-self.max_session :])
