@@ -88,6 +88,7 @@ def add_routes(app: FastAPI) -> None:
             ) from None
         services.metrics.events.labels(result="accepted").inc(result.accepted)
         services.metrics.events.labels(result="duplicate").inc(result.duplicates)
+        services.metrics.clicks_observed(batch.events, result.duplicates)
         return EventsAccepted(accepted=result.accepted, duplicates=result.duplicates)
 
     _add_admin_routes(app)
