@@ -70,6 +70,7 @@ __all__ = [
     "port_in_use",
     "reco_env",
     "signals_as_interrupt",
+    "sink_service",
     "tail",
     "up",
 ]
@@ -114,6 +115,9 @@ STOP_ORDER = (
     "learner",
     "demo-api",
     "api",
+    "sink",
+    "airflow-worker",
+    "airflow-triggerer",
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-api-server",
@@ -139,6 +143,11 @@ def api_service(port: int, env: Mapping[str, str], *, ready_path: str = "/health
 def learner_service(env: Mapping[str, str]) -> Service:
     """`reco learn`: the single writer of online weights (no port; ready = still alive after a few seconds)."""
     return Service("learner", (bin_path("reco"), "learn"), env=env, settle_s=5.0)
+
+
+def sink_service(env: Mapping[str, str]) -> Service:
+    """`reco sink`: the event stream -> the lake, acknowledged once durable (no port; ready = alive)."""
+    return Service("sink", (bin_path("reco"), "sink"), env=env, settle_s=3.0)
 
 
 def missing_arm_models(tracking_uri: str) -> list[str]:
@@ -236,6 +245,8 @@ def up(
                 say(f"api: reco serve on {LOOPBACK}:{api_port}")
                 stack.start(api_service(api_port, {**env, "RECO_API_KEYS": json.dumps([api_key])}))
                 api_url = f"http://{LOOPBACK}:{api_port}"
+            say("sink: reco sink (stream -> lake)")
+            stack.start(sink_service(env))
             learner_note = None
             if with_learner:
                 missing = missing_arm_models(tracking_uri)

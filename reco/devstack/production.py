@@ -49,6 +49,7 @@ from reco.devstack.local_stack import (
     default_dags_folder,
     free_port,
     signals_as_interrupt,
+    sink_service,
 )
 from reco.settings import split_list
 
@@ -226,7 +227,7 @@ def production_services(env: Mapping[str, str], home: Path, ml_port: int, api_po
         Service("api", (reco, "serve", "--host", LOOPBACK, "--port", str(api_port), "--workers", env["RECO_WORKERS"]),
                 env=env, port=api_port, health_url=f"{api_url}/readyz", ready_timeout_s=300),
         Service("learner", (reco, "learn"), env=env, settle_s=5.0),
-        Service("sink", (reco, "sink"), env=env, settle_s=3.0),
+        sink_service(env),
     ]  # fmt: skip
     return {"registry": [mlflow], "airflow": airflow_services, "loop": loop}
 
