@@ -218,14 +218,19 @@ def trigger_training(token: str, since: str) -> str:
     auth = {"Authorization": f"Bearer {token}"}
     poll("reco_training to be parsed", lambda: http("GET", f"{AIRFLOW}/api/v2/dags/reco_training", None, auth)[0]
          == 200, 600, 5)  # fmt: skip
-    http("PATCH", f"{AIRFLOW}/api/v2/dags/reco_training", {"is_paused": False}, auth)
     conf = {"source": "files", "start": "1998-03-01", "end": "1998-03-07", "arm": ARM, "epochs": 1,
-            "gate_margin": 1.0}  # fmt: skip
+            "gate_margin": 1.0, "offpolicy_gate": False}  # fmt: skip
+    # Triggered while the DAG is still paused (new DAGs start paused), so it is queued before the run of the
+    # latest daily interval that unpausing creates (max_active_runs=1).
     status, body = http("POST", f"{AIRFLOW}/api/v2/dags/reco_training/dagRuns",
                         {"logical_date": None, "conf": conf, "dag_run_id": f"compose-test-{since}"}, auth)  # fmt: skip
     if status not in (200, 201):
         raise Failed(f"trigger reco_training: {status} {body}")
-    return body["dag_run_id"]
+    run_id = body["dag_run_id"]
+    status, body = http("PATCH", f"{AIRFLOW}/api/v2/dags/reco_training", {"is_paused": False}, auth)
+    if status != 200:
+        raise Failed(f"unpause reco_training: {status} {body}")
+    return run_id
 
 
 def wait_run(token: str, run_id: str, timeout_s: float) -> list[dict]:
