@@ -118,10 +118,14 @@ def learn(
     torch.set_num_threads(threads)
     settings = RecoSettings()
     try:
-        aliases = load_config(settings.experiments_path).aliases
+        config = load_config(settings.experiments_path)
+        aliases = config.aliases
     except Exception as exc:  # ConfigError and friends: a clear message, no traceback
         raise _fail(str(exc)) from None
-    names = [a.strip() for a in arms.split(",") if a.strip()] if arms else list(aliases)
+    # Online learning is part of an arm's policy: an arm with `learning: frozen` is not learned (the phase
+    # recorded at its promotion says so too).
+    frozen = {a.name for e in config.experiments for a in e.arms if a.learning == "frozen"}
+    names = [a.strip() for a in arms.split(",") if a.strip()] if arms else [a for a in aliases if a not in frozen]
     unknown = [a for a in names if a not in aliases]
     if unknown:
         raise _fail(f"unknown arm(s) {unknown}; the experiment config has {sorted(aliases)}")

@@ -100,6 +100,9 @@ class ArmConfig(BaseModel):
     traffic: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="share of users, in [0, 1]")
     alias: str = Field(min_length=1, max_length=128, description="MLflow registry alias the arm serves")
     exploration: ExplorationConfig = ExplorationConfig()
+    learning: Literal["online", "frozen"] = Field(
+        "online", description="online: the learner refines the arm's model; frozen: it serves its version as is"
+    )
 
 
 class GuardrailConfig(BaseModel):
