@@ -39,7 +39,8 @@ images: $(STAMP)
 	deploy/build-images.sh
 
 # Python 3.12: the pinned tree resolves for reco[serving,pipeline] (pip --dry-run in a throwaway venv).
-PY312 ?= $(shell command -v python3.12 || ls /root/.pyenv/versions/3.12.*/bin/python3.12 2>/dev/null | tail -1)
+PY312 ?= $(shell for p in /root/.pyenv/versions/3.12.*/bin/python3.12 $$(command -v python3.12); do \
+  "$$p" -V >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 packaging-check:
 	@test -n "$(PY312)" || { echo "error: python3.12 not found"; exit 1; }
 	rm -rf .cache/py312 && $(PY312) -m venv .cache/py312
