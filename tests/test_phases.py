@@ -159,3 +159,13 @@ def test_versions_served_before_any_phase_become_phase_1(reg):
     assert [(p["id"], p["versions"]["treatment"], p["started"]) for p in phases] == [
         (1, v1, ""), (2, v2, "2026-01-03T00:00:00+00:00")]  # fmt: skip
     assert [p["id"] for p in out["phases"]] == [2]
+
+
+def test_frozen_learning_in_the_config_is_recorded_in_the_phase(reg, tmp_path):
+    uri, _, name, (v1, _, _), _ = reg
+    cfg = tmp_path / "frozen.yaml"
+    cfg.write_text(EXPERIMENTS.replace("alias: arm-treatment}", "alias: arm-treatment, learning: frozen}"))
+    for arm in ("control", "treatment"):
+        promote_candidate(uri, name, arm, {"version": v1}, who="boot", experiments_path=str(cfg))
+    (phase,) = experiment_phases(uri, name, "exp-a", str(cfg))
+    assert phase["learning"] == {"control": "online", "treatment": "frozen"}
