@@ -143,7 +143,8 @@ def production_env(home: Path, environ: Mapping[str, str]) -> dict[str, str]:
         "AIRFLOW__API__WORKERS": environ.get("AIRFLOW__API__WORKERS", "1"),  # one machine: one is plenty
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": environ.get("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "30"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _pg_url(cfg, cfg["AIRFLOW_DB"]),
-        "AIRFLOW__CELERY__RESULT_BACKEND": _pg_url(cfg, cfg["AIRFLOW_DB"], "db+postgresql"),
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3: name the driver that is installed.
+        "AIRFLOW__CELERY__RESULT_BACKEND": _pg_url(cfg, cfg["AIRFLOW_DB"], "db+postgresql+psycopg2"),
         "AIRFLOW__CELERY__BROKER_URL": cfg["AIRFLOW__CELERY__BROKER_URL"],
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": cfg["AIRFLOW__CELERY__WORKER_CONCURRENCY"],
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": cfg["AIRFLOW__OPERATORS__DEFAULT_QUEUE"],
