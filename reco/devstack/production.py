@@ -296,6 +296,11 @@ def up(
         for service in groups["loop"]:
             say(f"{service.name}: reco {service.argv[1]}")
             stack.start(service)
+        # A process can pass its start-up check and die a little later (a broken executor config kills the
+        # scheduler on its first loop): everything must still run now.
+        dead = [s.name for group in groups.values() for s in group if stack.running_pid(s.name) is None]
+        if dead:
+            raise StackError(f"died after starting: {', '.join(dead)}; logs in {stack.log_dir}")
         stack.detach()
     api = groups["loop"][0]
     return ProductionInfo(
