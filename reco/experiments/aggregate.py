@@ -167,10 +167,14 @@ def _impressions(table: pa.Table) -> tuple[pd.DataFrame, int, dict[tuple[str, in
         for r in mv.group_by(["arm", "_phase", "model_version"]).aggregate([]).to_pylist():
             if r["model_version"] is not None and r["arm"] is not None:
                 versions.setdefault((str(r["arm"]), int(r["_phase"])), set()).add(str(r["model_version"]))
-    keys6 = ["user_id", "arm", "day", "_phase", "_page_type", "_device"]
-    joined = imps.select(keys6).append_column("clicked", pa.array(clicked))
-    g = joined.group_by(keys6).aggregate([("clicked", "count"), ("clicked", "sum")])
-    g = g.rename_columns([*keys6, "imps", "clicks"])
+    mm = pc.min_max(imps.column("_phase")).as_py()
+    one_phase = mm["min"] == mm["max"]  # the usual case: no phase key to hash
+    keys = ["user_id", "arm", "day", "_page_type", "_device"] + ([] if one_phase else ["_phase"])
+    joined = imps.select(keys).append_column("clicked", pa.array(clicked))
+    g = joined.group_by(keys).aggregate([("clicked", "count"), ("clicked", "sum")])
+    g = g.rename_columns([*keys, "imps", "clicks"])
+    if one_phase:
+        g = g.append_column("_phase", pa.array(np.full(g.num_rows, mm["min"], dtype=np.int64)))
     # users as int codes from here on: pandas groups integers much faster than strings
     users = pc.dictionary_encode(g.column("user_id")).combine_chunks()
     g = g.set_column(0, "user_id", users.indices)
@@ -203,10 +207,13 @@ def _users(per_day: pd.DataFrame, units: pd.DataFrame, exp_start: date, pre_days
 def _segments(exp: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
     """Per (user, arm, dimension, value) impressions and clicks."""
     parts = []
+    # days summed away first: the per-dimension group-bys then run on a far smaller table
+    both = exp.groupby(["user_id", "arm", "_page_type", "_device"], as_index=False, observed=True)[["imps", "clicks"]]
+    both = both.sum()
     for dim, col in (("page_type", "_page_type"), ("device", "_device")):
-        g = exp.groupby(["user_id", "arm", col], as_index=False, observed=True)[["imps", "clicks"]].sum()
+        g = both.groupby(["user_id", "arm", col], as_index=False, observed=True)[["imps", "clicks"]].sum()
         parts.append(g.rename(columns={col: "value"}).assign(dimension=dim))
-    g = exp.groupby(["user_id", "arm"], as_index=False, observed=True)[["imps", "clicks"]].sum()
+    g = both.groupby(["user_id", "arm"], as_index=False, observed=True)[["imps", "clicks"]].sum()
     g = g.merge(users[["user_id", "arm", "user_type"]], on=["user_id", "arm"])
     parts.append(g.rename(columns={"user_type": "value"}).assign(dimension="user_type"))
     out = pd.concat(parts, ignore_index=True)
@@ -277,6 +284,10 @@ def cumulative_moments(
     inc: dict[str, np.ndarray] = {"n": first, "s_x": first * x, "s_x2": first * x * x}
     cum = {}
     for col in VALUE_COLUMNS:
+        if col in ("purchases", "revenue") and not u[col].any():  # no purchases logged: all sums are 0
+            zero = np.zeros(len(u))
+            cum[col], inc[f"s_{col}"], inc[f"s_{col}2"] = (zero, zero), zero, zero
+            continue
         now = g[col].cumsum().to_numpy(float)
         before = now - u[col].to_numpy(float)
         cum[col] = (now, before)
