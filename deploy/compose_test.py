@@ -124,7 +124,7 @@ def write_env() -> None:
         "POSTGRES_PASSWORD": "compose-test-pg", "RECO_API_KEYS": API_KEY, "AIRFLOW_FERNET_KEY": fernet,
         "AIRFLOW_JWT_SECRET": "compose-test-jwt", "AIRFLOW_ADMIN_USER": ADMIN[0], "AIRFLOW_ADMIN_PASSWORD": ADMIN[1],
         "RECO_ML100K_DIR": movielens_dir(), "RECO_BOOTSTRAP_EPOCHS": "1", "RECO_MODEL_POLL_S": "5",
-        "RECO_WORKERS": "1", "RECO_PYTHON_BASE_IMAGE": "reco-base:bookworm", **PORTS,
+        "RECO_WORKERS": "1", "RECO_ACCESS_LOG": "true", "RECO_PYTHON_BASE_IMAGE": "reco-base:bookworm", **PORTS,
     }  # fmt: skip
     lines = [ln for ln in from_example.splitlines() if ln.split("=", 1)[0] not in overrides]
     ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +205,22 @@ def recommend_and_send_events() -> None:
     if status != 202 or accepted.get("accepted") != 2:
         raise Failed(f"events: {status} {accepted}")
     say(f"  event batch: {accepted}")
+
+
+def check_scale_out() -> None:
+    """`--scale api=2`: no port clash, and the proxy spreads requests over both replicas (access log)."""
+    say("docker-compose up -d --scale api=2")
+    compose("up", "-d", "--no-build", "--no-recreate", "--scale", "api=2", "api")
+    poll("two healthy api replicas", lambda: sum(1 for n, (_s, h, _c) in service_states().items()
+                                                 if f"{PROJECT}_api_" in n and h == "healthy") == 2, 600)  # fmt: skip
+    poll("the proxy to answer", lambda: http("GET", f"{API}/readyz")[0] == 200, 120, 2)
+    for i in range(12):
+        http("GET", f"{API}/healthz", headers={"X-Request-ID": f"compose-scale-{i}"})
+    names = [n for n in service_states() if f"{PROJECT}_api_" in n]
+    served = {n: run("docker", "logs", n, capture=True).stderr.count("compose-scale-") for n in names}
+    if len(served) != 2 or not all(served.values()):
+        raise Failed(f"the proxy did not spread requests over both replicas: {served}")
+    say(f"  requests per replica: {served}")
 
 
 def airflow_token() -> str:
@@ -299,6 +315,7 @@ def main() -> int:
 
         poll(f"the API to serve v{new} on arm {ARM}", lambda: served_versions().get(ARM) == new, 300)
         say(f"API swapped arm {ARM} to v{new}")
+        check_scale_out()
         status, targets = http("GET", f"{PROMETHEUS}/api/v1/targets")
         up = (
             sorted({t["labels"]["job"] for t in targets["data"]["activeTargets"] if t["health"] == "up"})
