@@ -91,7 +91,7 @@ def evaluate_served(
         if target_row is None:
             continue
         session = session_for_model(_Features(store.session), index)
-        cand = reco._candidates(RecoRequest(user_id="c", limit=limit), model, session, None)
+        cand = reco._candidates(RecoRequest(user_id="c", limit=limit), model, session, [])
         in_candidates[n] = target_row in set(cand.rows.tolist())
         if len(rows):
             sim = index.similar_rows(np.asarray(rows, dtype=np.int64), config.candidates.session_k)[0].rows

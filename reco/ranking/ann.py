@@ -7,7 +7,8 @@ ships only a source archive, usearch's HNSW builds ~15x slower at these sizes on
 seconds at 10^5 and about a minute at 10^6 items (an HNSW graph: minutes), items added without a rebuild,
 and exact scores inside the probed cells. `recall_at_k` measures it against exact search.
 
-faiss's OpenMP pool is set to one thread: on the 2 shared cores spinning workers cost more than they gain.
+faiss's OpenMP pool is set to one thread in every thread that searches: on the 2 shared cores spinning workers
+cost more than they gain.
 """
 
 from __future__ import annotations
@@ -16,18 +17,18 @@ import threading
 
 import numpy as np
 
-_omp_lock = threading.Lock()
-_omp_set = False
+_local = threading.local()
 
 
 def _faiss():
-    global _omp_set
+    """faiss, with one OpenMP thread for the calling thread: OpenMP's thread count is per calling thread,
+    so every thread that searches (the request executor's) sets it once; spinning OpenMP workers made a
+    search ~20x slower on the 2 shared cores."""
     import faiss
 
-    with _omp_lock:
-        if not _omp_set:
-            faiss.omp_set_num_threads(1)
-            _omp_set = True
+    if not getattr(_local, "one_thread", False):
+        faiss.omp_set_num_threads(1)
+        _local.one_thread = True
     return faiss
 
 
@@ -69,6 +70,7 @@ class AnnIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows (q, k) int64, -1 where fewer were found; similarities (q, k)), best first."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        _faiss()
         sims, rows = self._index.search(q, int(k))
         return rows, sims
 

@@ -220,11 +220,12 @@ class EmbeddingIndex:
     def _ann_similar(self, q: np.ndarray, k: int, exclude_rows: Sequence[int]) -> tuple[RowList, np.ndarray]:
         """`_similar_rows` over the ANN: each query row's neighbours (remembered per row), then the best
         similarity per item over the rows, as the exact search's max over the queries."""
-        extra = len(q) + len(exclude_rows) + 1  # room for the query rows and exclusions found among them
-        # Each query row contributes its share of the k (3k / rows, a power of two from 64: the answers
-        # stay remembered while a session grows), not k each: 20 rows x 300 was 6,000 rows to merge.
+        # Each query row contributes its share of the k (3k / rows, a power of two from 64), not k each: 20
+        # rows x 300 was 6,000 rows to merge. The per-row size takes only a few values, so a growing session
+        # finds its older rows' answers remembered (a size that changed with every request never would);
+        # 16 extra cover the query rows and exclusions found among a row's neighbours.
         share = k if len(q) == 1 else min(k, max(64, 1 << int(np.ceil(np.log2(3 * k / len(q))))))
-        parts = [self._row_memo(int(r), share + extra) for r in q.tolist()]
+        parts = [self._row_memo(int(r), share + 16) for r in q.tolist()]
         rows = np.concatenate([p[0] for p in parts])
         sims = np.concatenate([p[1] for p in parts])
         anchors = np.repeat(q, [len(p[0]) for p in parts])
