@@ -9,6 +9,8 @@
 * Online weights (every `weights_poll_s`): a newer snapshot published by the learner for the arm's
   current base version (`store.latest_weights_version` / `get_weights`, a torch state_dict loaded with
   `weights_only=True`) is loaded into a copy of the base model and swapped the same way.
+* Fencing: an online snapshot written under an older lease token (`meta["token"]`, see
+  `reco.state.lease`) than one this process already served is refused (`on_refused(arm, "stale")`).
 * Smoke test: a registry version and an online snapshot are put in place only when
   `reco.artifacts.smoke.smoke_check` passes (finite weights, one finite scored batch). A refused one is logged
   once, counted (`on_refused`), never cached, and the arm keeps serving what it had.
@@ -169,6 +171,7 @@ class ModelManager:
         # re-logged at every poll: registry version, and (base version, snapshot) of online weights.
         self._refused_version: dict[str, str] = {}
         self._refused_snapshot: dict[str, tuple[str, int]] = {}
+        self._tokens: dict[str, int] = {}  # per arm, the newest lease token of a snapshot served
         self._models: dict[str, ServedModel] = {}
         self._base: dict[str, ServedModel] = {}  # registry weights, to rebuild online snapshots on
         self._refresh_lock = threading.Lock()  # one refresher at a time; readers never take it
@@ -328,6 +331,15 @@ class ModelManager:
         refused_key = (base.version, int(snap.version))
         if self._refused_snapshot.get(arm) == refused_key:
             return None
+        token = int(snap.meta.get("token") or 0)
+        if token < self._tokens.get(arm, 0):
+            # Written under an older lease than a snapshot already served: a stale writer (fenced in Redis
+            # too, `RedisStore.put_weights`); never go back to it.
+            self._refused_snapshot[arm] = refused_key
+            self._on_refused(arm, "stale")
+            log.error("arm %s: online snapshot %s refused: fencing token %s is older than the %s already served",
+                      arm, snap.version, token, self._tokens[arm])  # fmt: skip
+            return None
         bundle = with_weights(base.bundle, snap.blob)
         if (problem := smoke_check(bundle)) is not None:
             # The learner checks before publishing, but the server does not trust what it reads from Redis.
@@ -336,6 +348,7 @@ class ModelManager:
             log.error("arm %s: online snapshot %s on version %s refused: %s", arm, snap.version, base.version, problem)
             return None
         self._install(arm, self._build(bundle, base.version, online_snapshot=int(snap.version)), base=False)
+        self._tokens[arm] = max(token, self._tokens.get(arm, 0))
         log.info("arm %s serves online snapshot %s on version %s", arm, snap.version, base.version)
         return int(snap.version)
 

@@ -7,6 +7,7 @@ The recommendation endpoint is `async def` and runs the pipeline on the event lo
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -222,7 +223,7 @@ def _learning_status(services: Services, paused: set[str]) -> LearningStatus:
             model_version=None if model is None else model.version,
             online_snapshot=None if model is None else model.online_snapshot,
         )
-    return LearningStatus(arms=arms)
+    return LearningStatus(arms=arms, worker=os.getpid())
 
 
 def _check_items(services: Services, batch: EventBatch) -> dict[str, str]:

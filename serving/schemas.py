@@ -79,6 +79,7 @@ class LearningArm(BaseModel):
 
 class LearningStatus(BaseModel):
     arms: dict[str, LearningArm]
+    worker: int | None = Field(None, description="process id of the worker that answered (`reco serve --workers N`)")
 
 
 class Health(BaseModel):

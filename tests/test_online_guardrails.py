@@ -42,7 +42,6 @@ def _clicks(rng: np.random.Generator, n: int, *, flip: bool = False, position: i
     warm = np.isin(session, GOOD).any(1)
     p = np.where(np.isin(items, GOOD), np.where(warm, 0.8, 0.6), 0.05)
     labels = (rng.random(n) < p).astype(np.float32)
-    z = np.zeros(n, np.int64)
     return Examples(
         session=session, lengths=lengths.astype(np.int64), items=items, positions=np.full(n, position, np.int64),
         page=np.ones(n, np.int64), device=np.full(n, 2, np.int64), propensity=np.ones(n, np.float32),

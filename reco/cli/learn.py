@@ -86,8 +86,14 @@ def learn(
     grad_clip: float = typer.Option(1.0, min=0.0, help="gradient-norm clip"),
     ips: bool = typer.Option(False, help="inverse-propensity weighting with the logged propensities"),
     ips_clip: float = typer.Option(10.0, min=1.0, help="largest IPS weight"),
-    margin: float = typer.Option(0.01, help="holdout log-loss margin over the base before a strike"),
-    patience: int = typer.Option(3, min=1, help="consecutive strikes before reverting to the base"),
+    margin: float = typer.Option(
+        0.01, help="holdout log-loss margin: an update worse than the last good snapshot (or the base) is refused"
+    ),
+    patience: int = typer.Option(
+        3, min=1, help="consecutive checks with the last good snapshot worse than the base before going back to it"
+    ),
+    holdout_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="labelled examples kept out as the holdout"),
+    min_holdout: int = typer.Option(200, min=1, help="holdout rows needed before any update can be published"),
     publish_every_s: float = typer.Option(1.0, min=0.0, help="minimum seconds between publications"),
     checkpoint_every_s: float = typer.Option(300.0, min=1.0, help="seconds between MLflow checkpoints"),
     no_checkpoint: bool = typer.Option(False, "--no-checkpoint", help="do not checkpoint to MLflow"),
@@ -98,8 +104,17 @@ def learn(
     max_seconds: float | None = typer.Option(None, min=1.0, help="stop after this many seconds (bounded run)"),
     base_poll_s: float = typer.Option(30.0, min=1.0, help="seconds between checks of each arm's registry alias"),
     seed: int = typer.Option(0, help="seed of the holdout split and replay sampling"),
+    lease_ttl_s: float = typer.Option(
+        10.0, min=0.5, help="lease lifetime: a standby takes over at most this long (+1/3) after the writer dies"
+    ),
+    claim_idle_s: float | None = typer.Option(
+        None, min=0.1, help="claim another consumer's pending entries only after this idle time (default: lease TTL)"
+    ),
 ) -> None:
-    """Consume the event stream, learn online per arm under guardrails, publish weight snapshots."""
+    """Consume the event stream, learn online per arm under guardrails, publish weight snapshots.
+
+    One writer per arm: a second `reco learn` on the same arms waits as a standby and takes over when the
+    first stops or dies (its lease expires after --lease-ttl-s)."""
     if check:
         raise typer.Exit(_check(consumer))
     import torch
@@ -137,6 +152,7 @@ def learn(
         return ArmLearner(
             from_bundle(bundle, version), lr=lr, update_every=update_every, batch_size=batch_size,
             replay=replay, grad_clip=grad_clip, ips=ips, ips_clip=ips_clip, margin=margin, patience=patience,
+            holdout_fraction=holdout_fraction, min_holdout=min_holdout,
             max_session=bundle.model.config.max_session_len, seed=seed,
         )  # fmt: skip
 
@@ -157,7 +173,11 @@ def learn(
         checkpoint=None if no_checkpoint else MlflowCheckpointer(settings.tracking_uri, settings.registered_model),
         checkpoint_every_s=checkpoint_every_s, metrics_path=str(metrics), base_poll_s=base_poll_s,
         rebase=RegistryBases(settings.tracking_uri, settings.registered_model, aliases, make_learner),
+        lease_ttl_ms=int(lease_ttl_s * 1000), claim_idle_ms=int((claim_idle_s or lease_ttl_s) * 1000),
     )  # fmt: skip
+    if not learner.hold_leases():
+        holders = learner.lease_holders()
+        typer.echo(f"standby: another learner writes these arms ({holders}); taking over when it stops")
     if metrics_port is not None:
         _serve_metrics(metrics_port, learner)
     stopping = {"now": False}

@@ -165,11 +165,10 @@ class OnlineLearner:
         self._versions: dict[str, int | None] = {}
         self._recovered = False
         name = owner or default_owner(consumer)
-        self._leases = (
-            {}
-            if lease_ttl_ms is None
-            else {arm: Lease(store.client, store.prefix, arm, name, ttl_ms=lease_ttl_ms, clock=clock) for arm in self.arms}
-        )
+        self._leases = {
+            arm: Lease(store.client, store.prefix, arm, name, ttl_ms=lease_ttl_ms, clock=clock)
+            for arm in (self.arms if lease_ttl_ms is not None else ())
+        }
 
     # -- one writer: the leases --------------------------------------------------------------------------
     @property
@@ -202,7 +201,7 @@ class OnlineLearner:
         self.stats.leaderships += 1
         self.stats.led_at = self.clock()
         self._recovered = False  # resume from the last snapshot and take over the pending entries
-        log.info("leases taken (tokens %s): this learner writes now", {a: l.token for a, l in self._leases.items()})
+        log.info("leases taken (tokens %s): this learner writes now", {a: x.token for a, x in self._leases.items()})
         return True
 
     def step_down(self, why: str) -> None:
@@ -215,6 +214,16 @@ class OnlineLearner:
                 lease.release()
             except RECONNECTABLE:  # it expires on its own
                 lease.token = None
+
+    def keep_leases(self) -> None:
+        """Renew the leases when due, between steps of a long batch; `StaleToken` when one was lost (the
+        run loop then steps down)."""
+        if self._leases and not all(lease.renew_due() for lease in self._leases.values()):
+            raise StaleToken("a lease was lost while learning")
+
+    def lease_holders(self) -> dict[str, tuple[str, int] | None]:
+        """arm -> (owner, token) of whoever holds its lease now (None: free)."""
+        return {arm: lease.holder() for arm, lease in self._leases.items()}
 
     def release(self) -> None:
         """Give the leases up at a clean stop, so that a standby takes over at once."""
@@ -381,6 +390,7 @@ class OnlineLearner:
         done += finished
         self._learn(labelled, done)
         self._ack(done)
+
     def _learn(self, labelled: list[Labelled], done: list[str]) -> None:
         by_arm: dict[str, list[Labelled]] = {}
         for x in labelled:
@@ -413,7 +423,10 @@ class OnlineLearner:
         self.stats.dropped_unknown += int((~kept).sum())
         queue = self._unacked[arm]
         queue.extend((t, x.sids) for t, x in zip(tags, xs, strict=True))
-        reports = learner.learn_many(ex)
+        reports: list[StepReport] = []
+        for start in range(0, len(ex), learner.update_every):  # at most one step per chunk
+            self.keep_leases()  # a long batch must not outlive the lease it writes under
+            reports += learner.learn_many(ex.take(slice(start, start + learner.update_every)))
         if reports:
             self.stats.reports.extend(reports)
             del self.stats.reports[: -self._keep_reports]

@@ -224,11 +224,12 @@ class OnlineStateOps:
     @guard
     def claim_idle(self, group: str, consumer: str, *, min_idle_ms: int, count: int) -> int:
         """Move to `consumer` every pending entry of the group idle for at least `min_idle_ms` (XAUTOCLAIM,
-        all pages; the caller then reads them as its own pending entries); returns how many. Entries a live consumer is still working on are younger than
-        that and stay where they are."""
+        all pages; the caller then reads them as its own pending entries); returns how many. Entries a live
+        consumer is still working on are younger than that and stay where they are."""
         cursor, moved = "0-0", 0
         while True:
-            res = self.client.xautoclaim(self.stream_key, group, consumer, min_idle_ms, start_id=cursor, count=count)
+            res = self.client.xautoclaim(self.stream_key, group, consumer, min_idle_ms, start_id=cursor,
+                                         count=count)  # fmt: skip
             cursor, moved = text(res[0]), moved + len(res[1])
             if cursor == "0-0":
                 return moved
