@@ -307,3 +307,24 @@ def test_html_escapes_what_comes_from_the_events() -> None:
     rows += [_ev("c1", "click", "A0", "rA0", "m1", "A")]
     html = render_html(build_report(pa.Table.from_pylist(rows), ReportConfig(control="A", experiment="<b>x</b>")))
     assert "<i>B</i>" not in html and "&lt;i&gt;B&lt;/i&gt;" in html and "<b>x</b>" not in html
+
+
+def test_lake_partitions_written_before_phases_existed(tmp_path: Path) -> None:
+    """Old partitions have no `phase` column, newer ones do: both are read, the old rows as phase 1."""
+    from reco.data.lake import EventLake
+
+    t = _sim(users=300, sessions=2000, days=6)
+    t = t.drop_columns([c for c in t.column_names if c == "phase"])
+    lake = EventLake(tmp_path / "lake")
+    day = pa.compute.cast(t.column("ts"), pa.date32())
+    for i in range(6):
+        d = date(2026, 1, 1 + i)
+        part = t.filter(pa.compute.equal(day, pa.scalar(d, pa.date32())))
+        if i >= 3:  # the newer partitions carry the phase (2 from day 4 on)
+            part = part.append_column("phase", pa.array([2] * part.num_rows, pa.int32()))
+        lake.partition_dir(d).mkdir(parents=True)
+        pq.write_table(part, lake.partition_path(d))
+    old = build_report(read_events(lake.root), ReportConfig(control="control", phase=1))
+    new = build_report(read_events(lake.root), ReportConfig(control="control", phase=2))
+    assert old["window"]["days_with_data"] == 3 and new["window"]["days_with_data"] == 3
+    assert old["data_quality"]["impressions_in_other_phases"] == sum(a["impressions"] for a in new["arms"].values())
