@@ -233,6 +233,21 @@ def production_services(env: Mapping[str, str], home: Path, ml_port: int, api_po
     return {"registry": [mlflow], "airflow": airflow_services, "loop": loop}
 
 
+def _all_workers_ready(url: str, workers: int, timeout_s: float = 300.0) -> None:
+    """`workers * 10` ready answers in a row (the kernel spreads connections over the workers)."""
+    import time
+
+    from reco.devstack.local_stack import http_ok
+
+    deadline, streak = time.monotonic() + timeout_s, 0
+    while streak < workers * 10:
+        if time.monotonic() > deadline:
+            raise StackError(f"the API's {workers} workers were not all ready after {timeout_s:.0f} s ({url})")
+        streak = streak + 1 if http_ok(url) else 0
+        if not streak:
+            time.sleep(0.5)
+
+
 @dataclass(frozen=True)
 class ProductionInfo:
     """What the production profile started and how to reach it."""
@@ -296,6 +311,8 @@ def up(
         for service in groups["loop"]:
             say(f"{service.name}: reco {service.argv[1]}")
             stack.start(service)
+            if service.name == "api":  # one ready answer proves one worker; every worker must have its models
+                _all_workers_ready(f"{service.health_url}", int(env["RECO_WORKERS"]))
         # A process can pass its start-up check and die a little later (a broken executor config kills the
         # scheduler on its first loop): everything must still run now.
         dead = [s.name for group in groups.values() for s in group if stack.running_pid(s.name) is None]
