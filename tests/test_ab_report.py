@@ -282,6 +282,8 @@ def test_cli_report_and_errors(tmp_path: Path) -> None:
         (["--control", "control", "--start", "2026-13-01"], "YYYY-MM-DD"),
         (["--control", "control", "--format", "pdf"], "json or html"),
         (["--control", "control", "--guardrail", "bounce=0.1"], "METRIC=MARGIN"),
+        (["--control", "control", "--phase", "0"], "--phase must be >= 1"),
+        (["--control", "control", "--phase", "3"], "no impressions with an arm in phase 3"),
     ]:
         bad = runner.invoke(app, ["ab", "report", "--events", str(tmp_path / "e.parquet"), *args])
         assert bad.exit_code == 2, bad.output

@@ -69,14 +69,18 @@ def report(
     guardrail: list[str] | None = typer.Option(
         None, "--guardrail", help="non-inferiority margin, METRIC=MARGIN (repeat; default: the experiment config's)"
     ),
-    phase: int | None = typer.Option(None, "--phase", min=1, help="phase to analyse (default 1)"),
-    pre_period_days: int = typer.Option(14, "--pre-period-days", min=0, help="CUPED pre-exposure window, days"),
+    phase: int | None = typer.Option(None, "--phase", help="phase to analyse (default 1)"),
+    pre_period_days: int = typer.Option(14, "--pre-period-days", help="CUPED pre-exposure window, days"),
 ) -> None:
     """Aggregate events per arm, run the statistics and print (or write) the report."""
     from reco.experiments.report import ReportError, parse_guardrails, render_html, render_json, report_for
 
     if fmt not in ("json", "html"):
         _fail(f"--format must be json or html, got {fmt!r}")
+    if phase is not None and phase < 1:
+        _fail(f"--phase must be >= 1, got {phase}")
+    if pre_period_days < 0:
+        _fail(f"--pre-period-days must be >= 0, got {pre_period_days}")
     d0, d1 = _parse_date(start, "--start"), _parse_date(end, "--end")
     if d0 and d1 and d1 < d0:
         _fail(f"--end {d1} is before --start {d0}")
