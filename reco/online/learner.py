@@ -47,7 +47,7 @@ from reco.online.examples import encode
 from reco.online.history import HistoryTracker
 from reco.online.join import Labelled, RewardJoiner
 from reco.online.model import ArmModel
-from reco.state.lease import Lease
+from reco.state.lease import LeaseSet
 from reco.state.online import Row, decode_event
 from reco.state.snapshots import StaleToken, decode_weights, encode_weights
 from reco.state.store import StoreUnavailable
@@ -165,70 +165,53 @@ class OnlineLearner:
         self._versions: dict[str, int | None] = {}
         self._recovered = False
         name = owner or default_owner(consumer)
-        self._leases = {
-            arm: Lease(store.client, store.prefix, arm, name, ttl_ms=lease_ttl_ms, clock=clock)
-            for arm in (self.arms if lease_ttl_ms is not None else ())
-        }
+        arms_leased = list(self.arms) if lease_ttl_ms is not None else []
+        self._leases = LeaseSet(store.client, store.prefix, arms_leased, name, ttl_ms=lease_ttl_ms or 1, clock=clock)
 
     # -- one writer: the leases --------------------------------------------------------------------------
     @property
     def leading(self) -> bool:
         """True when this learner may write (it holds every arm's lease, or runs without leases)."""
-        return all(lease.held for lease in self._leases.values())
+        return self._leases.held
 
     def token(self, arm: str) -> int | None:
-        lease = self._leases.get(arm)
-        return None if lease is None else lease.token
+        return self._leases.token(arm)
+
+    def lease_holders(self) -> dict[str, tuple[str, int] | None]:
+        """arm -> (owner, token) of whoever holds its lease now (None: free)."""
+        return self._leases.holders()
 
     def hold_leases(self) -> bool:
-        """Renew the leases when due, or try to take them all (sorted, all or none). True = may write."""
-        if not self._leases:
-            return True
-        if self.leading:
-            if all(lease.renew_due() for lease in self._leases.values()):
+        """Renew the leases when due, or try to take them all. True = this learner may write."""
+        if self._leases.held:
+            if self._leases.renew_due():
                 return True
             self.step_down("a lease was lost")
             return False
-        taken = []
-        for arm in sorted(self._leases):
-            lease = self._leases[arm]
-            if lease.held or lease.acquire() is not None:
-                taken.append(lease)
-                continue
-            for held in taken:  # all or none: two standbys never deadlock on half the arms each
-                held.release()
+        if not self._leases.take():
             return False
         self.stats.leaderships += 1
         self.stats.led_at = self.clock()
         self._recovered = False  # resume from the last snapshot and take over the pending entries
-        log.info("leases taken (tokens %s): this learner writes now", {a: x.token for a, x in self._leases.items()})
+        log.info("leases taken (tokens %s): this learner writes now", {a: self.token(a) for a in self.arms})
         return True
+
+    def keep_leases(self) -> None:
+        """Renew the leases when due, between steps of a long batch; `StaleToken` when one was lost (the
+        run loop then steps down)."""
+        if not self._leases.renew_due():
+            raise StaleToken("a lease was lost while learning")
 
     def step_down(self, why: str) -> None:
         """Stop writing: forget what was not published (the next holder replays it) and free the leases."""
         log.warning("stepping down (%s): standing by", why)
         self.stats.stepped_down += 1
         self._forget_unpublished()
-        for lease in self._leases.values():
-            try:
-                lease.release()
-            except RECONNECTABLE:  # it expires on its own
-                lease.token = None
-
-    def keep_leases(self) -> None:
-        """Renew the leases when due, between steps of a long batch; `StaleToken` when one was lost (the
-        run loop then steps down)."""
-        if self._leases and not all(lease.renew_due() for lease in self._leases.values()):
-            raise StaleToken("a lease was lost while learning")
-
-    def lease_holders(self) -> dict[str, tuple[str, int] | None]:
-        """arm -> (owner, token) of whoever holds its lease now (None: free)."""
-        return {arm: lease.holder() for arm, lease in self._leases.items()}
+        self._leases.release()
 
     def release(self) -> None:
         """Give the leases up at a clean stop, so that a standby takes over at once."""
-        for lease in self._leases.values():
-            lease.release()
+        self._leases.release()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -29,9 +29,9 @@ from collections.abc import Callable
 from typing import Any
 
 from reco.state.keys import LEASE_TTL_MS, lease_key, lease_token_key
-from reco.state.redis_io import guard, text
+from reco.state.redis_io import StoreUnavailable, guard, text
 
-__all__ = ["LEASE_TTL_MS", "Lease"]
+__all__ = ["LEASE_TTL_MS", "Lease", "LeaseSet"]
 
 # Acquire: take the free lease and draw the next token in one atomic call.
 _ACQUIRE = """
@@ -142,3 +142,64 @@ class Lease:
     def newest_token(self) -> int:
         """The arm's newest token ever drawn (0 before the first acquisition)."""
         return int(self.client.get(self.token_key) or 0)
+
+
+class LeaseSet:
+    """The leases of several arms, held together: taken all or none (in sorted order, so two standbys never
+    deadlock on half the arms each), renewed and released together.
+
+    >>> import redis
+    >>> leases = LeaseSet(redis.Redis.from_url("redis://127.0.0.1:1/0"), "demo", ["b", "a"], "learner-1")
+    >>> sorted(leases.leases), leases.held, leases.token("a")
+    (['a', 'b'], False, None)
+    >>> LeaseSet(None, "demo", [], "learner-1").held   # no arms: nothing to hold
+    True
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        arms: Any,
+        owner: str,
+        *,
+        ttl_ms: int = LEASE_TTL_MS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.leases = {arm: Lease(client, prefix, arm, owner, ttl_ms=ttl_ms, clock=clock) for arm in sorted(arms)}
+
+    @property
+    def held(self) -> bool:
+        return all(lease.held for lease in self.leases.values())
+
+    def token(self, arm: str) -> int | None:
+        lease = self.leases.get(arm)
+        return None if lease is None else lease.token
+
+    def take(self) -> bool:
+        """Acquire every lease not yet held; on the first refusal give back what was taken. True = all held."""
+        taken = []
+        for lease in self.leases.values():
+            if lease.held or lease.acquire() is not None:
+                taken.append(lease)
+                continue
+            for held in taken:
+                held.release()
+            return False
+        return True
+
+    def renew_due(self) -> bool:
+        """Renew what is due; False when a lease was lost."""
+        return all(lease.renew_due() for lease in self.leases.values())
+
+    def release(self) -> None:
+        """Give every lease up (best effort: one that cannot be released expires on its own)."""
+        for lease in self.leases.values():
+            try:
+                lease.release()
+            except StoreUnavailable:
+                lease.token = None
+
+    def holders(self) -> dict[str, tuple[str, int] | None]:
+        """arm -> (owner, token) of whoever holds its lease now (None: free)."""
+        return {arm: lease.holder() for arm, lease in self.leases.items()}
