@@ -4,9 +4,11 @@ versioned weight snapshots that every API worker hot-swaps.
 
 Modules, one responsibility each: `join` (reward join in event time), `history` (the served session
 rebuilt from the stream), `examples` (training rows and the replay buffer), `model` (what the learner
-needs from a model), `guardrails` (holdout, revert rule), `arm` (one arm's updates), `learner` (stream,
-acknowledgements, publication), `control` (Redis keys: request context, pause/resume, counters),
-`handoff` (MLflow checkpoints for the training DAG, registry polling for base-version changes).
+needs from a model), `guardrails` (holdout, revert rule), `arm` (one arm's updates, each checked on the
+holdout before it can be published), `learner` (stream, acknowledgements, publication, the per-arm leases
+that make it the one writer), `control` (request contexts, pause/resume, counters: operations of
+`RedisStore`, whose keys live in `reco.state.keys`), `handoff` (MLflow checkpoints for the training DAG,
+registry polling for base-version changes).
 """
 
 from reco.online.arm import ArmLearner, StepReport
