@@ -100,6 +100,7 @@ def test_too_early_even_when_significant() -> None:
     rep = build_report(_sim(ctr={"control": 0.10, "treatment": 0.14}, days=7), ReportConfig(control="control"))
     assert rep["comparisons"][0]["user_level"]["p_value"] < 0.01
     assert rep["decision"]["action"] == "continue" and any("too early" in r for r in rep["decision"]["reasons"])
+    assert "<dt>days left, treatment</dt>" in render_html(rep)
 
 
 def test_days_without_data_do_not_count() -> None:

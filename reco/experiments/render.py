@@ -121,6 +121,20 @@ def _ctr_chart(report: dict[str, Any]) -> dict[str, Any] | None:
     return C.time_chart(dates, series, y_fit=fit, zero_line=False, height=220)
 
 
+def _days_left(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """Per arm: days left for the target lift at the goal power (the mSPRT at the current traffic)."""
+    out = []
+    for c in report["comparisons"]:
+        p = c.get("power") or {}
+        if "target_relative_mde" not in p:
+            continue
+        left = p.get("days_left")
+        goal = f"{C.pct(p['target_relative_mde'], 0, sign=False)} lift"
+        text = f"{left} for a {goal}" if left is not None else f"a {goal} is out of reach"
+        out.append((f"days left, {c['arm']}", text))
+    return out
+
+
 def view(report: dict[str, Any]) -> dict[str, Any]:
     """Everything the template shows, formatted where formatting is a decision (not a filter)."""
     dec = report["decision"]
@@ -158,6 +172,7 @@ def view(report: dict[str, Any]) -> dict[str, Any]:
                 + " across arms",
             ),
             ("SRM", f"p = {report['srm']['p_value']:.3g}" + (" (MISMATCH)" if report["srm"]["flagged"] else " (ok)")),
+            *(_days_left(report) if dec["action"] == "continue" else []),
         ],
         "metric_rows": metric_rows,
         "metric_ticks": metric_geo["ticks"],
