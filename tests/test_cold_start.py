@@ -40,7 +40,7 @@ def test_new_items_land_near_the_trained_items_of_their_content() -> None:
     # The trained part is untouched; the served scorer equals the extended module's forward.
     assert np.array_equal(extended.item_embeddings()[: len(bundle.item_ids)], bundle.item_embeddings())
     session, cands = ["1", "2", "n1"], ["n0", "n2", "5", "7"]
-    torch_scores = extended.score(session, cands).scores
+    torch_scores = extended.score(session, cands, "home", "desktop").scores
     served = model.scorer.score(extended.index_of(session), extended.index_of(cands), "home", "desktop").scores
     assert np.allclose(torch_scores, served, atol=1e-5)
 

@@ -107,4 +107,4 @@ def test_recommender_serves_without_the_slow_session_source() -> None:
         result = reco.recommend(RecoRequest("u", session_id="s"))
     assert "candidates:session_similar" in result.degraded
     assert "session_similar" not in result.candidates_per_source and len(result.items) == 20
-    assert {it.source for it in result.items} <= {"trending", "popular"}
+    assert {it.source for it in result.items} <= {"session_query", "trending", "popular"}

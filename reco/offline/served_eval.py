@@ -77,7 +77,8 @@ def evaluate_served(
     index = model.index
     ranks = np.full(len(targets), np.inf)
     in_candidates = np.zeros(len(targets), dtype=bool)
-    per_source = {str(s): np.zeros(len(targets), dtype=bool) for s in (Source.session_similar, Source.popular)}
+    per_source = {str(s): np.zeros(len(targets), dtype=bool)
+                  for s in (Source.session_query, Source.session_similar, Source.popular)}  # fmt: skip
     lengths = []
     for n, (history, target) in enumerate(zip(sessions, targets, strict=True)):
         store.session = list(history)[-seen_window:]
@@ -96,6 +97,10 @@ def evaluate_served(
         if len(rows):
             sim = index.similar_rows(np.asarray(rows, dtype=np.int64), config.candidates.session_k)[0].rows
             per_source[str(Source.session_similar)][n] = target_row in set(sim.tolist())
+        if len(rows):
+            window = np.asarray(rows, dtype=np.int64)[-model.scorer.config.max_session_len :]
+            found = index.query_rows(model.scorer._encoded(window).query, config.candidates.query_k, window).rows
+            per_source[str(Source.session_query)][n] = target_row in set(found.tolist())
         per_source[str(Source.popular)][n] = target_row in set(model.popular_rows.rows[: config.candidates.popular_k].tolist())
     out: dict[str, Any] = {}
     for k in ks:

@@ -9,6 +9,8 @@ Sources (`Source`):
 * `trending`: the trending counters kept in Redis.
 * `popular`: an in-process list computed once per model bundle, so that it answers with Redis down.
 * `new_items`: catalogue items the model was not trained on, least shown first (`reco.ranking.cold_start`).
+* `session_query`: the items with the highest retrieval score `<session query, item>` of the served model
+  itself (the query the scorer computes anyway, remembered: its first stage), exact below the ANN threshold.
 
 `EmbeddingIndex` holds the row-normalised embedding matrix once per model (built off the request
 path, when the model is loaded) so that a lookup is a single matrix product; above `ANN_THRESHOLD` items
@@ -51,12 +53,14 @@ class Source(StrEnum):
     trending = "trending"
     popular = "popular"
     new_items = "new_items"
+    session_query = "session_query"
 
 
 #: Merge order when one item comes from several sources: the more specific source names it.
 SOURCE_PRIORITY: tuple[Source, ...] = (
     Source.context_similar,
     Source.session_similar,
+    Source.session_query,
     Source.trending,
     Source.new_items,
     Source.popular,
@@ -116,6 +120,7 @@ class EmbeddingIndex:
             raise ValueError(f"embeddings shape {emb.shape} does not match {len(item_ids)} item ids")
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         self._unit = np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)
+        self._emb = emb  # the raw rows: `query_rows` ranks by the model's own dot product
         self.ids: list[str] = list(item_ids)  # row -> item id
         self._row = {iid: i for i, iid in enumerate(self.ids) if iid != PAD}
         # Rows that must never be returned: padding and items without an embedding.
@@ -210,6 +215,23 @@ class EmbeddingIndex:
         top = np.argpartition(-best, k - 1)[:k]
         top = top[np.argsort(-best[top], kind="stable")]
         return RowList(top, q[sims[:, top].argmax(axis=0)]), best[top]  # anchor: the query it is closest to
+
+    def query_rows(self, query: np.ndarray, k: int, exclude_rows: Sequence[int] = ()) -> RowList:
+        """The `k` rows with the highest `<query, item>` (the model's retrieval score), best first, without
+        `exclude_rows`; above the ANN threshold the ANN's cosine neighbours of the query (item norms ignored)."""
+        exclude = np.asarray(exclude_rows, dtype=np.int64)
+        if self.ann is not None:
+            found, _ = self.ann.search(np.asarray(query, dtype=np.float32)[None, :], k + len(exclude) + 1)
+            rows = found[0][found[0] > 0]
+            return RowList.of(rows[~np.isin(rows, exclude)][:k])
+        scores = self._emb @ np.asarray(query, dtype=np.float32)
+        scores[self._invalid] = -np.inf
+        scores[exclude] = -np.inf
+        k = min(k, int(np.isfinite(scores).sum()))
+        if k <= 0:
+            return RowList.of([])
+        top = np.argpartition(-scores, k - 1)[:k]
+        return RowList.of(top[np.argsort(-scores[top], kind="stable")])
 
     def _ann_row(self, row: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         assert self.ann is not None
@@ -310,6 +332,7 @@ class CandidateConfig:
     max_candidates: int = 500
     source_timeout_s: float = 0.05
     new_items_k: int = 20
+    query_k: int = 300
 
 
 #: Source code (`CandidateResult.sources`) -> source.

@@ -73,7 +73,7 @@ def _reason_text(source: Source, is_exploration: bool, title: str | None, genre:
 
 
 def _base_reason(source: Source, title: str | None, genre: str | None) -> str:
-    if source == Source.session_similar and title:
+    if source in (Source.session_similar, Source.session_query) and title:
         return f"Because you viewed {title}"
     if source == Source.context_similar and title:
         return f"Similar to {title}"

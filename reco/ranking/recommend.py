@@ -219,6 +219,11 @@ class Recommender:
         if len(session.rows):
             recent = session.rows[-MAX_SESSION:]
             sources[Source.session_similar] = lambda: index.similar_rows(recent, cfg.session_k)[0]
+            encoded = getattr(model.scorer, "_encoded", None)
+            if encoded is not None and cfg.query_k > 0:
+                # The rows `FrozenScorer.score` encodes: the same memo entry serves the ranking right after.
+                window = session.rows[-model.scorer.config.max_session_len :]
+                sources[Source.session_query] = lambda: index.query_rows(encoded(window).query, cfg.query_k, window)
         context = index.rows([req.context_item_id]) if req.page_type == PageType.product and req.context_item_id else []
         if context:
             sources[Source.context_similar] = lambda: index.similar_rows(context, cfg.context_k)[0]
@@ -374,7 +379,7 @@ class Recommender:
             att = attention if attention is not None and len(attention) == len(session.items) else None
             by_attention = anchors_by_attention(sims, att, session.items)
             anchors = [
-                (a or r.anchor) if r.source == Source.session_similar else r.anchor
+                (a or r.anchor) if r.source in (Source.session_similar, Source.session_query) else r.anchor
                 for r, a in zip(ranked, by_attention, strict=True)
             ]
         title_of = model.title_of.get
