@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCALE = float(os.environ.get("RECO_LIVE_SCALE", "1"))
 DAYS = 3
 USERS = max(20, int(60 * SCALE))
-SESSIONS_PER_USER_DAY = 1.5
+SESSIONS_PER_USER_DAY = 4.0  # enough clicks per user for a leave-one-out holdout on one day
 ML100K = next(
     (p for p in (os.environ.get("RECO_TEST_ML100K"), ROOT.parent / "shared/data/movielens-100k",
                  Path("/work/shared/data/movielens-100k")) if p and (Path(p) / "ml-100k.inter").exists()),
