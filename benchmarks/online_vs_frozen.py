@@ -1,5 +1,9 @@
 """Online learning vs the same base model frozen, on the click simulator: prints one JSON line.
 
+Both runs serve the served model: a `SessionAwareRanker` scored by its own forward (the scoring
+definition, which the API's `FrozenScorer` is held equal to by tests/test_scoring.py), and the online run
+serves exactly the snapshots `OnlineLearner` publishes (each checked on the holdout before publication).
+
 Protocol: the base ranker is trained on MovieLens-100k's leave-one-out training rows (or loaded with
 --bundle). Two runs with the same simulator seed (same users, session start times and click-draw
 stream): `frozen` serves the base weights throughout; `online` serves the weights the learner publishes
