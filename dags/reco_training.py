@@ -141,13 +141,16 @@ def reco_training() -> None:
     @task
     def evaluate(job: dict[str, Any], training_set: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
         from reco.pipeline.training_tasks import evaluate
+        from reco.pipeline.xcom import to_xcom
 
-        return evaluate(job["tracking_uri"], job["model_name"], training_set, candidate)
+        return to_xcom(evaluate(job["tracking_uri"], job["model_name"], training_set, candidate))
 
     @task
     def gate(job: dict[str, Any], candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
         from reco.pipeline.training_tasks import gate
+        from reco.pipeline.xcom import from_xcom
 
+        evaluation = from_xcom(evaluation)
         return gate(candidate, evaluation, job["gate_margin"], job["offpolicy_gate"], job["offpolicy_min_requests"])
 
     @task
@@ -160,9 +163,10 @@ def reco_training() -> None:
         validation: dict[str, Any],
     ) -> dict[str, Any]:
         from reco.pipeline.training_tasks import register
+        from reco.pipeline.xcom import from_xcom
 
         return register(
-            job["tracking_uri"], job["model_name"], training_set, candidate, evaluation, verdict, validation
+            job["tracking_uri"], job["model_name"], training_set, candidate, from_xcom(evaluation), verdict, validation
         )
 
     @task
