@@ -7,6 +7,7 @@ on what was learned) and a synthetic catalogue (20 categories, Zipf popularity) 
 * `load_s`: `ModelBundle.load` from disk; `build_s`: `ServedModel.build` (the scorer's item tables, the
   embedding index: exact below 20k items, faiss IVF above, built here), i.e. what a swap costs off the
   request path; `rss_mb`: the process's resident memory with that model loaded;
+* `ann_recall@100`: the ANN's recall@100 against exact search (200 items' own vectors as queries);
 * request latency of the request pipeline (`Recommender.recommend`, in process: no HTTP, no Redis, which
   cost the same at any catalogue size) on realistic traffic: every request is a new session or a session
   that gained one view since its last request (sessions of 1-20 views); p50/p99 of one client, and p50/p99 +
@@ -151,6 +152,15 @@ def _clients(reco: Any, traffic: _Traffic, n_clients: int, n_requests: int, on_e
     return latencies
 
 
+def ann_recall(index: Any, queries: int = 200, k: int = 100) -> float:
+    """recall@k of the index's ANN against exact search, queries = random items' own vectors."""
+    from reco.ranking.ann import recall_at_k
+
+    rows = np.flatnonzero(~index._invalid)
+    picked = np.random.default_rng(3).choice(rows, queries, replace=False)
+    return round(recall_at_k(index._unit, rows, index.ann, index._unit[picked], k), 4)
+
+
 def measure(n_items: int, args: argparse.Namespace) -> dict[str, Any]:
     from reco.artifacts.bundle import ModelBundle
     from reco.ranking.recommend import PipelineConfig, Recommender, ServedModel
@@ -170,6 +180,7 @@ def measure(n_items: int, args: argparse.Namespace) -> dict[str, Any]:
     model = ServedModel.build(bundle, "1")
     t3 = time.perf_counter()
     rss = _rss_mb()
+    recall = ann_recall(model.index) if model.index.ann is not None else None
     state = {"model": model}
     traffic = _Traffic([i for i in bundle.item_ids[1:]], seed=0)
     config = PipelineConfig(features_inline=True)
@@ -198,6 +209,7 @@ def measure(n_items: int, args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "scale",
         "items": n_items,
         "ann": model.index.ann is not None,
+        "ann_recall@100": recall,
         "synth_s": round(t1 - t0, 1),
         "load_s": round(t2 - t1, 2),
         "build_s": round(t3 - t2, 2),

@@ -53,15 +53,17 @@ def test_uncertainty_is_high_for_unfamiliar_content_and_the_bonus_decays() -> No
     _, cold = extend_bundle(bundle, records)
     ids = [*bundle.item_ids, "familiar", "odd"]
     u = dict(zip(ids, cold.uncertainty.tolist(), strict=True))
-    assert 0 < u["familiar"] < u["odd"] <= 1 and u["1"] == 0.0
-    counts, cfg = ImpressionCounts(), ColdStartConfig(bonus=2.0, max_impressions=3)
-    rows = cold.rows
-    first = counts.bonus(cold, rows, ids, cfg)
+    assert 0 < u["familiar"] < u["odd"] <= 2 and u["1"] == 0.0
+    counts, cfg = ImpressionCounts(), ColdStartConfig(bonus=2.0, max_impressions=3, slots=2)
+    rows, scores = cold.rows, np.array([0.0, 1.0])
+    first = counts.bonus(cold, rows, ids, cfg, scores)
     counts.served(["odd"])
-    second = counts.bonus(cold, rows, ids, cfg)
-    assert second[1] == first[1] / np.sqrt(2) and second[0] == first[0]
+    second = counts.bonus(cold, rows, ids, cfg, scores)
+    assert second[1] == first[1] / np.sqrt(2) and second[0] == first[0] > 0
+    one = counts.bonus(cold, rows, ids, ColdStartConfig(bonus=2.0, max_impressions=3, slots=1), scores)
+    assert (one > 0).sum() == 1  # one new item per page keeps its bonus: the best by score + bonus
     counts.served(["odd", "odd"])
-    assert counts.bonus(cold, rows, ids, cfg)[1] == 0.0  # past max_impressions: ranked on its own score
+    assert counts.bonus(cold, rows, ids, cfg, scores)[1] == 0.0  # past max_impressions: ranked on its own score
     assert counts.source_rows(cold, ids, cfg).tolist() == [rows[0]]  # and no longer offered as new
 
 

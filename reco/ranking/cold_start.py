@@ -10,10 +10,12 @@ to the model's tables (embedding, category, the lowest popularity bucket): the a
 the vocabulary is larger, so retrieval, the scorer's precomputed tables, the rules and the explanations
 treat a new item like any other.
 
-**Exploration.** A new item is ranked with an uncertainty bonus, LinUCB's: `bonus * u / sqrt(1 + n)`, where
-`u = sqrt(alpha * x' A^-1 x)` in (0, 1] is the ridge map's uncertainty about the item's content (high for
-content unlike anything trained) and `n` the impressions this process has served it; past
-`max_impressions` the bonus stops. A `new_items` candidate source offers the least-shown new items to every
+**Exploration.** A new item is ranked with an uncertainty bonus, LinUCB's: `bonus * spread * u / sqrt(1 + n)`,
+where `u = sqrt(alpha * x' A^-1 x)` is the ridge map's uncertainty about the item's content (high for content
+unlike anything trained), relative to the median new item's, `spread` the request's score spread (90th
+percentile minus median: the bonus is in the scale of the scores it competes with) and `n` the impressions
+this process has served it; only the `slots` best new items of a request keep it (one by default), and past
+`max_impressions` it stops. A `new_items` candidate source offers the least-shown new items to every
 request. The bonus is a deterministic function of the process's state at request time, so the arm's policy
 stays what it was on the adjusted scores and its logged propensities stay exact (greedy: 1; epsilon-greedy
 and Thompson: their own); served items that carried a bonus are logged with `is_exploration`.
@@ -121,7 +123,7 @@ class ColdItems:
     """What serving needs about the new items of one extended model."""
 
     rows: np.ndarray  # (k,) int64 their rows in the extended tables
-    uncertainty: np.ndarray  # (n_rows,) float32, 0 for trained items: the bonus's u
+    uncertainty: np.ndarray  # (n_rows,) float32, 0 for trained items: the bonus's u (1 = the median new item)
     is_new: np.ndarray  # (n_rows,) bool
 
 
@@ -165,7 +167,8 @@ def extend_bundle(bundle: Any, records: Mapping[str, ItemRecord], *, alpha: floa
     out = type(bundle)(model=extended, item_ids=ids, catalog=catalog, meta=dict(bundle.meta, cold_items=len(new)))
     rows = np.arange(len(item_ids), len(ids), dtype=np.int64)
     uncertainty = np.zeros(len(ids), dtype=np.float32)
-    uncertainty[rows] = unc
+    # Relative to the median new item's: the bonus scale is then the same whatever alpha and the catalogue.
+    uncertainty[rows] = np.clip(unc / max(float(np.median(unc)), 1e-6), 0.0, 2.0)
     is_new = np.zeros(len(ids), dtype=bool)
     is_new[rows] = True
     return out, ColdItems(rows, uncertainty, is_new)
@@ -192,11 +195,14 @@ def _category_index(catalog: ItemCatalog, item_ids: Sequence[str], item_category
 
 @dataclass(frozen=True)
 class ColdStartConfig:
-    """`bonus`: the uncertainty bonus in logits at 0 impressions (0 = no deliberate exploration);
-    `max_impressions`: impressions (per process) after which a new item gets no bonus and leaves the
-    `new_items` source; `source_k`: new items offered as candidates per request."""
+    """`bonus`: the uncertainty bonus at 0 impressions, in units of the request's score spread (its 90th
+    percentile minus its median; 0 = no deliberate exploration); `slots`: new items per page that keep their
+    bonus (the best by score + bonus: a page is not flooded with new items); `max_impressions`: impressions
+    (per process) after which a new item gets no bonus and leaves the `new_items` source; `source_k`: new
+    items offered as candidates per request."""
 
     bonus: float = 2.0
+    slots: int = 1
     max_impressions: int = 200
     source_k: int = 20
 
@@ -208,17 +214,27 @@ class ImpressionCounts:
         self.counts: dict[str, int] = {}
         self._turn = 0
 
-    def bonus(self, cold: ColdItems, rows: np.ndarray, ids: Sequence[str], config: ColdStartConfig) -> np.ndarray:
-        """The bonus of each row in `rows` (0 for trained items and items past `max_impressions`)."""
+    def bonus(
+        self, cold: ColdItems, rows: np.ndarray, ids: Sequence[str], config: ColdStartConfig, scores: np.ndarray
+    ) -> np.ndarray:
+        """The bonus of each row in `rows` given their `scores` (0 for trained items, items past
+        `max_impressions`, and new items beyond the `slots` best by score + bonus)."""
         out = np.zeros(len(rows), dtype=np.float64)
-        if config.bonus <= 0:
+        if config.bonus <= 0 or config.slots <= 0:
             return out
+        spread = max(float(np.percentile(scores, 90) - np.median(scores)), 1e-3) if len(scores) else 1.0
         get = self.counts.get
         for k in np.flatnonzero(cold.is_new[rows]).tolist():
             r = int(rows[k])
             n = get(ids[r], 0)
             if n < config.max_impressions:
-                out[k] = config.bonus * float(cold.uncertainty[r]) / np.sqrt(1.0 + n)
+                out[k] = config.bonus * spread * float(cold.uncertainty[r]) / np.sqrt(1.0 + n)
+        lifted = np.flatnonzero(out)
+        if len(lifted) > config.slots:
+            best = lifted[np.argsort(-(scores[lifted] + out[lifted]), kind="stable")[: config.slots]]
+            keep = np.zeros(len(out), dtype=bool)
+            keep[best] = True
+            out[~keep] = 0.0
         return out
 
     def source_rows(self, cold: ColdItems, ids: Sequence[str], config: ColdStartConfig) -> np.ndarray:

@@ -331,7 +331,7 @@ class Recommender:
         scores = np.asarray(result.scores, dtype=np.float64).reshape(-1)
         boosted: frozenset[int] = frozenset()
         if model.cold is not None:
-            bonus = self.cold_counts.bonus(model.cold, cands.rows, model.index.ids, self.config.cold_start)
+            bonus = self.cold_counts.bonus(model.cold, cands.rows, model.index.ids, self.config.cold_start, scores)
             scores = scores + bonus
             boosted = frozenset(cands.rows[bonus > 0].tolist())
         attention: np.ndarray | None = np.asarray(result.attention).reshape(-1)
