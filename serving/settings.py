@@ -36,7 +36,9 @@ class Settings(RecoSettings):
     max_per_category: int | None = Field(3, ge=1, description="diversity cap in the served page")
     max_items_per_batch: int = Field(1000, ge=1, le=100_000, description="largest PUT /v1/items batch")
     ann_threshold: int = Field(20_000, ge=0, description="items above which similarity sources use the ANN index")
-    cold_start_bonus: float = Field(2.0, ge=0, description="new items' exploration bonus (logits) at 0 impressions")
+    cold_start_bonus: float = Field(
+        2.0, ge=0, description="new items' exploration bonus at 0 impressions, in units of the request's score spread"
+    )
     cold_start_max_impressions: int = Field(200, ge=0, description="impressions after which the bonus stops")
     exploration_seed: int | None = Field(None, description="seed of the exploration RNGs (tests, simulations)")
     log_impressions_async: bool = Field(True, description="write impressions off the request path")
