@@ -238,9 +238,14 @@ class OnlineStateOps:
     def claim_from_others(self, group: str, consumer: str, *, min_idle_ms: int, count: int) -> list[Row]:
         """Entries other consumers of the group left pending for at least `min_idle_ms`, claimed for
         `consumer` and decoded (XPENDING IDLE + XCLAIM: never this consumer's own, which it still holds)."""
-        pending = self.client.xpending_range(self.stream_key, group, min="-", max="+", count=count,
-                                             idle=min_idle_ms)  # fmt: skip
-        ids = [p["message_id"] for p in pending if text(p["consumer"]) != consumer]
+        ids: list[Any] = []
+        for c in self.client.xinfo_consumers(self.stream_key, group):
+            name = text(c["name"])
+            if name == consumer or not int(c["pending"]) or len(ids) >= count:
+                continue
+            pending = self.client.xpending_range(self.stream_key, group, min="-", max="+", count=count - len(ids),
+                                                 consumername=name, idle=min_idle_ms)  # fmt: skip
+            ids += [p["message_id"] for p in pending]
         if not ids:
             return []
         return _rows(self.client.xclaim(self.stream_key, group, consumer, min_idle_ms, ids))
