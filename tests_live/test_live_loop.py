@@ -138,7 +138,7 @@ def live(tmp_path_factory):
     try:
         info = production.up(home, environ=env, dags_wait_s=600, say=lambda m: print(f"[live] {m}", flush=True))
         TIMINGS["boot"] = {"s": time.monotonic() - t0}
-        yield info, tag
+        yield info, tag, env
     finally:
         local_stack.down(home)
         _drop_databases(env)
@@ -213,7 +213,7 @@ def test_the_loop_runs_by_itself_day_after_day(live):
     from reco.sim.ground_truth import GroundTruth
     from reco.sim.users import simulate_days
 
-    info, tag = live
+    info, tag, test_env = live
     env, home = info.env, info.home
     af = info.airflow_client()
     mlflow = registry.client_for(info.mlflow_url)
@@ -244,7 +244,7 @@ def test_the_loop_runs_by_itself_day_after_day(live):
         t = time.monotonic()
         before = experiment_phases(info.mlflow_url, model, experiment, ROOT / "experiments.yaml")
         run_id = _backfill_day(af, "reco_training", day, conf)
-        tis = _celery_ran(env, "reco_training", run_id)
+        tis = _celery_ran(test_env, "reco_training", run_id)
         assert tis and all(s == "success" and ext and q == queue for _, s, ext, q in tis), tis
         timing["training_s"] = time.monotonic() - t
         # 4. a version with lineage to the day's validated partition, promoted into the arm: a new phase
