@@ -109,7 +109,13 @@ def test_small_demo_end_to_end(tmp_path: Path, movielens_dir: Path) -> None:
     for a in arms.values():
         assert a["impressions"] > 0 and a["users"] > 0
         assert 0.0 <= a["ctr"] <= 1.0
-        assert a["clicks"] == pytest.approx(a["ctr"] * a["impressions"], abs=0.5) or a["users"] > 0
+        assert a["clicks"] == pytest.approx(a["ctr"] * a["impressions"], abs=0.5)
+        # Online learning happened: the API served an online snapshot that holds accepted updates, and its
+        # holdout log-loss is not worse than the base model's on the same rows (beyond the learner's margin).
+        assert a["online_snapshot"] is not None and a["online_snapshot"] >= 1, a
+        assert a["online_updates"] >= 1, a
+        assert a["holdout_logloss"] <= a["base_logloss"] + 0.01, a
+    assert "Online learning" in proc.stdout
     comp = summary["comparison"]
     assert comp["arm"] == "treatment" and comp["control"] == "control"
     assert comp["p_value"] is None or 0.0 <= comp["p_value"] <= 1.0
@@ -163,3 +169,4 @@ def test_summary_reads_the_report_schema_and_prints(tmp_path: Path) -> None:
     print_summary(console, summary)
     text = console.export_text()
     assert "arm-treatment" in text and "CTR" in text and "p-value" in text and "decision:" in text
+    assert "Online learning" in text and "holdout log-loss" in text

@@ -83,6 +83,13 @@ def print_summary(console: Any, summary: Any) -> None:
             a.arm, a.alias, _fmt(a.version), _fmt(a.users), _fmt(a.impressions), _fmt(a.clicks), _fmt(a.ctr, pct=True)
         )
     console.print(arms)
+    online = Table(title="Online learning (the snapshot each arm served at the end)", title_justify="left")
+    for col in ("arm", "online snapshot", "updates in it", "refused", "holdout log-loss", "base log-loss"):
+        online.add_column(col, justify="left" if col == "arm" else "right")
+    for a in summary.arms:
+        online.add_row(a.arm, _fmt(a.online_snapshot), _fmt(a.online_updates), _fmt(a.online_refused),
+                       _fmt(a.holdout_logloss), _fmt(a.base_logloss))  # fmt: skip
+    console.print(online)
     console.print(f"champion: version {_fmt(summary.champion)}")
     comp = summary.comparison or {}
     if comp:

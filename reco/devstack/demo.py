@@ -73,12 +73,17 @@ class DemoScale:
     # refuses NaN and failed smoke tests).
     gate_margin: float = 0.05
     seed: int = 7
+    # `reco learn` flags: the small scale's ~800 impressions per arm must fill a holdout and take steps.
+    learner_args: tuple[str, ...] = ("--update-every", "256", "--batch-size", "256")
 
 
 SCALES = {
     "small": DemoScale(
         "small", "1997-09-20", "1997-09-30", "1997-10-01", "1997-10-10", epochs=1, warm_epochs=1, users=60,
         days=3, sessions_per_user_day=0.5, gate_margin=1.0,
+        learner_args=(
+            "--update-every", "32", "--batch-size", "32", "--holdout-fraction", "0.25", "--min-holdout", "40",
+        ),
     ),
     # One epoch each keeps `make demo` under 15 minutes on 2 cores (about 100k training examples in all).
     "full": DemoScale(
@@ -105,6 +110,14 @@ class ArmSummary:
     impressions: int | None = None
     clicks: int | None = None
     ctr: float | None = None
+    # Online learning (`_online_state`): the snapshot the API served at the end of the traffic (a weights
+    # version, None = the registry weights), the updates it holds and those the holdout check refused, and
+    # its holdout log-loss against the base model's on the same rows (the check before its publication).
+    online_snapshot: int | None = None
+    online_updates: int | None = None
+    online_refused: int | None = None
+    holdout_logloss: float | None = None
+    base_logloss: float | None = None
 
 
 @dataclass
@@ -214,8 +227,8 @@ def run_demo(home: Path, scale: DemoScale, *, console: Any | None = None) -> Dem
         redis = cleanup.enter_context(_redis(settings, home))
         stack = cleanup.enter_context(LocalStack(home))
         steps = cleanup.enter_context(Steps(8, console))
-        report_json, versions = _flow(settings, scale, home, redis, stack, steps)
-    summary = _summarise(scale, versions, report_json)
+        report_json, versions, online = _flow(settings, scale, home, redis, stack, steps)
+    summary = _summarise(scale, versions, report_json, online)
     # Every process is stopped now: `make up` serves the same state (same RECO_HOME) for browsing.
     summary.urls = {
         "MLflow UI (make up)": "http://127.0.0.1:5000",
@@ -248,8 +261,8 @@ def _redis(settings: Any, home: Path) -> Iterator[str]:
 
 def _flow(
     settings: Any, scale: DemoScale, home: Path, redis_url: str, stack: LocalStack, steps: Steps
-) -> tuple[Path, dict[str, str | None]]:
-    """The demo's steps; returns the report path and the versions behind the aliases."""
+) -> tuple[Path, dict[str, str | None], dict[str, dict[str, Any]]]:
+    """The demo's steps; returns the report path, the versions behind the aliases and the online state."""
     with steps.step("MovieLens-100k"):
         data_dir = _fetch_data(settings)
 
@@ -294,7 +307,8 @@ def _flow(
         stack.start(replace(api_service(api_port, api_env, ready_path="/readyz", timeout_s=300), name="demo-api"))
         # ... but one learner only: it is the single writer of the online weights.
         if stack.running_pid("learner") is None:
-            stack.start(learner_service(env))
+            learner = learner_service(env)
+            stack.start(replace(learner, argv=(*learner.argv, *scale.learner_args)))
     api_url = f"http://127.0.0.1:{api_port}"
 
     # The simulated days end yesterday (UTC): timestamps are never in the future, and a rerun on the same
@@ -305,6 +319,7 @@ def _flow(
     with steps.step(f"simulated traffic ({scale.users} users, {scale.days} days)", total=scale.days) as advance:
         _clear_window(settings, first_day, today)
         _simulate(api_url, data_dir, scale, first_day, advance)
+    online = _online_state(settings, redis_url, api_url)
     with steps.step("event stream -> lake"):
         _drain(settings, redis_url)
 
@@ -321,7 +336,7 @@ def _flow(
             "tracking_uri": tracking_uri,
         }
         _dags_test(stack, airflow, "reco_ab_report", conf, advance)
-    return settings.reports_dir.resolve() / spec.name / f"{today.isoformat()}.json", versions
+    return settings.reports_dir.resolve() / spec.name / f"{today.isoformat()}.json", versions, online
 
 
 def _fetch_data(settings: Any) -> Path:
@@ -394,8 +409,45 @@ def _experiment(settings: Any) -> Any:
     return load_config(settings.experiments_path).experiment()
 
 
-def _summarise(scale: DemoScale, versions: dict[str, str | None], report_json: Path) -> DemoSummary:
-    """The summary from the registry's aliases and the report JSON (docs/ab-report.md)."""
+def _online_state(settings: Any, redis_url: str, api_url: str, wait_s: float = 120.0) -> dict[str, dict[str, Any]]:
+    """Per arm, the online snapshot the API serves once the learner has read the whole traffic and the API
+    adopted its latest publication (waiting up to `wait_s` in all), and what that snapshot's meta says."""
+    import urllib.request
+
+    from reco.online.learner import DEFAULT_GROUP
+    from reco.state.store import RedisStore, connect
+
+    store = RedisStore(connect(redis_url), prefix=settings.redis_prefix)
+    deadline = time.monotonic() + wait_s
+    while store.group_lag(DEFAULT_GROUP)["lag"] > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3.0)  # the learner publishes at most every second, the API polls every 2 s
+    while True:
+        with urllib.request.urlopen(f"{api_url}/v1/admin/learning", timeout=10) as resp:
+            served = {arm: s["online_snapshot"] for arm, s in json.loads(resp.read())["arms"].items()}
+        if all(served[a] == store.latest_weights_version(a) for a in served) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    out = {}
+    for arm, version in served.items():
+        meta = (snap.meta if version and (snap := store.get_weights(arm, version)) else None) or {}
+        out[arm] = {
+            "online_snapshot": version,
+            "online_updates": meta.get("snapshot"),
+            "online_refused": int(store.learner_stats(arm).get("reverts") or 0),
+            "holdout_logloss": meta.get("holdout_logloss"),
+            "base_logloss": meta.get("base_logloss"),
+        }
+    return out
+
+
+def _summarise(
+    scale: DemoScale,
+    versions: dict[str, str | None],
+    report_json: Path,
+    online: dict[str, dict[str, Any]] | None = None,
+) -> DemoSummary:
+    """The summary from the registry's aliases, the report JSON (docs/ab-report.md) and the online state."""
     if not report_json.exists():
         raise DemoError(f"reco_ab_report wrote no report at {report_json}")
     report = json.loads(report_json.read_text())
@@ -410,6 +462,7 @@ def _summarise(scale: DemoScale, versions: dict[str, str | None], report_json: P
                 stats.get("impressions"),
                 stats.get("clicks"),
                 stats.get("ctr"),
+                **(online or {}).get(arm, {}),
             )
         )
     comparison: dict[str, Any] = {}
