@@ -236,8 +236,8 @@ def trigger_training(token: str, since: str) -> str:
          == 200, 600, 5)  # fmt: skip
     conf = {"source": "files", "start": "1998-03-01", "end": "1998-03-07", "arm": ARM, "epochs": 1,
             "gate_margin": 1.0, "offpolicy_gate": False}  # fmt: skip
-    # Triggered while the DAG is still paused (new DAGs start paused), so it is queued before the run of the
-    # latest daily interval that unpausing creates (max_active_runs=1).
+    # Triggered while the DAG is still paused (new DAGs start paused); unpausing also queues the latest daily
+    # interval, which wait_run fails so that this run goes first (max_active_runs=1).
     status, body = http("POST", f"{AIRFLOW}/api/v2/dags/reco_training/dagRuns",
                         {"logical_date": None, "conf": conf, "dag_run_id": f"compose-test-{since}"}, auth)  # fmt: skip
     if status not in (200, 201):
@@ -254,6 +254,14 @@ def wait_run(token: str, run_id: str, timeout_s: float) -> list[dict]:
     seen: dict[str, str] = {}
 
     def check():
+        # Unpausing the daily DAG also queued its latest interval (max_active_runs=1): that run has no
+        # MovieLens data and would retry for minutes before ours starts, so it is failed here.
+        _, runs = http("GET", f"{AIRFLOW}/api/v2/dags/reco_training/dagRuns?state=queued&state=running", None, auth)
+        for other in runs.get("dag_runs", []) if isinstance(runs, dict) else []:
+            if other["dag_run_id"] != run_id and other["run_type"] == "scheduled":
+                url = f"{AIRFLOW}/api/v2/dags/reco_training/dagRuns/{other['dag_run_id']}"
+                if http("PATCH", url, {"state": "failed"}, auth)[0] == 200:
+                    say(f"  failed the scheduled run {other['dag_run_id']} (no data for today)")
         _, run_ = http("GET", f"{AIRFLOW}/api/v2/dags/reco_training/dagRuns/{run_id}", None, auth)
         _, tis = http("GET", f"{AIRFLOW}/api/v2/dags/reco_training/dagRuns/{run_id}/taskInstances", None, auth)
         for ti in (tis or {}).get("task_instances", []) if isinstance(tis, dict) else []:
