@@ -24,7 +24,7 @@ from reco.state.keys import (
     stats_key,
 )
 from reco.state.records import WeightsSnapshot
-from reco.state.redis_io import guard, number, text
+from reco.state.redis_io import guard, id_key, number, text
 from reco.state.scripts import LATEST_WEIGHTS_LUA
 from reco.state.snapshots import StaleToken
 
@@ -252,8 +252,15 @@ class OnlineStateOps:
 
     @guard
     def group_lag(self, group: str) -> dict[str, int]:
-        """Entries not yet delivered to the group (`lag`) and delivered but not acknowledged (`pending`)."""
+        """Entries not yet delivered to the group (`lag`) and delivered but not acknowledged (`pending`).
+
+        Redis < 7 (the embedded server is 6.2) reports no lag: then `lag` is 1 while the group has not been
+        delivered the stream's last entry (at least one is undelivered), else 0."""
         for g in self.client.xinfo_groups(self.stream_key):
             if text(g["name"]) == group:
-                return {"lag": int(g.get("lag") or 0), "pending": int(g["pending"])}
+                lag = g.get("lag")
+                if lag is None:
+                    last = text(self.client.xinfo_stream(self.stream_key)["last-generated-id"])
+                    lag = int(id_key(text(g["last-delivered-id"])) < id_key(last))
+                return {"lag": int(lag), "pending": int(g["pending"])}
         return {"lag": 0, "pending": 0}
