@@ -182,10 +182,21 @@ def _celery_ran(env: dict[str, str], dag_id: str, run_id: str) -> list[tuple[str
 
 def _backfill_day(client, dag_id: str, day: date, conf: dict[str, Any]) -> str:
     """`POST /api/v2/backfills` for one day; the scheduler creates and runs it. Returns the run id."""
+    from reco.devstack.local_stack import AirflowError
+
     stamp = f"{day.isoformat()}T00:00:00Z"
-    client._request("POST", "/api/v2/backfills", {"dag_id": dag_id, "from_date": stamp, "to_date": stamp,
-                                                  "reprocess_behavior": "completed", "max_active_runs": 1,
-                                                  "dag_run_conf": conf})  # fmt: skip
+    body = {"dag_id": dag_id, "from_date": stamp, "to_date": stamp, "reprocess_behavior": "completed",
+            "max_active_runs": 1, "dag_run_conf": conf}  # fmt: skip
+
+    def created():  # the previous day's backfill is marked complete by a later scheduler loop: 409 until then
+        try:
+            return client._request("POST", "/api/v2/backfills", body) or True
+        except AirflowError as e:
+            if "409" not in str(e):
+                raise
+            return None
+
+    _poll(f"backfill of {dag_id} {day}", created, 180, every_s=3)
 
     def run_of_day():
         runs = client._request("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
