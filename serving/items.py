@@ -56,12 +56,15 @@ def add_item_routes(app: FastAPI) -> None:
             raise ApiError(503, "catalogue store unavailable", {"Retry-After": "1"})
         return services.items
 
-    def _upsert(services: Services, pairs: list[tuple[str, ItemUpsert]]) -> tuple[Any, int]:
+    def _upsert(services: Services, pairs: list[tuple[str, ItemUpsert]], versions: bool = False) -> tuple[Any, Any]:
+        """(the upsert result, the catalogue version; or, with `versions`, each item's stored version)."""
         from reco.state.store import StoreUnavailable
 
         store = _items(services)
         try:
             result = store.upsert(pairs)
+            if versions:
+                return result, {iid: r.version for iid, r in store.get([i for i, _ in pairs]).items()}
             return result, store.seq()
         except StoreUnavailable:
             raise ApiError(503, "catalogue store unavailable: nothing was stored, retry", {"Retry-After": "1"}) from None
@@ -71,10 +74,9 @@ def add_item_routes(app: FastAPI) -> None:
         item_id: Annotated[str, ITEM_ID_PATH], body: ItemUpsert, services: ServicesDep, _: ApiKey
     ) -> ItemUpserted:
         """Create or replace one item (idempotent: the same body again changes nothing)."""
-        result, _seq = _upsert(services, [(item_id, body)])
+        result, versions = _upsert(services, [(item_id, body)], versions=True)
         status = "created" if result.created else "updated" if result.updated else "unchanged"
-        version = _items(services).get([item_id])[item_id].version
-        return ItemUpserted(item_id=item_id, status=status, version=version)
+        return ItemUpserted(item_id=item_id, status=status, version=versions.get(item_id, 0))
 
     @app.put("/v1/items", response_model=ItemsUpserted, responses=errors, tags=["catalogue"])
     def put_items(batch: ItemBatch, services: ServicesDep, _: ApiKey) -> ItemsUpserted:
