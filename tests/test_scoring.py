@@ -79,6 +79,14 @@ def test_frozen_scorer_and_the_bundle_equal_the_forward(arch, session):
         np.testing.assert_allclose(bundle.score(session, CANDIDATES, page, dev).scores, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("session", SESSIONS.values(), ids=SESSIONS.keys())
+def test_the_session_query_is_the_forwards_query(session):
+    model = _model(2, max_session_len=5)
+    bundle = ModelBundle(model, IDS, CATALOG, {})
+    got = bundle.frozen_scorer().session_query(bundle.index_of(session))
+    np.testing.assert_allclose(got, bundle.session_embedding(session), atol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES.values(), ids=ARCHITECTURES.keys())
 def test_a_growing_session_is_scored_as_the_forward_at_every_length(arch):
     """The scorer's remembered / one-step-extended encodings, through a window that slides."""

@@ -16,8 +16,9 @@ maths is the module's, term by term, and "already seen" is the ranker's own `see
 scores equal to `SessionAwareRanker.forward` (1e-5) on every architecture `RankerConfig` allows, so the
 offline evaluation (which scores through the forward) measures the served ranking.
 
-API (stable; serving and cold-start code call only this): `FrozenScorer(model)` and
-`score(session_rows, candidate_rows, page_type, device) -> ScoreResult`, rows as in `ModelBundle.index_of`.
+API (stable; serving, retrieval and cold-start code call only this): `FrozenScorer(model)`,
+`score(session_rows, candidate_rows, page_type, device) -> ScoreResult` and `session_query(session_rows)`
+(the session's query vector), rows as in `ModelBundle.index_of`.
 """
 
 from __future__ import annotations
@@ -237,14 +238,24 @@ class FrozenScorer:
             a.flags.writeable = False
         return enc
 
+    def _read(self, session_rows: np.ndarray) -> np.ndarray:
+        """Positions the encoder reads: as `ModelBundle.score`, the last max_session_len given, then the known."""
+        start = max(0, len(session_rows) - self.config.max_session_len)
+        return start + np.flatnonzero(session_rows[start:] > 0)
+
+    def session_query(self, session_rows: np.ndarray) -> np.ndarray:
+        """The session's query vector in item space (d,), read-only: `score`'s retrieval term is its dot product
+        with each candidate's embedding (candidate retrieval and cold-start code use it). Remembered as in `score`."""
+        rows = np.asarray(session_rows, dtype=np.int64)
+        return self._encoded(rows[self._read(rows)]).query
+
     def score(self, session_rows: np.ndarray, candidate_rows: np.ndarray, page_type: str, device: str) -> ScoreResult:
         """session_rows (L,) item rows, oldest first (row 0 = unknown, ignored; the encoder reads the known
         rows among the last max_session_len, the "already seen" feature all of them); candidate_rows (C,) ->
         logits (C,) and attention (L,) aligned with session_rows (0 where the encoder did not read)."""
         session_rows = np.asarray(session_rows, dtype=np.int64)
         candidate_rows = np.asarray(candidate_rows, dtype=np.int64)
-        start = max(0, len(session_rows) - self.config.max_session_len)  # as `ModelBundle.score`: the last
-        known = start + np.flatnonzero(session_rows[start:] > 0)  # max_session_len given, then the known ones
+        known = self._read(session_rows)
         enc = self._encoded(session_rows[known])
         query, attn = enc.query, enc.attention
         seen = self._seen(candidate_rows, session_rows, self.config.n_items)  # the ranker's one definition
