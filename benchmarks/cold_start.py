@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from holdout_model import DEFAULT_DATA, load_or_train  # noqa: E402
+from holdout_model import DEFAULT_DATA, load_or_train
 
 CONDITIONS = ("absent", "content", "cold_start")
 
@@ -65,7 +65,7 @@ class _Sessions:
 class _Greedy:
     arm, alias = "control", "arm-control"
 
-    class exploration:  # noqa: N801
+    class exploration:
         strategy, rate = "none", 0.0
 
 
@@ -164,7 +164,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         summary: dict[str, Any] = {"benchmark": "cold_start", "summary": True, "condition": condition,
                                    "seeds": args.seeds}  # fmt: skip
         for key, value in rows[0].items():
-            if isinstance(value, float | int) and key not in ("seed", "wall_s") and all(r[key] is not None for r in rows):
+            if (
+                isinstance(value, float | int)
+                and key not in ("seed", "wall_s")
+                and all(r[key] is not None for r in rows)
+            ):
                 vals = [float(r[key]) for r in rows]
                 summary[key] = round(statistics.mean(vals), 5)
                 summary[f"{key}_sd"] = round(statistics.stdev(vals), 5) if len(vals) > 1 else 0.0

@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     got = load_or_train(a.out, data=a.data, epochs=a.epochs, n_new=a.n_new, seed=a.seed)
-    print(json.dumps({"model": str(a.out), "items": len(got["bundle"].item_ids) - 1, "new_items": len(got["new_items"])}))
+    print(
+        json.dumps({"model": str(a.out), "items": len(got["bundle"].item_ids) - 1, "new_items": len(got["new_items"])})
+    )
 
 
 if __name__ == "__main__":

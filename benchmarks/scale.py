@@ -115,7 +115,7 @@ _CUT = [0]  # requests whose candidate source ran past its budget (cut, served w
 class _Greedy:
     arm, alias = "control", "arm-control"
 
-    class exploration:  # noqa: N801
+    class exploration:
         strategy, rate = "none", 0.0
 
 
@@ -227,7 +227,6 @@ def measure(n_items: int, args: argparse.Namespace) -> dict[str, Any]:
         "load_avg": round(os.getloadavg()[0], 1),
     }
     print(json.dumps(out), flush=True)
-    del model, state, bundle, reco
     gc.collect()
     return out
 
@@ -242,11 +241,17 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     a.plot(n, [r["p50_ms"] for r in rows], "o-", label="p50, 1 client")
     a.plot(n, [r["c4_p99_ms"] for r in rows], "s--", label="p99, 4 clients")
-    a.set_xscale("log"); a.set_xlabel("catalogue items"); a.set_ylabel("ms per request"); a.legend()  # noqa: E702
+    a.set_xscale("log")
+    a.set_xlabel("catalogue items")
+    a.set_ylabel("ms per request")
+    a.legend()
     a.set_title("request latency (pipeline, in process)")
     b.plot(n, [r["build_s"] for r in rows], "o-", label="build (precompute + index) s")
     b.plot(n, [r["model_rss_mb"] / 1000 for r in rows], "s--", label="model memory GB")
-    b.set_xscale("log"); b.set_yscale("log"); b.set_xlabel("catalogue items"); b.legend()  # noqa: E702
+    b.set_xscale("log")
+    b.set_yscale("log")
+    b.set_xlabel("catalogue items")
+    b.legend()
     b.set_title("swap cost off the request path")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from holdout_model import DEFAULT_DATA, load_or_train  # noqa: E402
+from holdout_model import DEFAULT_DATA, load_or_train
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Path
 
 from reco.ranking.recommend import ServedModel
 from reco.state.items import CatalogFollower, ItemStore
-from serving.schemas import ItemBatch, ItemsUpserted, ItemUpserted, ItemUpsert
+from serving.schemas import ItemBatch, ItemsUpserted, ItemUpsert, ItemUpserted
 
 ITEM_ID_PATH = Path(min_length=1, max_length=128, pattern=r"^[^\s<>]+$", description="the item's id")
 
@@ -67,7 +67,9 @@ def add_item_routes(app: FastAPI) -> None:
                 return result, {iid: r.version for iid, r in store.get([i for i, _ in pairs]).items()}
             return result, store.seq()
         except StoreUnavailable:
-            raise ApiError(503, "catalogue store unavailable: nothing was stored, retry", {"Retry-After": "1"}) from None
+            raise ApiError(
+                503, "catalogue store unavailable: nothing was stored, retry", {"Retry-After": "1"}
+            ) from None
 
     @app.put("/v1/items/{item_id}", response_model=ItemUpserted, responses=errors, tags=["catalogue"])
     def put_item(

@@ -63,7 +63,10 @@ def test_upserts_are_validated_and_idempotent(client: TestClient) -> None:
         resp = client.put("/v1/items/new-1", json=bad, headers=KEY)
         assert resp.status_code == 422 and "message" in resp.json(), bad
     assert client.put("/v1/items/a%20b", json=body, headers=KEY).status_code == 422  # ids carry no spaces
-    assert client.put("/v1/items/new-1", content=b"{", headers={**KEY, "content-type": "application/json"}).status_code == 422
+    assert (
+        client.put("/v1/items/new-1", content=b"{", headers={**KEY, "content-type": "application/json"}).status_code
+        == 422
+    )
 
     first = client.put("/v1/items/new-1", json=body, headers=KEY).json()
     again = client.put("/v1/items/new-1", json=body, headers=KEY).json()
@@ -71,7 +74,9 @@ def test_upserts_are_validated_and_idempotent(client: TestClient) -> None:
     changed = client.put("/v1/items/new-1", json={**body, "title": "Red Shoe"}, headers=KEY).json()
     assert changed["status"] == "updated" and changed["version"] > first["version"]
 
-    batch = {"items": [{"item_id": "new-2", "categories": ["Comedy"]}, {"item_id": "new-1", **body, "title": "Red Shoe"}]}
+    batch = {
+        "items": [{"item_id": "new-2", "categories": ["Comedy"]}, {"item_id": "new-1", **body, "title": "Red Shoe"}]
+    }
     out = client.put("/v1/items", json=batch, headers=KEY).json()
     assert (out["created"], out["updated"], out["unchanged"]) == (1, 0, 1)
     too_many = {"items": [{"item_id": f"x{i}"} for i in range(4)]}

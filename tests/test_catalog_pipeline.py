@@ -11,11 +11,11 @@ from reco.data.catalog import ItemCatalog, ItemUpsert
 from reco.data.events import EVENT_COLUMNS, Event
 from reco.data.items import ItemsTable
 from reco.data.lake import EventLake
+from reco.data.validation import validate_events
 from reco.offline.trainer import TrainConfig, train
 from reco.pipeline import training_tasks as T
 from reco.ranking.recommend import Recommender, RecoRequest, ServedModel
 from reco.state.items import CatalogFollower, ItemStore, export_items
-from reco.data.validation import validate_events
 from reco.state.store import connect
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,9 @@ def test_upserted_item_is_served_then_validated_and_in_the_next_vocabulary(tmp_p
         frame = EventLake(home / "lake").read_pandas(columns=list(EVENT_COLUMNS))
         checked = validate_events(frame, DAY, "2026-01-02", catalog.item_ids, now=pd.Timestamp("2026-01-02", tz="UTC"))
         assert checked.result.bad_rows == 0 and (checked.clean["item_id"] == "new-1").sum() == 12
-        before = validate_events(frame, DAY, "2026-01-02", tiny_catalog().item_ids, now=pd.Timestamp("2026-01-02", tz="UTC"))
+        before = validate_events(
+            frame, DAY, "2026-01-02", tiny_catalog().item_ids, now=pd.Timestamp("2026-01-02", tz="UTC")
+        )
         assert before.result.bad_rows == 12  # the same events against yesterday's catalogue: quarantined
         events = checked.clean
         config = TrainConfig(epochs=1, batch_size=8, max_session_len=8, window_stride=4, n_negatives=4, model=TINY)
@@ -77,6 +79,6 @@ class _Arm:
     arm = "control"
     alias = "arm-control"
 
-    class exploration:  # noqa: N801 - the shape of reco.experiments.assignment's config
+    class exploration:
         strategy = "none"
         rate = 0.0

@@ -21,7 +21,9 @@ def _bundle_with_genre_clusters():
     with torch.no_grad():
         for row, iid in enumerate(bundle.item_ids[1:], start=1):
             g = GENRES.index(bundle.catalog.category(iid))
-            bundle.model.item_emb.weight[row] = torch.from_numpy((centres[g] + 0.1 * rng.standard_normal(8)).astype(np.float32))
+            bundle.model.item_emb.weight[row] = torch.from_numpy(
+                (centres[g] + 0.1 * rng.standard_normal(8)).astype(np.float32)
+            )
     return bundle
 
 

@@ -43,7 +43,7 @@ def test_index_switches_to_ann_above_the_threshold_and_keeps_the_contract(catalo
     approx = EmbeddingIndex(ids, catalogue, ann_threshold=1000)
     assert exact.ann is None and approx.ann is not None
     session = np.array([11, 2345, 20_000])
-    e_rows, e_sims = exact.similar_rows(session, 300)
+    e_rows, _ = exact.similar_rows(session, 300)
     a_rows, a_sims = approx.similar_rows(session, 300)
     assert len(a_rows.rows) == 300 and len(set(a_rows.rows.tolist())) == 300
     assert not set(a_rows.rows.tolist()) & {0, *session.tolist()}  # no padding, no query rows
@@ -75,11 +75,10 @@ class _SlowIndex(EmbeddingIndex):
 
 
 class _Features:
-    session_items = ["1", "2", "3"]
-    user_items: list[str] = []
-    cart_items: list[str] = []
-    thompson: dict = {}
-    trending_top: list = []
+    def __init__(self) -> None:
+        self.session_items, self.user_items, self.cart_items = ["1", "2", "3"], [], []
+        self.thompson: dict = {}
+        self.trending_top: list = []
 
 
 class _Store:
@@ -93,7 +92,7 @@ class _Store:
 class _Arm:
     arm, alias = "control", "arm-control"
 
-    class exploration:  # noqa: N801
+    class exploration:
         strategy, rate = "none", 0.0
 
 

@@ -130,9 +130,15 @@ def _table(records: list[ItemRecord]) -> pa.Table:
 
 def _records(table: pa.Table) -> list[ItemRecord]:
     return [
-        ItemRecord(item_id=row["item_id"], version=row["version"], updated_at=row["updated_at"], title=row["title"],
-                   categories=row["categories"] or [], attributes=json.loads(row["attributes"] or "{}"),
-                   available=row["available"])  # fmt: skip
+        ItemRecord(
+            item_id=row["item_id"],
+            version=row["version"],
+            updated_at=row["updated_at"],
+            title=row["title"],
+            categories=row["categories"] or [],
+            attributes=json.loads(row["attributes"] or "{}"),
+            available=row["available"],
+        )
         for row in table.to_pylist()
     ]
 

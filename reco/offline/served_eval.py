@@ -49,7 +49,7 @@ class _OneSession:
 class _Greedy:
     arm, alias = "eval", "eval"
 
-    class exploration:  # noqa: N801 - the shape of reco.experiments.assignment's arm config
+    class exploration:
         strategy, rate = "none", 0.0
 
 
@@ -101,7 +101,9 @@ def evaluate_served(
             window = np.asarray(rows, dtype=np.int64)[-model.scorer.config.max_session_len :]
             found = index.query_rows(model.scorer._encoded(window).query, config.candidates.query_k, window).rows
             per_source[str(Source.session_query)][n] = target_row in set(found.tolist())
-        per_source[str(Source.popular)][n] = target_row in set(model.popular_rows.rows[: config.candidates.popular_k].tolist())
+        per_source[str(Source.popular)][n] = target_row in set(
+            model.popular_rows.rows[: config.candidates.popular_k].tolist()
+        )
     out: dict[str, Any] = {}
     for k in ks:
         hit = ranks <= k
@@ -114,4 +116,3 @@ def evaluate_served(
     out["page_len"] = float(np.mean(lengths)) if lengths else 0.0
     out["cases"] = len(targets)
     return out
-

@@ -60,7 +60,11 @@ class AnnIndex:
         # k-means on a sample (40 points per cell, ~ faiss's minimum) keeps the build linear in n: ~20 s of
         # one core at 10^6 items (docs/benchmarks.md, "Scale").
         per_cell = 40
-        sample = rows if n <= per_cell * self.nlist else np.random.default_rng(seed).choice(rows, per_cell * self.nlist, False)
+        sample = (
+            rows
+            if n <= per_cell * self.nlist
+            else np.random.default_rng(seed).choice(rows, per_cell * self.nlist, False)
+        )
         index.train(unit[np.sort(sample)])
         index.add_with_ids(unit[rows], rows)
         index.nprobe = self.nprobe

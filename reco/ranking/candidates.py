@@ -112,9 +112,7 @@ class EmbeddingIndex:
     #: Searches remembered per index (see `similar_rows`): ~6 KB each at the default k = 300, ~6 MB in all.
     MEMO = 1024
 
-    def __init__(
-        self, item_ids: Sequence[str], embeddings: np.ndarray, *, ann_threshold: int | None = None
-    ) -> None:
+    def __init__(self, item_ids: Sequence[str], embeddings: np.ndarray, *, ann_threshold: int | None = None) -> None:
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] != len(item_ids):
             raise ValueError(f"embeddings shape {emb.shape} does not match {len(item_ids)} item ids")

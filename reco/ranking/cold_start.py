@@ -40,7 +40,9 @@ DIM = 2048
 _WORD = re.compile(r"[^\W_]{2,}", re.UNICODE)
 
 
-def content_tokens(title: str | None, categories: Sequence[str], attributes: Mapping[str, Any] | None = None) -> list[str]:
+def content_tokens(
+    title: str | None, categories: Sequence[str], attributes: Mapping[str, Any] | None = None
+) -> list[str]:
     """The tokens an item's content is described by.
 
     >>> content_tokens("The Blue Shoe (2020)", ["Shoes", "Sale"], {"colour": "Blue", "size": 42, "eco": True})
@@ -127,7 +129,9 @@ class ColdItems:
     is_new: np.ndarray  # (n_rows,) bool
 
 
-def extend_bundle(bundle: Any, records: Mapping[str, ItemRecord], *, alpha: float = 1.0) -> tuple[Any, ColdItems | None]:
+def extend_bundle(
+    bundle: Any, records: Mapping[str, ItemRecord], *, alpha: float = 1.0
+) -> tuple[Any, ColdItems | None]:
     """`bundle` with rows appended for the records it does not know, scored from content (see the module
     docstring); its catalogue carries every record's title and categories. Unchanged bundle (and None)
     when every record is already in the vocabulary and none changes the catalogue."""
