@@ -98,8 +98,8 @@ def evaluate_served(
             sim = index.similar_rows(np.asarray(rows, dtype=np.int64), config.candidates.session_k)[0].rows
             per_source[str(Source.session_similar)][n] = target_row in set(sim.tolist())
         if len(rows):
-            window = np.asarray(rows, dtype=np.int64)[-model.scorer.config.max_session_len :]
-            found = index.query_rows(model.scorer._encoded(window).query, config.candidates.query_k, window).rows
+            window = np.asarray(rows, dtype=np.int64)
+            found = index.query_rows(model.scorer.session_query(window), config.candidates.query_k, window).rows
             per_source[str(Source.session_query)][n] = target_row in set(found.tolist())
         per_source[str(Source.popular)][n] = target_row in set(
             model.popular_rows.rows[: config.candidates.popular_k].tolist()

@@ -219,11 +219,11 @@ class Recommender:
         if len(session.rows):
             recent = session.rows[-MAX_SESSION:]
             sources[Source.session_similar] = lambda: index.similar_rows(recent, cfg.session_k)[0]
-            encoded = getattr(model.scorer, "_encoded", None)
-            if encoded is not None and cfg.query_k > 0:
-                # The rows `FrozenScorer.score` encodes: the same memo entry serves the ranking right after.
-                window = session.rows[-model.scorer.config.max_session_len :]
-                sources[Source.session_query] = lambda: index.query_rows(encoded(window).query, cfg.query_k, window)
+            query = getattr(model.scorer, "session_query", None)
+            if query is not None and cfg.query_k > 0:
+                # The scorer's remembered encoding: the same memo entry serves the ranking right after.
+                rows = session.rows
+                sources[Source.session_query] = lambda: index.query_rows(query(rows), cfg.query_k, rows[-MAX_SESSION:])
         context = index.rows([req.context_item_id]) if req.page_type == PageType.product and req.context_item_id else []
         if context:
             sources[Source.context_similar] = lambda: index.similar_rows(context, cfg.context_k)[0]
