@@ -409,9 +409,10 @@ def _experiment(settings: Any) -> Any:
     return load_config(settings.experiments_path).experiment()
 
 
-def _online_state(settings: Any, redis_url: str, api_url: str, wait_s: float = 120.0) -> dict[str, dict[str, Any]]:
-    """Per arm, the online snapshot the API serves once the learner has read the whole traffic and the API
-    adopted its latest publication (waiting up to `wait_s` in all), and what that snapshot's meta says."""
+def _online_state(settings: Any, redis_url: str, api_url: str, wait_s: float = 180.0) -> dict[str, dict[str, Any]]:
+    """Per arm, the online snapshot the API serves once the learner has caught up with the traffic (every
+    entry delivered, a publication per arm, its counters unchanged for 3 s) and the API adopted the latest
+    publication (waiting up to `wait_s` in all), and what that snapshot's meta says about it."""
     import urllib.request
 
     from reco.online.learner import DEFAULT_GROUP
@@ -419,13 +420,19 @@ def _online_state(settings: Any, redis_url: str, api_url: str, wait_s: float = 1
 
     store = RedisStore(connect(redis_url), prefix=settings.redis_prefix)
     deadline = time.monotonic() + wait_s
-    while store.group_lag(DEFAULT_GROUP)["lag"] > 0 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(3.0)  # the learner publishes at most every second, the API polls every 2 s
+    last: Any = None
+    stable_since = time.monotonic()
     while True:
         with urllib.request.urlopen(f"{api_url}/v1/admin/learning", timeout=10) as resp:
             served = {arm: s["online_snapshot"] for arm, s in json.loads(resp.read())["arms"].items()}
-        if all(served[a] == store.latest_weights_version(a) for a in served) or time.monotonic() > deadline:
+        latest = {arm: store.latest_weights_version(arm) for arm in served}
+        stats = {arm: store.learner_stats(arm) for arm in served}
+        if stats != last:
+            last, stable_since = stats, time.monotonic()
+        caught_up = store.group_lag(DEFAULT_GROUP)["lag"] == 0 and time.monotonic() - stable_since >= 3.0
+        if caught_up and all(v is not None and served[a] == v for a, v in latest.items()):
+            break
+        if time.monotonic() > deadline:
             break
         time.sleep(0.5)
     out = {}
