@@ -147,7 +147,9 @@ def live(tmp_path_factory):
         if keys:
             client.delete(*keys)
         broker = redis.Redis.from_url(env.get("AIRFLOW__CELERY__BROKER_URL", "redis://127.0.0.1:6379/1"))
-        broker.delete(f"reco-live-{tag}")
+        stale = list(broker.scan_iter(match=f"*reco-live-{tag}*", count=1000))  # the queue and kombu's bindings
+        if stale:
+            broker.delete(*stale)
         client.close()
         broker.close()
         (ROOT / "build").mkdir(exist_ok=True)
