@@ -40,8 +40,9 @@ def test_unknown_source_is_a_clear_error(tmp_path):
         T.ingest(str(tmp_path), "2026-01-01", "2026-01-01", source="ftp")
 
 
-def test_ingest_from_the_redis_stream_lands_each_event_once(tmp_path, redis_url, redis_prefix):
-    """source="stream": the sink drains the real Redis stream into the lake; a rerun adds nothing."""
+def test_ingest_from_the_redis_stream_lands_each_event_once(tmp_path, redis_url, redis_prefix, movielens_dir):
+    """source="stream": the sink drains the real Redis stream into the lake; a rerun adds nothing. A first
+    live run has no catalogue file yet: it takes the bootstrap data's (RECO_DATA_DIR), as a deployment does."""
     from datetime import UTC, datetime, timedelta
 
     from reco.data.events import Event
@@ -59,7 +60,7 @@ def test_ingest_from_the_redis_stream_lands_each_event_once(tmp_path, redis_url,
     assert store.ingest(events + events[:2]).accepted == 6  # duplicates refused at the door
 
     kw = dict(home=str(tmp_path), start="2026-03-01", end="2026-03-02", source="stream",
-              redis_url=redis_url, redis_prefix=redis_prefix)  # fmt: skip
+              redis_url=redis_url, redis_prefix=redis_prefix, data_dir=str(movielens_dir))  # fmt: skip
     first = ingest(**kw)
     again = ingest(**kw)
     assert first["rows"] == again["rows"] == 6
