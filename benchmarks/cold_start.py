@@ -27,11 +27,12 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from reco.state.records import RequestFeatures
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -40,23 +41,14 @@ from holdout_model import DEFAULT_DATA, load_or_train
 CONDITIONS = ("absent", "content", "cold_start")
 
 
-@dataclass
-class _Features:
-    session_items: list[str]
-    user_items: list[str] = field(default_factory=list)
-    cart_items: list[str] = field(default_factory=list)
-    thompson: dict = field(default_factory=dict)
-    trending_top: list = field(default_factory=list)
-
-
 class _Sessions:
     """The store protocol of `Recommender` over in-memory sessions (the simulator holds them)."""
 
     def __init__(self) -> None:
         self.sessions: dict[str, list[str]] = {}
 
-    def request_context(self, user_id: str, session_id: str | None, *args: Any, **kwargs: Any) -> _Features:
-        return _Features(list(self.sessions.get(session_id or "", []))[-50:])
+    def request_context(self, user_id: str, session_id: str | None, *args: Any, **kwargs: Any) -> RequestFeatures:
+        return RequestFeatures.of_session(list(self.sessions.get(session_id or "", []))[-50:])
 
     def log_request(self, *args: Any, **kwargs: Any) -> None:
         return None

@@ -30,11 +30,12 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from reco.state.records import RequestFeatures
 
 
 def _rss_mb() -> float:
@@ -71,15 +72,6 @@ def synthetic_bundle(n_items: int, seed: int = 0) -> Any:
     return ModelBundle(model=model, item_ids=[PAD, *ids], catalog=catalog, meta={"popularity": popularity})
 
 
-@dataclass
-class _Features:
-    session_items: list[str]
-    user_items: list[str] = field(default_factory=list)
-    cart_items: list[str] = field(default_factory=list)
-    thompson: dict = field(default_factory=dict)
-    trending_top: list = field(default_factory=list)
-
-
 class _Traffic:
     """Sessions for the pipeline's store protocol: each request is a new session, or the client's current
     session with one more view (a browse step); sessions end after 1-20 views."""
@@ -102,8 +94,8 @@ class _Traffic:
             self.sessions[sid].append(self.item_ids[int(self.rng.integers(len(self.item_ids)))])
             return sid
 
-    def request_context(self, user_id: str, session_id: str | None, *args: Any, **kwargs: Any) -> _Features:
-        return _Features(list(self.sessions.get(session_id or "", []))[-50:])
+    def request_context(self, user_id: str, session_id: str | None, *args: Any, **kwargs: Any) -> RequestFeatures:
+        return RequestFeatures.of_session(list(self.sessions.get(session_id or "", []))[-50:])
 
     def log_request(self, *args: Any, **kwargs: Any) -> None:
         return None

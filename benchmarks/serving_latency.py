@@ -219,8 +219,13 @@ def clients_phase(store, bundle, port: int, body, headers, n: int, n_clients: in
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    return {**percentiles(lat), "rec_per_s": round(len(lat) / wall, 1), "errors": len(errors), "clients": n_clients,
-            "note": "each request preceded by its view event (written by the client, inside the wall time)"}
+    return {
+        **percentiles(lat),
+        "rec_per_s": round(len(lat) / wall, 1),
+        "errors": len(errors),
+        "clients": n_clients,
+        "note": "each request preceded by its view event (written by the client, inside the wall time)",
+    }
 
 
 def request_candidates_for(store, served, user: str, session_id: str) -> list[str]:

@@ -36,8 +36,9 @@ class RecommendedItem(BaseModel):
     item_id: str
     score: float
     reason: str = Field(description='for the UI, e.g. "Because you viewed Toy Story (1995)"')
-    source: str = Field(description="candidate source: session_similar, session_query, context_similar, trending, "
-                                    "new_items, popular")
+    source: str = Field(
+        description="candidate source: session_similar, session_query, context_similar, trending, new_items, popular"
+    )
     position: int = Field(description="1-based slot")
     is_exploration: bool
     propensity: float = Field(description="probability with which the arm's policy put this item at this slot")

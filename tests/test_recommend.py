@@ -173,7 +173,8 @@ def test_impression_records_serialise_exactly_the_impression_events() -> None:
         events = impression_events(req, "rid", "treatment", "7", items, ts=ts)
         assert [Event.model_validate_json(r.payload) for r in records] == events
         assert [json.loads(r.payload) for r in records] == [
-            json.loads(e.model_dump_json(exclude={"value", "phase"})) for e in events  # both unset: not written
+            json.loads(e.model_dump_json(exclude={"value", "phase"}))
+            for e in events  # both unset: not written
         ]
         assert [(r.event_id, r.item_id, r.category) for r in records] == [
             ("rid:1", "i1", "Drama"),

@@ -207,7 +207,7 @@ class ItemUpsert(BaseModel):
     @field_validator("attributes")
     @classmethod
     def _finite(cls, value: dict[str, Any]) -> dict[str, Any]:
-        bad = [k for k, v in value.items() if isinstance(v, float) and v != v or v in (float("inf"), float("-inf"))]
+        bad = [k for k, v in value.items() if (isinstance(v, float) and v != v) or v in (float("inf"), float("-inf"))]
         if bad:
             raise ValueError(f"attribute {bad[0]!r} is not a finite number")
         return value

@@ -3,8 +3,8 @@
 Writes are idempotent and durable: a day's partition is always rewritten whole (temp file, fsync, rename,
 directory fsync, under a per-day file lock), deduplicated by `event_id` keeping the first occurrence, so
 at-least-once delivery and DAG reruns never create duplicate rows, and a process killed at any moment
-leaves the previous or the new file, never a torn one. Row order inside a partition is the order the events were given in
-(MovieLens tie-breaking downstream depends on file order). Reads go through `pyarrow.dataset` with the
+leaves the previous or the new file, never a torn one. Row order inside a partition is the order the events
+were given in (MovieLens tie-breaking downstream depends on file order). Reads go through `pyarrow.dataset` with the
 `date` partition key, so a date range only opens the files of that range.
 
 Next to each partition a `.part-0.sha256` sidecar caches the file's content hash (keyed by size and

@@ -12,7 +12,6 @@ recall@`max_candidates` is reported for the merged list and for each source's ow
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,17 +19,9 @@ import numpy as np
 from reco.ranking.candidates import CandidateConfig, Source
 from reco.ranking.recommend import PipelineConfig, Recommender, RecoRequest, ServedModel, session_for_model
 from reco.ranking.rules import RuleConfig
+from reco.state.records import RequestFeatures
 
 MAX_SESSION = 50
-
-
-@dataclass
-class _Features:
-    session_items: list[str]
-    user_items: list[str] = field(default_factory=list)
-    cart_items: list[str] = field(default_factory=list)
-    thompson: dict = field(default_factory=dict)
-    trending_top: list = field(default_factory=list)
 
 
 class _OneSession:
@@ -39,8 +30,8 @@ class _OneSession:
     def __init__(self) -> None:
         self.session: list[str] = []
 
-    def request_context(self, *args: Any, **kwargs: Any) -> _Features:
-        return _Features(self.session)
+    def request_context(self, *args: Any, **kwargs: Any) -> RequestFeatures:
+        return RequestFeatures.of_session(self.session)
 
     def log_request(self, *args: Any, **kwargs: Any) -> None:
         return None
@@ -91,7 +82,7 @@ def evaluate_served(
         target_row = index.row_of(target)
         if target_row is None:
             continue
-        session = session_for_model(_Features(store.session), index)
+        session = session_for_model(RequestFeatures.of_session(store.session), index)
         cand = reco._candidates(RecoRequest(user_id="c", limit=limit), model, session, [])
         in_candidates[n] = target_row in set(cand.rows.tolist())
         if len(rows):

@@ -33,6 +33,11 @@ class RequestFeatures:
     cart_items: list[str] = field(default_factory=list)  # the session's cart, oldest addition first
     trending_top: list[tuple[str, float]] = field(default_factory=list)  # top `trending_k`, best first
 
+    @classmethod
+    def of_session(cls, session_items: list[str]) -> RequestFeatures:
+        """A request that knows only its session (offline evaluation and benchmarks hold sessions in memory)."""
+        return cls(list(session_items), [], {}, {}, {}, {})
+
 
 class ImpressionRecord(NamedTuple):
     """One served impression as `log_request` takes it: the event already serialised."""
