@@ -108,13 +108,15 @@ def ensure_dockerd() -> subprocess.Popen | None:
 
 
 def movielens_dir() -> str:
+    fetched = ROOT / ".reco/data/ml-100k"
     for cand in (os.environ.get("RECO_ML100K_DIR"), str(ROOT.parent / "shared/data/movielens-100k"),
-                 str(ROOT / ".reco/data/ml-100k")):  # fmt: skip
+                 "/work/shared/data/movielens-100k", str(Path.home() / ".cache/reco/ml-100k"),
+                 str(fetched)):  # fmt: skip
         if cand and (Path(cand) / "ml-100k.inter").is_file():
             return str(Path(cand).resolve())
     say("fetching MovieLens-100k (reco data fetch)")
-    run(str(ROOT / ".venv/bin/reco"), "data", "fetch")
-    return str((ROOT / ".reco/data/ml-100k").resolve())
+    run(str(ROOT / ".venv/bin/reco"), "data", "fetch", "movielens-100k", "--dest", str(fetched), "--quiet")
+    return str(fetched.resolve())
 
 
 def write_env() -> None:
