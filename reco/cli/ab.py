@@ -34,19 +34,11 @@ def parse_traffic(items: list[str] | None) -> dict[str, float] | None:
     >>> parse_traffic(["control=0.5", "b=0.5"])
     {'control': 0.5, 'b': 0.5}
     """
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        arm, sep, share = item.partition("=")
-        try:
-            value = float(share)
-        except ValueError:
-            value = -1.0
-        if not sep or not arm or not value > 0:
-            raise ValueError(f"--traffic expects ARM=SHARE with a positive share, got {item!r}")
-        out[arm] = value
-    return out
+    from reco.experiments.report_config import parse_assignments
+
+    return parse_assignments(
+        items, lambda arm, share: bool(arm) and share > 0, "--traffic expects ARM=SHARE with a positive share"
+    )
 
 
 @ab_app.command("report")

@@ -3,7 +3,7 @@ guardrail margins."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -70,28 +70,41 @@ def config_dict(cfg: ReportConfig) -> dict[str, Any]:
     return d
 
 
+def parse_assignments(
+    items: Sequence[str] | None, valid: Callable[[str, float], bool], error: str
+) -> dict[str, float] | None:
+    """Repeated `KEY=NUMBER` options -> {key: number}; ValueError(`error` + the item) when one is malformed
+    or `valid(key, number)` is false. None when no item is given.
+
+    >>> parse_assignments(["a=0.5"], lambda key, value: value > 0, "--x expects KEY=POSITIVE")
+    {'a': 0.5}
+    """
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, number = item.partition("=")
+        try:
+            value = float(number)
+        except ValueError:
+            sep = ""
+        if not sep or not valid(key, value):
+            raise ValueError(f"{error}, got {item!r}")
+        out[key] = value
+    return out
+
+
 def parse_guardrails(items: Sequence[str] | None) -> dict[str, float] | None:
     """["revenue_per_user=0.05", "ctr=0.02"] -> {metric: margin}; ValueError on a malformed item.
 
     >>> parse_guardrails(["revenue_per_user=0.05"])
     {'revenue_per_user': 0.05}
     """
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        metric, sep, margin = item.partition("=")
-        try:
-            value = float(margin)
-        except ValueError:
-            value = -1.0
-        if not sep or metric not in METRICS or not 0.0 <= value < 1.0:
-            raise ValueError(
-                f"--guardrail expects METRIC=MARGIN with METRIC one of {', '.join(METRICS)} and "
-                f"MARGIN in [0, 1), got {item!r}"
-            )
-        out[metric] = value
-    return out
+    return parse_assignments(
+        items,
+        lambda metric, margin: metric in METRICS and 0.0 <= margin < 1.0,
+        f"--guardrail expects METRIC=MARGIN with METRIC one of {', '.join(METRICS)} and MARGIN in [0, 1)",
+    )
 
 
 def configured_experiment(
