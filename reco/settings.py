@@ -90,6 +90,11 @@ class RecoSettings(BaseSettings):
     data_dir: Path | None = Field(None, description="MovieLens-100k files; unset = <home>/data/ml-100k")
     log_format: Literal["text", "json"] = Field("text", description="log lines: text, or JSON with request_id")
     access_log: bool = Field(False, description="log one line per HTTP request (method, route, status, ms)")
+    simulated_clock: bool = Field(
+        False,
+        description="simulations only (demo, tests): the API and the learner follow the click simulator's clock "
+        "(reco.state.simclock); off in production",
+    )
 
     @property
     def lake_dir(self) -> Path:

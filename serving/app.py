@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, *, model_source: ModelSource | 
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "X-API-Key"],
         )
-    if settings.fast_path:
+    if settings.fast_path and not settings.simulated_clock:  # simulated time: every request through the route
         app.add_middleware(RecommendFastPath)  # inside BodyLimit: it gets bodies already held to the limit
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HttpObservability, access_log=settings.access_log)  # outermost: sees every answer
@@ -118,6 +118,7 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
         store=store,
         poll_s=settings.model_poll_s,
         weights_poll_s=min(settings.model_poll_s, 2.0),
+        simulated=settings.simulated_clock,
         on_change=metrics.model_changed,
         on_interactions=policies.set_interactions,
         on_refused=metrics.model_refused_by_smoke_test,
@@ -150,13 +151,20 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
             cold_start=ColdStartConfig(
                 bonus=settings.cold_start_bonus, max_impressions=settings.cold_start_max_impressions
             ),
+            **_simulated_time(settings),
         ),
         executor=pool,
-        log_executor=log_pool if settings.log_impressions_async else None,
+        # Simulated time: the impression write lands before the response (a click never overtakes it).
+        log_executor=log_pool if settings.log_impressions_async and not settings.simulated_clock else None,
         on_log_error=lambda exc: metrics.impression_log_failures.inc(),
         phase_of=manager.phase_of,
     )
     return Services(settings, store, manager, recommender, metrics, items), closers
+
+
+def _simulated_time(settings: Settings) -> dict[str, Any]:
+    """Simulated time: the trending list is read on every request (its cache is paced by wall time)."""
+    return {"trending_refresh_s": 0.0} if settings.simulated_clock else {}
 
 
 def _open_catalogue(store: Any) -> tuple[Any, Any]:

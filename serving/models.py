@@ -14,6 +14,8 @@
 * Smoke test: a registry version and an online snapshot are put in place only when
   `reco.artifacts.smoke.smoke_check` passes (finite weights, one finite scored batch). A refused one is logged
   once, counted (`on_refused`), never cached, and the arm keeps serving what it had.
+* Simulated time (`RECO_SIMULATED_CLOCK`, demo and tests): the poll thread adopts no online weights;
+  `adopt_epoch` does, synchronously, at the first request of each epoch of the simulator's clock.
 * `ready` is true once every arm has a model.
 """
 
@@ -151,8 +153,12 @@ class ModelManager:
         on_refused: Callable[[str, str], None] = lambda arm, kind: None,
         phases: Callable[[], Sequence[Any]] | None = None,
         on_poll: Callable[[], bool] = lambda: False,
+        simulated: bool = False,
     ) -> None:
         self.arms = dict(arms)
+        # Simulated time (`adopt_epoch`): online weights are adopted at the simulator's ticks, never by the poll.
+        self.simulated = simulated
+        self._epoch = -1
         # The experiment's phases (`reco.experiments.phases`), read at every registry poll: impressions
         # are stamped with the phase that pins their arm to the version that served them.
         self._read_phases = phases
@@ -352,6 +358,16 @@ class ModelManager:
         log.info("arm %s serves online snapshot %s on version %s", arm, snap.version, base.version)
         return int(snap.version)
 
+    def adopt_epoch(self, epoch: int) -> None:
+        """Simulated time: before the first request of a new epoch of the simulator's clock, adopt the snapshots
+        the learner published at that tick (`reco.state.simclock`), on the request, before it is served. So
+        what a request is served with depends on simulated time only, in every worker. Per request this is one
+        comparison of ints."""
+        if epoch <= self._epoch:
+            return
+        self.refresh_weights()
+        self._epoch = epoch
+
     # --- background polling ---
 
     def start(self) -> None:
@@ -375,7 +391,8 @@ class ModelManager:
             if time.monotonic() >= next_registry:
                 self.refresh()
                 next_registry = time.monotonic() + self.poll_s
-            self.refresh_weights()
+            if not self.simulated:
+                self.refresh_weights()
             try:
                 if self._on_poll():
                     self.rebuild()

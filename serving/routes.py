@@ -49,11 +49,16 @@ def add_routes(app: FastAPI) -> None:
         body: RecommendationRequest,
         services: ServicesDep,
         x_reco_event_time: Annotated[str | None, Header(max_length=64, description=EVENT_TIME_DOC)] = None,
+        x_reco_sim_epoch: Annotated[int | None, Header(ge=0, description=SIM_EPOCH_DOC)] = None,
     ) -> RecommendationResponse:
         ts = None
         if x_reco_event_time is not None and services.settings.honour_event_time_header:
             ts = event_time(x_reco_event_time)
-        return recommend_response(services, body, ts)
+        if not services.settings.simulated_clock:
+            return recommend_response(services, body, ts)
+        if x_reco_sim_epoch is not None:  # the snapshots of this tick of the simulator's clock, adopted now
+            services.manager.adopt_epoch(x_reco_sim_epoch)
+        return recommend_response(services, body, ts, log_now=True)
 
     @app.post(
         "/v1/events",
@@ -124,6 +129,12 @@ EVENT_TIME_DOC = (
 )
 
 
+SIM_EPOCH_DOC = (
+    "Epoch of the click simulator's clock (reco.state.simclock): the online snapshots published at that tick "
+    "are adopted before the request is served. Honoured only when the server sets RECO_SIMULATED_CLOCK."
+)
+
+
 def event_time(value: str) -> datetime:
     """The `X-Reco-Event-Time` header as a UTC datetime (naive = UTC, as event timestamps); bad -> 422."""
     try:
@@ -136,9 +147,12 @@ def event_time(value: str) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
-def recommend_response(services: Services, body: RecommendationRequest, ts: datetime | None) -> Response:
+def recommend_response(
+    services: Services, body: RecommendationRequest, ts: datetime | None, *, log_now: bool = False
+) -> Response:
     """Run the pipeline for one validated request: the response, with the impression write as its
-    background task (the route and `RecommendFastPath` both answer through here)."""
+    background task (the route and `RecommendFastPath` both answer through here). `log_now` (simulated
+    time): the impression write starts before the response (and lands before it without a log executor)."""
     req = RecoRequest(
         user_id=body.user_id,
         page_type=body.page_type,
@@ -154,7 +168,7 @@ def recommend_response(services: Services, body: RecommendationRequest, ts: date
     # better. Its one wait, the features read, is bounded by the features budget, and a Redis that
     # hangs is skipped for `features_cooldown_s` after one slow failure. Scale out with --workers.
     try:
-        result = services.recommender.recommend(req, defer_log=True)
+        result = services.recommender.recommend(req, defer_log=not log_now)
     except NoModelAvailable as exc:
         raise ApiError(503, f"not ready: {exc}", {"Retry-After": "5"}) from None
     services.metrics.observe(result)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import NoDecode
 
 from reco.settings import CommaList, RecoSettings, split_list
@@ -49,6 +49,13 @@ class Settings(RecoSettings):
         False,
         description="stamp served impressions with the request's X-Reco-Event-Time (simulated time; demo only)",
     )
+
+    @model_validator(mode="after")
+    def _simulated_time_stamps_impressions(self) -> Settings:
+        # The simulator's requests carry their simulated time: under its clock the header is always honoured.
+        if self.simulated_clock:
+            self.honour_event_time_header = True
+        return self
 
     @property
     def cache_dir(self) -> Path:

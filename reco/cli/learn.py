@@ -4,6 +4,7 @@ against a running API."""
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 from datetime import date
@@ -168,6 +169,11 @@ def learn(
     store = RedisStore(connect(url, socket_timeout=5.0), settings.redis_prefix)
     metrics = metrics_file or settings.home / "metrics" / "online.prom"
     metrics.parent.mkdir(parents=True, exist_ok=True)
+    # Simulated time (the demo, tests): publications only at the simulator's ticks, no wall-clock checkpoint.
+    simulated = settings.simulated_clock
+    if simulated:
+        publish_every_s, no_checkpoint = math.inf, True
+        typer.echo("simulated clock: learning and publishing at the simulator's ticks only")
     learner = OnlineLearner(
         store, learners, consumer=consumer, window_s=window_s, publish_every_s=publish_every_s,
         checkpoint=None if no_checkpoint else MlflowCheckpointer(settings.tracking_uri, settings.registered_model),
@@ -184,8 +190,15 @@ def learn(
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     try:
-        # No separate start(): run() starts (and restarts, after a lost Redis connection) by itself.
-        learner.run(stop=lambda: stopping["now"] or (deadline is not None and time.monotonic() > deadline))
+        stop = lambda: stopping["now"] or (deadline is not None and time.monotonic() > deadline)  # noqa: E731
+        if simulated:
+            from reco.online.simulated import run_simulated
+            from reco.state.simclock import SimClock
+
+            run_simulated(learner, SimClock(store.client, settings.redis_prefix, store.stream_key), stop)
+        else:
+            # No separate start(): run() starts (and restarts, after a lost Redis connection) by itself.
+            learner.run(stop=stop)
     except KeyboardInterrupt:
         try:
             learner.maybe_publish(force=True)
