@@ -71,7 +71,7 @@ test: $(STAMP) tools
 # days of HTTP traffic, each trained by the scheduler on a celery worker, promoted, hot-swapped and reported.
 # Needs PostgreSQL and Redis at their standard ports; RECO_LIVE_SCALE=0.5 shortens it (docs/operations.md).
 live-test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests_live
+	$(BIN)/python -m pytest -q -s -p no:cacheprovider tests_live
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
 import time
 import urllib.request
@@ -33,6 +34,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import live_cleanup
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +42,21 @@ SCALE = float(os.environ.get("RECO_LIVE_SCALE", "0.5"))  # 0.5: 30 users (measur
 DAYS = 3
 USERS = max(20, int(60 * SCALE))
 SESSIONS_PER_USER_DAY = 4.0  # enough clicks per user for a leave-one-out holdout on one day
-ML100K = next(
-    (p for p in (os.environ.get("RECO_TEST_ML100K"), ROOT.parent / "shared/data/movielens-100k",
-                 Path("/work/shared/data/movielens-100k")) if p and (Path(p) / "ml-100k.inter").exists()),
-    None,
-)  # fmt: skip
 TIMINGS: dict[str, dict[str, float]] = {}
+
+
+def movielens_dir() -> Path:
+    """MovieLens-100k where the tests keep it (as compose-test looks), else fetched by the project's loader."""
+    from reco.data.movielens import fetch_movielens
+
+    fetched = ROOT / ".reco/data/ml-100k"
+    for cand in (os.environ.get("RECO_TEST_ML100K"), os.environ.get("RECO_ML100K_DIR"),
+                 ROOT.parent / "shared/data/movielens-100k", "/work/shared/data/movielens-100k",
+                 Path.home() / ".cache/reco/ml-100k", fetched):  # fmt: skip
+        if cand and (Path(cand) / "ml-100k.inter").is_file():
+            return Path(cand).resolve()
+    print(f"[live] fetching MovieLens-100k into {fetched}", flush=True)
+    return fetch_movielens(fetched, progress=False).resolve()
 
 
 class Recorder:
@@ -109,63 +120,58 @@ def _get_json(url: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    """The production profile under a private home, databases, Redis prefix and Celery queue."""
-    import redis
-
+def live(request):
+    """The production profile under a private home, databases, Redis prefix and Celery queue, all named by
+    one tag; removed at the end, even on SIGTERM (CI's `timeout`), and swept by the next run after SIGKILL."""
     from reco.devstack import local_stack, production
+    from reco.devstack.supervisor import signals_as_interrupt
 
-    if ML100K is None:
-        pytest.fail("MovieLens-100k files not found (set RECO_TEST_ML100K)")
-    tag = uuid.uuid4().hex[:8]
-    home = tmp_path_factory.mktemp("live-home")
+    say = lambda m: print(f"[live] {m}", flush=True)  # noqa: E731
     redis_url = os.environ.get("RECO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    broker_url = os.environ.get("AIRFLOW__CELERY__BROKER_URL", "redis://127.0.0.1:6379/1")
+    live_cleanup.sweep(pg=os.environ, redis_urls=[redis_url, broker_url], say=say)
+    tag = uuid.uuid4().hex[:8]
+    home = live_cleanup.claim(tag)
     env = {
         **os.environ,
         "AIRFLOW_DB": f"reco_live_{tag}_airflow", "MLFLOW_DB": f"reco_live_{tag}_mlflow",
         "AIRFLOW_PORT": str(local_stack.free_port()), "MLFLOW_PORT": str(local_stack.free_port()),
         "RECO_API_PORT": str(local_stack.free_port()), "AIRFLOW_ADMIN_PASSWORD": uuid.uuid4().hex,
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": f"reco-live-{tag}", "RECO_REDIS_PREFIX": f"reco-live-{tag}",
-        "RECO_REDIS_URL": redis_url, "RECO_API_KEYS": f"live-{tag}", "RECO_DATA_DIR": str(ML100K),
-        "RECO_EXPERIMENTS_PATH": str(ROOT / "experiments.yaml"), "RECO_BOOTSTRAP_EPOCHS": "1",
-        "RECO_HONOUR_EVENT_TIME_HEADER": "true", "RECO_MODEL_POLL_S": "2",
+        "RECO_REDIS_URL": redis_url, "AIRFLOW__CELERY__BROKER_URL": broker_url, "RECO_API_KEYS": f"live-{tag}",
+        "RECO_DATA_DIR": str(movielens_dir()), "RECO_EXPERIMENTS_PATH": str(ROOT / "experiments.yaml"),
+        "RECO_BOOTSTRAP_EPOCHS": "1", "RECO_HONOUR_EVENT_TIME_HEADER": "true", "RECO_MODEL_POLL_S": "2",
     }  # fmt: skip
     env.pop("AIRFLOW_HOME", None)  # pytest's conftest may point it at a SQLite home
     env = {
         k: v for k, v in env.items() if not k.startswith("AIRFLOW__DATABASE__") and k != "AIRFLOW__CORE__DAGS_FOLDER"
     }
+    say(f"run {tag}: home {home}")
     t0 = time.monotonic()
-    try:
-        info = production.up(home, environ=env, dags_wait_s=600, say=lambda m: print(f"[live] {m}", flush=True))
-        TIMINGS["boot"] = {"s": time.monotonic() - t0}
-        yield info, tag, env
-    finally:
-        local_stack.down(home)
-        _drop_databases(env)
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"reco-live-{tag}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-        broker = redis.Redis.from_url(env.get("AIRFLOW__CELERY__BROKER_URL", "redis://127.0.0.1:6379/1"))
-        stale = list(broker.scan_iter(match=f"*reco-live-{tag}*", count=1000))  # the queue and kombu's bindings
-        if stale:
-            broker.delete(*stale)
-        client.close()
-        broker.close()
-        (ROOT / "build").mkdir(exist_ok=True)
-        (ROOT / "build" / "live_loop_timings.json").write_text(json.dumps(TIMINGS, indent=1))
+    with signals_as_interrupt():  # SIGTERM / SIGHUP: the same cleanup as Ctrl-C
+        try:
+            info = production.up(home, environ=env, dags_wait_s=600, say=say)
+            TIMINGS["boot"] = {"s": time.monotonic() - t0}
+            yield info, tag, env
+        finally:
+            failed = request.session.testsfailed or not TIMINGS.get("boot")
+            if failed:
+                _print_logs(home)
+            local_stack.down(home)
+            live_cleanup.remove(tag, pg=env, redis_urls=[redis_url, broker_url])
+            if not failed:  # a failed run keeps its logs until the next run's sweep
+                shutil.rmtree(home, ignore_errors=True)
+            (ROOT / "build").mkdir(exist_ok=True)
+            (ROOT / "build" / "live_loop_timings.json").write_text(json.dumps(TIMINGS, indent=1))
 
 
-def _drop_databases(env: dict[str, str]) -> None:
-    import psycopg2
+def _print_logs(home: Path, n_chars: int = 2500) -> None:
+    """The end of every service's log and of the latest Airflow task logs: what CI shows of a failed run."""
+    from reco.devstack.local_stack import tail
 
-    conn = psycopg2.connect(host=env.get("POSTGRES_HOST", "127.0.0.1"), port=int(env.get("POSTGRES_PORT", 5432)),
-                            user=env.get("POSTGRES_USER", "postgres"), dbname="postgres")  # fmt: skip
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for db in (env["AIRFLOW_DB"], env["MLFLOW_DB"]):
-            cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-    conn.close()
+    task_logs = sorted((home / "airflow-production" / "logs").rglob("*.log"), key=lambda p: p.stat().st_mtime)
+    for path in [*sorted((home / "logs").glob("*.log")), *task_logs[-3:]]:
+        print(f"----- {path}\n{tail(path, n_chars)}", flush=True)
 
 
 def _celery_ran(env: dict[str, str], dag_id: str, run_id: str) -> list[tuple[str, str, str | None, str]]:
@@ -233,7 +239,7 @@ def test_the_loop_runs_by_itself_day_after_day(live):
     model = os.environ.get("RECO_REGISTERED_MODEL", "reco-ranker")
     experiment = load_config(ROOT / "experiments.yaml").experiment().name
     lake, validated = EventLake(home / "lake"), EventLake(home / "validated")
-    gt = GroundTruth.fit(ML100K)
+    gt = GroundTruth.fit(Path(env["RECO_DATA_DIR"]))
     rec = Recorder(info.api_url, info.api_key)
     today = datetime.now(UTC).date()
     days = [today - timedelta(days=DAYS + 1 - i) for i in range(DAYS)]  # past days; yesterday stays free
