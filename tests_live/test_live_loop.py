@@ -27,6 +27,7 @@ import os
 import shutil
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
@@ -66,7 +67,7 @@ class Recorder:
     def __init__(self, base_url: str, api_key: str) -> None:
         import httpx
 
-        self._http = httpx.Client(base_url=base_url, timeout=30.0, headers={"X-API-Key": api_key})
+        self._http = httpx.Client(base_url=base_url, timeout=60.0, headers={"X-API-Key": api_key})
         self.expected: Counter[date] = Counter()
         self.failures: list[str] = []
         self.requests = 0
@@ -104,18 +105,34 @@ class Recorder:
 
 
 def _poll(what: str, check, timeout_s: float, every_s: float = 2.0):
+    """`check()` until truthy; a transient error (a timeout or reset on a loaded machine) is one more try."""
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
+        try:
+            last = check()
+        except Exception as e:  # only transient ones are retried, the rest re-raised
+            if not _transient(e):
+                raise
+            last = e
+        else:
+            if last:
+                return last
         time.sleep(every_s)
     raise AssertionError(f"{what}: not reached after {timeout_s:.0f} s (last: {last!r})")
 
 
+def _transient(e: Exception) -> bool:
+    """No answer in time, or the connection dropped: not an answer (an HTTP error status is one)."""
+    from reco.devstack.local_stack import AirflowError
+
+    if isinstance(e, AirflowError):
+        return "-> HTTP" not in str(e)  # raised from an OSError, no status
+    return isinstance(e, OSError) and not isinstance(e, urllib.error.HTTPError)
+
+
 def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as r:
+    with urllib.request.urlopen(url, timeout=30) as r:
         return json.loads(r.read())
 
 
@@ -196,7 +213,14 @@ def _backfill_day(client, dag_id: str, day: date, conf: dict[str, Any]) -> str:
     body = {"dag_id": dag_id, "from_date": stamp, "to_date": stamp, "reprocess_behavior": "completed",
             "max_active_runs": 1, "dag_run_conf": conf}  # fmt: skip
 
+    def run_of_day():
+        runs = client._request("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
+        return next((r for r in runs if r.get("logical_date", "").startswith(day.isoformat())
+                     and r.get("run_type") == "backfill"), None)  # fmt: skip
+
     def created():  # the previous day's backfill is marked complete by a later scheduler loop: 409 until then
+        if run_of_day():  # a POST whose answer was lost did create it
+            return True
         try:
             return client._request("POST", "/api/v2/backfills", body) or True
         except AirflowError as e:
@@ -204,12 +228,7 @@ def _backfill_day(client, dag_id: str, day: date, conf: dict[str, Any]) -> str:
                 raise
             return None
 
-    _poll(f"backfill of {dag_id} {day}", created, 180, every_s=3)
-
-    def run_of_day():
-        runs = client._request("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
-        return next((r for r in runs if r.get("logical_date", "").startswith(day.isoformat())
-                     and r.get("run_type") == "backfill"), None)  # fmt: skip
+    _poll(f"backfill of {dag_id} {day}", created, 300, every_s=3)
 
     run = _poll(f"{dag_id} backfill run of {day}", run_of_day, 120)
     run_id = run["dag_run_id"]
