@@ -10,13 +10,16 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
-from reco.sim.client import EVENT_TIME_HEADER, HttpApi
+from reco.sim.client import EVENT_TIME_HEADER, Api, HttpApi
+from reco.sim.clock import ClockedApi
 from reco.sim.ground_truth import GroundTruth, position_bias
 from reco.sim.users import Browsing, SimStats, run_session, simulate_days
+from reco.state.simclock import SimClock
 
 __all__ = [
     "EVENT_TIME_HEADER",
     "Browsing",
+    "ClockedApi",
     "GroundTruth",
     "HttpApi",
     "SimStats",
@@ -39,13 +42,23 @@ def replay(
     on_day: Callable[[date], None] | None = None,
     api_key: str | None = None,
     browsing: Browsing | None = None,
+    clock: SimClock | None = None,
+    tick_s: float = 3600.0,
 ) -> SimStats:
-    """Simulated traffic against a running API over HTTP; returns what the users saw and clicked."""
+    """Simulated traffic against a running API over HTTP; returns what the users saw and clicked.
+
+    With `clock` (an API and a learner running with RECO_SIMULATED_CLOCK on the same Redis prefix), the
+    simulator drives simulated time (`ClockedApi`, a barrier every `tick_s` simulated seconds): the same
+    seed then gives the same traffic, online learning and clicks, whatever the machine's speed."""
     gt = GroundTruth.fit(data_dir)
-    api = HttpApi(api_url, api_key=api_key)
+    http = HttpApi(api_url, api_key=api_key)
+    api: Api = http if clock is None else ClockedApi(http, clock, tick_s=tick_s)
     try:
-        return simulate_days(api, gt, users=users, days=days, start_day=start_day,
-                             sessions_per_user_day=sessions_per_user_day, seed=seed, on_day=on_day,
-                             browsing=browsing or Browsing())  # fmt: skip
+        stats = simulate_days(api, gt, users=users, days=days, start_day=start_day,
+                              sessions_per_user_day=sessions_per_user_day, seed=seed, on_day=on_day,
+                              browsing=browsing or Browsing())  # fmt: skip
+        if isinstance(api, ClockedApi):
+            api.finish()
+        return stats
     finally:
-        api.close()
+        http.close()

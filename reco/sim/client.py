@@ -14,6 +14,8 @@ from typing import Any, Protocol
 from reco.data.events import DEFAULT_DEVICE
 
 EVENT_TIME_HEADER = "X-Reco-Event-Time"
+#: The epoch of the simulated clock (`reco.sim.clock.ClockedApi`), honoured by a server with RECO_SIMULATED_CLOCK.
+SIM_EPOCH_HEADER = "X-Reco-Sim-Epoch"
 
 
 class Api(Protocol):
@@ -42,6 +44,11 @@ class HttpApi:
         self.device = device
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=headers)
+        self._epoch: str | None = None
+
+    def adopt_epoch(self, epoch: int) -> None:
+        """Send `epoch` of the simulated clock with every recommendation request from now on."""
+        self._epoch = str(epoch)
 
     def recommend(
         self, user_id: str, *, session_id: str, page_type: str, context_item_id: str | None, limit: int, ts: datetime
@@ -50,7 +57,10 @@ class HttpApi:
                                 "device": self.device, "limit": limit}  # fmt: skip
         if context_item_id is not None:
             body["context_item_id"] = context_item_id
-        r = self._http.post("/v1/recommendations", json=body, headers={EVENT_TIME_HEADER: ts.isoformat()})
+        headers = {EVENT_TIME_HEADER: ts.isoformat()}
+        if self._epoch is not None:
+            headers[SIM_EPOCH_HEADER] = self._epoch
+        r = self._http.post("/v1/recommendations", json=body, headers=headers)
         if r.status_code != 200:
             raise ApiError(f"POST /v1/recommendations -> {r.status_code}: {r.text[:300]}")
         return r.json()

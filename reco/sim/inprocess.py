@@ -42,6 +42,13 @@ class InProcessApi:
         # Serving copies: the learner may hold the originals in the same process.
         self._models = {arm: copy.deepcopy(m) for arm, m in models.items()}
         self._snapshot: dict[str, int | None] = dict.fromkeys(models)
+        self._clocked = False  # under the simulated clock: snapshots adopted at ticks only (`adopt_epoch`)
+
+    def adopt_epoch(self, epoch: int) -> None:
+        """A tick of the simulated clock: adopt the snapshots published for it now, and only at ticks from now on."""
+        self._clocked = True
+        for arm in self._models:
+            self._refresh(arm)
 
     def _refresh(self, arm: str) -> int | None:
         latest = self.store.latest_weights_version(arm)
@@ -56,7 +63,7 @@ class InProcessApi:
         self, user_id: str, *, session_id: str, page_type: str, context_item_id: str | None, limit: int, ts: datetime
     ) -> dict[str, Any]:
         arm = self.assign(user_id)
-        snapshot = self._refresh(arm)
+        snapshot = self._snapshot[arm] if self._clocked else self._refresh(arm)
         model = self._models[arm]
         session = self.store.session_items(session_id) or self.store.user_items(user_id)
         rows = [model.index_of[i] for i in session if i in model.index_of][-self.max_session :]
