@@ -170,3 +170,6 @@ def test_summary_reads_the_report_schema_and_prints(tmp_path: Path) -> None:
     text = console.export_text()
     assert "arm-treatment" in text and "CTR" in text and "p-value" in text and "decision:" in text
     assert "Online learning" in text and "holdout log-loss" in text
+    # The story and the verdict in plain words: what is compared, and why the report decided what it did.
+    assert "What is compared" in text and "warm-started from the champion" in text and "learned online" in text
+    assert "Why this verdict" in text and "Traffic split" in text and "95% CI" in text and "Days:" in text

@@ -75,6 +75,10 @@ def print_summary(console: Any, summary: Any) -> None:
     """The demo's result as rich tables."""
     from rich.table import Table
 
+    if summary.story:
+        console.print("[bold]What is compared[/bold]")
+        for line in summary.story:
+            console.print(f"  • {line}", highlight=False, soft_wrap=True)
     arms = Table(title="Arms", title_justify="left")
     for col in ("arm", "alias", "model version", "users", "impressions", "clicks", "CTR"):
         arms.add_column(col, justify="right" if col not in ("arm", "alias") else "left")
@@ -103,6 +107,10 @@ def print_summary(console: Any, summary: Any) -> None:
     console.print(
         f"decision: [bold]{decision}[/bold]" + (f" ({'; '.join(summary.reasons)})" if summary.reasons else "")
     )
+    if summary.why:
+        console.print("[bold]Why this verdict[/bold]")
+        for line in summary.why:
+            console.print(f"  • {line}", highlight=False, soft_wrap=True)
     console.print(f"report: {summary.report_html or '-'}  (JSON: {summary.report_json or '-'})")
     for name, url in summary.urls.items():
         console.print(f"{name}: {url}")

@@ -8,12 +8,18 @@ Steps (each one idempotent, so a second run reuses what the first one made):
 3. `reco_training` twice with `airflow dags test`: a cold start promoted to `arm-control` and `champion`,
    then a warm start from it promoted to `arm-treatment`. The training job is fingerprinted (data snapshot,
    config, parent), so a rerun registers no new version unless the data or the config changed.
-4. The API (`reco serve`) and the learner (`reco learn`); simulated users from the click simulator browse
-   over real HTTP for several simulated days compressed into minutes (event timestamps carry the simulated
-   time); the event stream is drained into the lake (the simulated days' partitions are rewritten whole,
+4. The API (`reco serve`) and the learner (`reco learn`) on the demo's own Redis prefix, emptied first;
+   simulated users from the click simulator browse over real HTTP for several simulated days compressed into
+   minutes. The simulator owns the clock (`RECO_SIMULATED_CLOCK`, `reco.state.simclock`): impressions carry
+   the request's simulated time and are logged before the API answers; every simulated hour the simulator
+   waits until the learner has learned from every event so far and published, and the API adopts those
+   snapshots at the hour's first request. So the same seed gives the same clicks, CTRs and verdict on any
+   machine. The event stream is drained into the lake (the simulated days' partitions are rewritten whole,
    so a rerun replaces the previous run's traffic instead of adding to it).
-5. `reco_ab_report` over the simulated days, then a summary: versions per arm, CTR per arm, lift with CI and
-   p-value, decision, report path, URLs.
+5. `reco_ab_report` over the simulated days, then a summary: what is compared (control = the champion
+   trained on the bootstrap data, treatment = the version warm-started from it on the next days, both
+   learning online), versions and CTR per arm, lift with CI and p-value, the verdict and, in plain words,
+   why (traffic split, guardrails, lift and its CI against the detectable effect, the days rule).
 
 Every process started here is stopped at the end, also on an error or Ctrl-C (`LocalStack`).
 
@@ -131,6 +137,8 @@ class DemoSummary:
     report_html: str | None
     report_json: str | None
     urls: dict[str, str]
+    story: list[str] = field(default_factory=list)  # what is compared (`demo_story.story`)
+    why: list[str] = field(default_factory=list)  # the verdict in plain words (`demo_story.why`)
     timings_s: dict[str, float] = field(default_factory=dict)
     total_s: float = 0.0
 
@@ -297,18 +305,23 @@ def _flow(
             f"(rejected by the gate?); see {stack.log_file('reco_training')}"
         )
 
+    prefix = demo_prefix(settings)
     with steps.step("API + learner"):
         api_port = pick_port(8000)
-        # The simulator sends its simulated time in X-Reco-Event-Time: impressions carry it like its clicks.
-        api_env = {**env, "RECO_REQUIRE_API_KEY": "false", "RECO_MODEL_POLL_S": "2",
-                   "RECO_EXPLORATION_SEED": str(scale.seed), "RECO_HONOUR_EVENT_TIME_HEADER": "true"}  # fmt: skip
+        _fresh_prefix(redis_url, prefix)
+        # Simulated time (reco.state.simclock): the simulator owns the clock; the API stamps impressions with
+        # the request's simulated time and logs them before answering; the learner learns and publishes at
+        # each simulated hour; the API adopts that hour's snapshots at its first request. Generous time budgets:
+        # a source or features read cut short on a loaded machine would change the served list.
+        sim_env = {**env, "RECO_REDIS_PREFIX": prefix, "RECO_SIMULATED_CLOCK": "true",
+                   "RECO_FEATURES_TIMEOUT_MS": "10000", "RECO_SOURCE_TIMEOUT_MS": "10000"}  # fmt: skip
+        api_env = {**sim_env, "RECO_REQUIRE_API_KEY": "false", "RECO_MODEL_POLL_S": "2",
+                   "RECO_EXPLORATION_SEED": str(scale.seed)}  # fmt: skip
         # Ready = every arm has its model (/readyz), so no simulated request meets a cold API.
-        # Its own API process ("demo-api": no API key, fast model polling) next to any `reco up` API ...
+        # Its own API and learner on the demo's own Redis prefix, next to any `reco up` stack (default prefix).
         stack.start(replace(api_service(api_port, api_env, ready_path="/readyz", timeout_s=300), name="demo-api"))
-        # ... but one learner only: it is the single writer of the online weights.
-        if stack.running_pid("learner") is None:
-            learner = learner_service(env)
-            stack.start(replace(learner, argv=(*learner.argv, *scale.learner_args)))
+        learner = learner_service(sim_env)
+        stack.start(replace(learner, name="demo-learner", argv=(*learner.argv, *scale.learner_args)))
     api_url = f"http://127.0.0.1:{api_port}"
 
     # The simulated days end yesterday (UTC): timestamps are never in the future, and a rerun on the same
@@ -318,10 +331,10 @@ def _flow(
     first_day = today - timedelta(days=scale.days)
     with steps.step(f"simulated traffic ({scale.users} users, {scale.days} days)", total=scale.days) as advance:
         _clear_window(settings, first_day, today)
-        _simulate(api_url, data_dir, scale, first_day, advance)
-    online = _online_state(settings, redis_url, api_url)
+        _simulate(api_url, data_dir, scale, first_day, advance, redis_url, prefix)
+    online = _online_state(prefix, redis_url, api_url)
     with steps.step("event stream -> lake"):
-        _drain(settings, redis_url)
+        _drain(settings, redis_url, prefix)
 
     with steps.step("reco_ab_report", total=1) as advance:
         spec = _experiment(settings)
@@ -366,9 +379,35 @@ def _arm_versions(tracking_uri: str, model_name: str) -> dict[str, str | None]:
     return out
 
 
-def _simulate(api_url: str, data_dir: Path, scale: DemoScale, first_day: date, advance: Callable[..., None]) -> None:
-    """Replay simulated users against the API over HTTP (the click simulator of `reco.sim`)."""
+def demo_prefix(settings: Any) -> str:
+    """The demo's Redis key prefix: its own, emptied at every run, so that a rerun starts from the same state
+    (no user histories, Thompson counts or online weights of the previous run) and a `reco up` stack on the
+    default prefix is left alone."""
+    return f"{settings.redis_prefix}-demo"
+
+
+def _fresh_prefix(redis_url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i : i + 1000])
+    finally:
+        client.close()
+
+
+def _simulate(
+    api_url: str, data_dir: Path, scale: DemoScale, first_day: date, advance: Callable[..., None], redis_url: str,
+    prefix: str,
+) -> None:
+    """Replay simulated users against the API over HTTP (the click simulator of `reco.sim`), driving the
+    simulated clock (a barrier every simulated hour: `reco.sim.clock.ClockedApi`)."""
+    import redis
+
     from reco.sim import replay
+    from reco.state.simclock import SimClock
 
     replay(
         api_url=api_url,
@@ -379,6 +418,7 @@ def _simulate(api_url: str, data_dir: Path, scale: DemoScale, first_day: date, a
         sessions_per_user_day=scale.sessions_per_user_day,
         seed=scale.seed,
         on_day=lambda _day: advance(1),
+        clock=SimClock(redis.Redis.from_url(redis_url), prefix),
     )
 
 
@@ -393,13 +433,13 @@ def _clear_window(settings: Any, first_day: date, last_day: date) -> None:
         day += timedelta(days=1)
 
 
-def _drain(settings: Any, redis_url: str) -> int:
+def _drain(settings: Any, redis_url: str, prefix: str) -> int:
     """Move the event stream into the lake (the sink: at-least-once, deduplicated by event_id)."""
     from reco.data.lake import EventLake
     from reco.state.sink import drain_stream_to_lake
     from reco.state.store import RedisStore, connect
 
-    store = RedisStore(connect(redis_url), prefix=settings.redis_prefix)
+    store = RedisStore(connect(redis_url), prefix=prefix)
     return drain_stream_to_lake(store, EventLake(settings.lake_dir)).appended
 
 
@@ -409,39 +449,24 @@ def _experiment(settings: Any) -> Any:
     return load_config(settings.experiments_path).experiment()
 
 
-def _online_state(settings: Any, redis_url: str, api_url: str, wait_s: float = 180.0) -> dict[str, dict[str, Any]]:
-    """Per arm, the online snapshot the API serves once the learner has caught up with the traffic (every
-    entry delivered, a publication per arm, its counters unchanged for 3 s) and the API adopted the latest
-    publication (waiting up to `wait_s` in all), and what that snapshot's meta says about it."""
+def _online_state(prefix: str, redis_url: str, api_url: str) -> dict[str, dict[str, Any]]:
+    """Per arm, the online snapshot the API served at the end of the traffic (the one the learner published at
+    the last simulated hour with requests: on simulated time nothing moves once the simulator stops) and what
+    that snapshot's meta says about it."""
     import urllib.request
 
-    from reco.online.learner import DEFAULT_GROUP
     from reco.state.store import RedisStore, connect
 
-    store = RedisStore(connect(redis_url), prefix=settings.redis_prefix)
-    deadline = time.monotonic() + wait_s
-    last: Any = None
-    stable_since = time.monotonic()
-    while True:
-        with urllib.request.urlopen(f"{api_url}/v1/admin/learning", timeout=10) as resp:
-            served = {arm: s["online_snapshot"] for arm, s in json.loads(resp.read())["arms"].items()}
-        latest = {arm: store.latest_weights_version(arm) for arm in served}
-        stats = {arm: store.learner_stats(arm) for arm in served}
-        if stats != last:
-            last, stable_since = stats, time.monotonic()
-        caught_up = store.group_lag(DEFAULT_GROUP)["lag"] == 0 and time.monotonic() - stable_since >= 3.0
-        if caught_up and all(v is not None and served[a] == v for a, v in latest.items()):
-            break
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    store = RedisStore(connect(redis_url), prefix=prefix)
+    with urllib.request.urlopen(f"{api_url}/v1/admin/learning", timeout=30) as resp:
+        served = {arm: s["online_snapshot"] for arm, s in json.loads(resp.read())["arms"].items()}
     out = {}
     for arm, version in served.items():
         meta = (snap.meta if version and (snap := store.get_weights(arm, version)) else None) or {}
         out[arm] = {
             "online_snapshot": version,
             "online_updates": meta.get("snapshot"),
-            "online_refused": int(store.learner_stats(arm).get("reverts") or 0),
+            "online_refused": meta.get("reverts"),
             "holdout_logloss": meta.get("holdout_logloss"),
             "base_logloss": meta.get("base_logloss"),
         }
@@ -488,6 +513,8 @@ def _summarise(
         }
     decision = report.get("decision", {})
     html = report_json.with_suffix(".html")
+    from reco.devstack.demo_story import story, why
+
     return DemoSummary(
         scale=scale.name,
         arms=arms,
@@ -498,4 +525,6 @@ def _summarise(
         report_html=str(html) if html.exists() else None,
         report_json=str(report_json),
         urls={},
+        story=story(versions, scale),
+        why=why(report),
     )
