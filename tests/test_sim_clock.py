@@ -126,3 +126,62 @@ def test_the_simulated_learner_refuses_wall_clock_publication(redis_url: str, pr
     learner = OnlineLearner(store, {"control": ArmLearner(_models(items)["control"])}, publish_every_s=1.0)
     with pytest.raises(ValueError, match="publish_every_s=inf"):
         run_simulated(learner, SimClock(store.client, store.prefix), lambda: True)
+
+
+class _Bundles:
+    """A `ModelSource` without MLflow: every alias at version 4 (the tiny served architecture)."""
+
+    def current_version(self, alias: str) -> str:
+        return "4"
+
+    def load(self, alias: str, version: str):
+        from serving_helpers import tiny_bundle
+
+        return tiny_bundle()
+
+
+def test_the_api_adopts_snapshots_at_epochs_only_and_logs_before_answering(
+    tmp_path, redis_url: str, redis_prefix: str
+) -> None:
+    import io
+    import time
+
+    from fastapi.testclient import TestClient
+    from serving_helpers import serving_settings
+
+    from serving.app import create_app
+
+    settings = serving_settings(tmp_path, redis_url=redis_url, redis_prefix=redis_prefix, simulated_clock=True,
+                                log_impressions_async=True, model_poll_s=0.1)  # fmt: skip
+    assert settings.honour_event_time_header  # implied: the simulator's requests carry their simulated time
+    store = RedisStore(redis.Redis.from_url(redis_url), redis_prefix)
+
+    def publish(arm: str) -> None:
+        from serving_helpers import tiny_bundle
+
+        buf = io.BytesIO()
+        torch.save(tiny_bundle(seed=len(arm)).model.state_dict(), buf)
+        store.put_weights(arm, buf.getvalue(), {"base_version": "4"})
+
+    def ask(epoch: int | None, when: str = "1998-05-01T10:00:00+00:00") -> dict:
+        headers = {"X-Reco-Event-Time": when} | ({"X-Reco-Sim-Epoch": str(epoch)} if epoch is not None else {})
+        r = client.post("/v1/recommendations", json={"user_id": "u1", "session_id": "s1", "limit": 3}, headers=headers)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with TestClient(create_app(settings, model_source=_Bundles()), raise_server_exceptions=False) as client:
+        first = ask(1)
+        arm = first["experiment_group"]
+        assert first["online_snapshot"] is None
+        # The impression write has landed when the answer arrives (a click can never overtake it) ...
+        logged = [f for _, f in store.client.xrange(store.stream_key) if b"impression" in f[b"e"]]
+        assert len(logged) == len(first["items"]) and b"1998-05-01T10:00:00" in logged[0][b"e"]
+        publish(arm)
+        time.sleep(0.5)  # several poll periods: the poll thread adopts nothing on simulated time
+        assert ask(1)["online_snapshot"] is None and ask(None)["online_snapshot"] is None
+        assert ask(2)["online_snapshot"] == 1  # the next epoch's first request adopts what the tick published
+        publish(arm)
+        assert ask(2)["online_snapshot"] == 1 and ask(1)["online_snapshot"] == 1  # never mid-epoch, never back
+        assert ask(3)["online_snapshot"] == 2
+        r = client.post("/v1/recommendations", json={"user_id": "u1", "limit": 3}, headers={"X-Reco-Sim-Epoch": "x"})
+        assert r.status_code == 422
