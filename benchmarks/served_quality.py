@@ -5,7 +5,8 @@ Served list: `reco.offline.served_eval.evaluate_served` (the request pipeline: <
 sources, the rules with the last 50 history items dropped, the per-category cap of 3, a page of 10).
 The model is benchmarks/holdout_model.py's (MovieLens-100k without 50 items kept for the cold-start run).
 
-    python benchmarks/served_quality.py --model DIR [--epochs 8] [--users N]
+    python benchmarks/served_quality.py --model DIR [--epochs 8] [--users N] [--max-per-category 3]
+        [--query-pool 2000] [--ann-threshold N]
 
 Prints one JSON line.
 """
@@ -30,12 +31,25 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--users", type=int, default=None, help="evaluate the first N test users only")
     p.add_argument("--max-per-category", type=int, default=3)
+    p.add_argument(
+        "--query-pool",
+        type=int,
+        default=None,
+        help="items the ranker scores for session_query (default: serving's; 0: retrieval score only)",
+    )
+    p.add_argument(
+        "--ann-threshold",
+        type=int,
+        default=None,
+        help="search the ANN above this many items (default: serving's; 0: the >20k-item path)",
+    )
     a = p.parse_args(argv)
 
     import torch
 
     from reco.offline.evaluation import evaluate_bundle
     from reco.offline.served_eval import evaluate_served
+    from reco.ranking.candidates import CandidateConfig
     from reco.ranking.recommend import ServedModel
 
     torch.set_num_threads(1)
@@ -47,12 +61,15 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     full = evaluate_bundle(bundle, sessions, targets)
     t1 = time.perf_counter()
-    model = ServedModel.build(bundle, "eval")
-    served = evaluate_served(model, sessions, targets, max_per_category=a.max_per_category)
+    model = ServedModel.build(bundle, "eval", ann_threshold=a.ann_threshold)
+    config = CandidateConfig() if a.query_pool is None else CandidateConfig(query_pool=a.query_pool)
+    served = evaluate_served(model, sessions, targets, max_per_category=a.max_per_category, candidates=config)
     t2 = time.perf_counter()
     out = {
         "benchmark": "served_quality",
         "cases": len(targets),
+        "query_pool": config.query_pool,
+        "ann": model.index.ann is not None,
         "full_ndcg@10": round(full["all"]["ndcg@10"], 4),
         "full_excl_history_ndcg@10": round(full["exclude_history"]["ndcg@10"], 4),
         "full_recall@10": round(full["all"]["recall@10"], 4),

@@ -96,21 +96,21 @@ class _Encoding(NamedTuple):
 
 
 class _Memo:
-    """A thread-safe LRU of session encodings keyed by the session's item rows (as bytes)."""
+    """A thread-safe LRU keyed by bytes (a session's item rows): session encodings, retrieval pools."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[bytes, _Encoding] = OrderedDict()
+        self._items: OrderedDict[bytes, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: bytes) -> _Encoding | None:
+    def get(self, key: bytes) -> Any:
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
             return found
 
-    def put(self, key: bytes, value: _Encoding) -> None:
+    def put(self, key: bytes, value: Any) -> None:
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
@@ -144,6 +144,8 @@ class FrozenScorer:
 
     #: Session encodings remembered per model (~2 KB each at the default sizes).
     MEMO = 4096
+    #: Retrieval pools remembered (`retrieval_scores`): ~24 KB each at the default pool of 2,000, ~6 MB in all.
+    POOLS = 256
 
     def __init__(self, model: Any) -> None:
         import torch
@@ -173,6 +175,7 @@ class FrozenScorer:
         self._context_index = model.context_index
         self._seen = seen  # imported here: this module stays free of torch until a model is loaded
         self._memo = _Memo(self.MEMO)
+        self._pools = _Memo(self.POOLS)  # (session, context) -> (pool rows sorted, their logits)
         self.memo_counts = {"hit": 0, "extended": 0, "encoded": 0}
 
     def _encoded(self, rows: np.ndarray) -> _Encoding:
@@ -249,6 +252,39 @@ class FrozenScorer:
         rows = np.asarray(session_rows, dtype=np.int64)
         return self._encoded(rows[self._read(rows)]).query
 
+    def retrieval_scores(
+        self, session_rows: np.ndarray, pool_rows: np.ndarray, page_type: str, device: str
+    ) -> np.ndarray:
+        """`score`'s logits for a retrieval pool (the `session_query` source ranks by the ranker itself), remembered
+        for the same session and context: `score` then gathers its candidates' logits from here instead of
+        computing them again (the pool is the costly part: up to `CandidateConfig.query_pool` items)."""
+        session_rows = np.asarray(session_rows, dtype=np.int64)
+        key = session_rows.tobytes() + f"|{page_type}|{device}".encode()
+        order = np.argsort(pool_rows, kind="stable")
+        rows = np.asarray(pool_rows, dtype=np.int64)[order]
+        enc = self._encoded(session_rows[self._read(session_rows)])
+        logits = self._logits(enc.query, session_rows, rows, page_type, device)
+        for a in (rows, logits):
+            a.flags.writeable = False
+        self._pools.put(key, (rows, logits))
+        out = np.empty_like(logits)
+        out[order] = logits  # in the order of `pool_rows`
+        return out
+
+    def _pooled(self, session_rows: np.ndarray, candidate_rows: np.ndarray, page_type: str, device: str,
+                query: np.ndarray) -> np.ndarray:  # fmt: skip
+        """Candidates' logits: those in this session's remembered retrieval pool gathered, the rest computed."""
+        found = self._pools.get(session_rows.tobytes() + f"|{page_type}|{device}".encode())
+        if found is None or not len(found[0]):
+            return self._logits(query, session_rows, candidate_rows, page_type, device)
+        rows, logits = found
+        pos = np.minimum(np.searchsorted(rows, candidate_rows), len(rows) - 1)
+        hit = rows[pos] == candidate_rows
+        out = logits[pos]
+        if not hit.all():
+            out[~hit] = self._logits(query, session_rows, candidate_rows[~hit], page_type, device)
+        return out
+
     def score(self, session_rows: np.ndarray, candidate_rows: np.ndarray, page_type: str, device: str) -> ScoreResult:
         """session_rows (L,) item rows, oldest first (row 0 = unknown, ignored; the encoder reads the known
         rows among the last max_session_len, the "already seen" feature all of them); candidate_rows (C,) ->
@@ -257,7 +293,15 @@ class FrozenScorer:
         candidate_rows = np.asarray(candidate_rows, dtype=np.int64)
         known = self._read(session_rows)
         enc = self._encoded(session_rows[known])
-        query, attn = enc.query, enc.attention
+        scores = self._pooled(session_rows, candidate_rows, page_type, device, enc.query)
+        attention = np.zeros(len(session_rows), dtype=np.float32)
+        attention[known] = enc.attention
+        return ScoreResult(scores=scores, attention=attention)
+
+    def _logits(
+        self, query: np.ndarray, session_rows: np.ndarray, candidate_rows: np.ndarray, page_type: str, device: str
+    ) -> np.ndarray:
+        """The ranker's logits (C,) of the candidates for the session's query and context."""
         seen = self._seen(candidate_rows, session_rows, self.config.n_items)  # the ranker's one definition
         page, dev = self._context_index(page_type, device)
         m = self._sess_q.shape[1]
@@ -269,6 +313,4 @@ class FrozenScorer:
         h[seen] += self._seen_w  # (C, m): the first MLP layer, as `score_candidates` sums it
         for w, b in self._mlp:
             h = np.maximum(h, 0.0, out=h) @ w + b
-        attention = np.zeros(len(session_rows), dtype=np.float32)
-        attention[known] = attn
-        return ScoreResult(scores=pair_dot[:, m] + h[:, 0], attention=attention)
+        return pair_dot[:, m] + h[:, 0]

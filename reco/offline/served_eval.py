@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from reco.ranking.candidates import CandidateConfig, Source
+from reco.ranking.candidates import CandidateConfig, Source, ranker_rows
 from reco.ranking.recommend import PipelineConfig, Recommender, RecoRequest, ServedModel, session_for_model
 from reco.ranking.rules import RuleConfig
 from reco.state.records import RequestFeatures
@@ -54,12 +54,14 @@ def evaluate_served(
     max_per_category: int | None = 3,
     seen_window: int = MAX_SESSION,
     ks: Sequence[int] = (10,),
+    candidates: CandidateConfig | None = None,
 ) -> dict[str, Any]:
     """Served-list metrics over the cases: recall@k, ndcg@k, mrr@k for k in `ks` (k <= `limit`), candidate
-    recall (merged and per source), and the served page's mean length."""
+    recall (merged and per source), and the served page's mean length. `candidates` replaces the serving
+    default sources' sizes (`max_candidates` is then its own)."""
     store = _OneSession()
     config = PipelineConfig(
-        candidates=CandidateConfig(max_candidates=max_candidates),
+        candidates=candidates or CandidateConfig(max_candidates=max_candidates),
         rules=RuleConfig(max_per_category=max_per_category),
         features_inline=True,
         concurrent_sources=False,  # nothing to wait on: the sources are in-process
@@ -73,7 +75,8 @@ def evaluate_served(
     lengths = []
     for n, (history, target) in enumerate(zip(sessions, targets, strict=True)):
         store.session = list(history)[-seen_window:]
-        items = reco.recommend(RecoRequest(user_id=f"case-{n}", session_id=f"case-{n}", limit=limit)).items
+        req = RecoRequest(user_id=f"case-{n}", session_id=f"case-{n}", limit=limit)
+        items = reco.recommend(req).items
         lengths.append(len(items))
         for pos, it in enumerate(items, start=1):
             if it.item_id == target:
@@ -83,14 +86,15 @@ def evaluate_served(
         if target_row is None:
             continue
         session = session_for_model(RequestFeatures.of_session(store.session), index)
-        cand = reco._candidates(RecoRequest(user_id="c", limit=limit), model, session, [])
+        cand = reco._candidates(req, model, session, [])
         in_candidates[n] = target_row in set(cand.rows.tolist())
         if len(rows):
             sim = index.similar_rows(np.asarray(rows, dtype=np.int64), config.candidates.session_k)[0].rows
             per_source[str(Source.session_similar)][n] = target_row in set(sim.tolist())
         if len(rows):
             window = np.asarray(rows, dtype=np.int64)
-            found = index.query_rows(model.scorer.session_query(window), config.candidates.query_k, window).rows
+            found = ranker_rows(index, model.scorer, session.rows, config.candidates, str(req.page_type), req.device,
+                                window).rows  # fmt: skip
             per_source[str(Source.session_query)][n] = target_row in set(found.tolist())
         per_source[str(Source.popular)][n] = target_row in set(
             model.popular_rows.rows[: config.candidates.popular_k].tolist()
@@ -101,7 +105,7 @@ def evaluate_served(
         out[f"recall@{k}"] = float(hit.mean())
         out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
         out[f"mrr@{k}"] = float(np.where(hit, 1.0 / ranks, 0.0).mean())
-    out[f"candidate_recall@{max_candidates}"] = float(in_candidates.mean())
+    out[f"candidate_recall@{config.candidates.max_candidates}"] = float(in_candidates.mean())
     for name, found in per_source.items():
         out[f"candidate_recall_{name}"] = float(found.mean())
     out["page_len"] = float(np.mean(lengths)) if lengths else 0.0

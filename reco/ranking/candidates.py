@@ -9,8 +9,11 @@ Sources (`Source`):
 * `trending`: the trending counters kept in Redis.
 * `popular`: an in-process list computed once per model bundle, so that it answers with Redis down.
 * `new_items`: catalogue items the model was not trained on, least shown first (`reco.ranking.cold_start`).
-* `session_query`: the items with the highest retrieval score `<session query, item>` of the served model
-  itself (the query the scorer computes anyway, remembered: its first stage), exact below the ANN threshold.
+* `session_query`: the items the served ranker itself scores highest for the session (`ranker_rows`): its
+  full score over a pool of `CandidateConfig.query_pool` items, the whole catalogue when it is no larger,
+  else the pool's best by the model's retrieval score `<session query, item>` (exact below the ANN threshold,
+  the ANN above: sub-linear). The scorer remembers the pool's scores, so ranking the merged candidates
+  gathers them instead of scoring again.
 
 `EmbeddingIndex` holds the row-normalised embedding matrix once per model (built off the request
 path, when the model is loaded) so that a lookup is a single matrix product; above `ANN_THRESHOLD` items
@@ -36,7 +39,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from enum import StrEnum
 from time import monotonic
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -124,6 +127,8 @@ class EmbeddingIndex:
         self._row = {iid: i for i, iid in enumerate(self.ids) if iid != PAD}
         # Rows that must never be returned: padding and items without an embedding.
         self._invalid = (norms[:, 0] == 0) | np.array([iid == PAD for iid in self.ids])
+        self.valid_rows = np.flatnonzero(~self._invalid)  # every row a search may return
+        self.valid_rows.flags.writeable = False
         self._memo = functools.lru_cache(maxsize=self.MEMO)(self._similar_of_key)
         threshold = ANN_THRESHOLD if ann_threshold is None else ann_threshold
         self.ann: AnnIndex | None = None
@@ -332,6 +337,43 @@ class CandidateConfig:
     source_timeout_s: float = 0.05
     new_items_k: int = 20
     query_k: int = 300
+    query_pool: int = 2000  # items the ranker scores for `session_query` (`ranker_rows`); 0: retrieval score only
+
+
+def ranker_rows(
+    index: EmbeddingIndex,
+    scorer: Any,
+    session_rows: np.ndarray,
+    config: CandidateConfig,
+    page_type: str,
+    device: str,
+    exclude_rows: Sequence[int] = (),
+) -> RowList:
+    """The `session_query` source: the `config.query_k` items with the highest score of the ranker itself
+    (`scorer.retrieval_scores`, the logits the page is ranked by), best first, without `exclude_rows`.
+
+    The ranker's score costs ~100x a dot product per item (its MLP), so it is computed over a pool of at most
+    `config.query_pool` items: every item when the catalogue is no larger (exact: the served list then holds
+    the full ranking's top), else the pool's best by the retrieval score `<session query, item>`
+    (`EmbeddingIndex.query_rows`: the ANN above its threshold, so the source stays sub-linear in the
+    catalogue). A scorer without `retrieval_scores`, or `query_pool` 0, ranks by the retrieval score alone.
+    """
+    rows = np.asarray(session_rows, dtype=np.int64)
+    exclude = np.asarray(exclude_rows, dtype=np.int64)
+    retrieval = getattr(scorer, "retrieval_scores", None)
+    if retrieval is None or config.query_pool <= 0:
+        return index.query_rows(scorer.session_query(rows), config.query_k, exclude)
+    if len(index) <= config.query_pool:
+        pool = index.valid_rows
+    else:
+        pool = index.query_rows(scorer.session_query(rows), config.query_pool, exclude).rows
+    scores = np.array(retrieval(rows, pool, page_type, device), dtype=np.float64)
+    scores[np.isin(pool, exclude)] = -np.inf
+    k = min(config.query_k, int(np.isfinite(scores).sum()))
+    if k <= 0:
+        return RowList.of([])
+    top = np.argpartition(-scores, k - 1)[:k]
+    return RowList.of(pool[top[np.argsort(-scores[top], kind="stable")]])
 
 
 #: Source code (`CandidateResult.sources`) -> source.

@@ -31,6 +31,7 @@ from reco.ranking.candidates import (
     Source,
     SourceFn,
     gather,
+    ranker_rows,
 )
 from reco.ranking.cold_start import ImpressionCounts
 from reco.ranking.explain import anchors_by_attention, reason
@@ -219,11 +220,13 @@ class Recommender:
         if len(session.rows):
             recent = session.rows[-MAX_SESSION:]
             sources[Source.session_similar] = lambda: index.similar_rows(recent, cfg.session_k)[0]
-            query = getattr(model.scorer, "session_query", None)
-            if query is not None and cfg.query_k > 0:
-                # The scorer's remembered encoding: the same memo entry serves the ranking right after.
-                rows = session.rows
-                sources[Source.session_query] = lambda: index.query_rows(query(rows), cfg.query_k, rows[-MAX_SESSION:])
+            if getattr(model.scorer, "session_query", None) is not None and cfg.query_k > 0:
+                # The ranker's own top (`ranker_rows`): the scorer remembers the encoding and the pool's scores,
+                # which the ranking right after gathers (same session rows, page and device).
+                rows, page, dev = session.rows, str(req.page_type), req.device
+                sources[Source.session_query] = lambda: ranker_rows(
+                    index, model.scorer, rows, cfg, page, dev, rows[-MAX_SESSION:]
+                )
         context = index.rows([req.context_item_id]) if req.page_type == PageType.product and req.context_item_id else []
         if context:
             sources[Source.context_similar] = lambda: index.similar_rows(context, cfg.context_k)[0]
