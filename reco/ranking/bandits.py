@@ -36,6 +36,8 @@ and `seed` feeds the instance's own random generator (never the global one).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -361,55 +363,64 @@ class ThompsonSampling:
         theta = self._rng.beta(params[:, 0], params[:, 1], size=(self.n_propensity_samples, len(cats)))
         heads = _Heads(norm, item_cat, len(cats), n, self.max_per_category)
         mix = self.uniform_mix if self.weight > 0.0 else 0.0
+        # Both terms of the blended value computed once, not per slot: each slot gathers its heads' rows
+        # (category-major, so a row is one draw vector). The sums are the same floats as term by term.
+        base = (1.0 - self.weight) * norm
+        blend = np.ascontiguousarray((self.weight * theta).T)  # (categories, K)
         out = []
         for slot in range(n):
             elig = heads.eligible()
-            probs = self._slot_distribution(heads, elig, theta, mix)
-            k = min(int(np.searchsorted(np.cumsum(probs), self._rng.random() * probs.sum(), side="right")),
-                    len(probs) - 1)  # fmt: skip
+            probs = self._slot_distribution(heads, elig, base, blend, mix)
+            # Inverse CDF in plain floats (20 slots a request: numpy calls on ~20 numbers cost more).
+            cum = list(itertools.accumulate(probs))
+            k = min(bisect.bisect_right(cum, self._rng.random() * cum[-1]), len(probs) - 1)
             while probs[k] == 0.0:  # float edge of the cumulative sum: step back to a possible head
                 k -= 1
-            pos = heads.take(int(elig[k]))
-            out.append(Selection(ranked_items[pos], bool(greedy_rank[pos] > slot), float(probs[k])))
+            pos = heads.take(elig[k])
+            out.append(Selection(ranked_items[pos], bool(greedy_rank[pos] > slot), probs[k]))
         return out
 
-    def _slot_distribution(self, heads: _Heads, elig: np.ndarray, theta: np.ndarray, mix: float) -> np.ndarray:
-        """P(each eligible category's head at this slot | slots above, the draws), summing to 1."""
+    def _slot_distribution(
+        self, heads: _Heads, elig: list[int], base: np.ndarray, blend: np.ndarray, mix: float
+    ) -> list[float]:
+        """P(each eligible category's head at this slot | slots above, the draws), summing to 1; `base` is
+        (1 - weight) * norm per item, `blend` weight * theta per category (categories, K)."""
         if len(elig) == 1:
-            return np.ones(1)
-        pos = heads.pos[elig]
-        vals = (1.0 - self.weight) * heads.norm[pos][None, :] + self.weight * theta[:, elig]
-        # Ties (weight 0, equal scores): the better-ranked position wins, as in the greedy order.
-        best = vals == vals.max(axis=1, keepdims=True)
-        winner = np.argmin(np.where(best, pos[None, :], np.iinfo(np.int64).max), axis=1)
-        counts = np.bincount(winner, minlength=len(elig)) / len(theta)
-        return (1.0 - mix) * counts + mix / len(elig)
+            return [1.0]
+        # Rows in head-position order, so that argmax's first maximum is the better-ranked head on ties
+        # (weight 0, equal scores), as in the greedy order.
+        pos = heads.pos
+        cols = sorted(elig, key=pos.__getitem__)
+        vals = blend[cols] + base[[pos[c] for c in cols]][:, None]  # (eligible heads, K)
+        won = dict(zip(cols, np.bincount(vals.argmax(axis=0), minlength=len(cols)).tolist(), strict=True))
+        draws, share = blend.shape[1], mix / len(elig)
+        return [(1.0 - mix) * (won[c] / draws) + share for c in elig]
 
 
 class _Heads:
     """Each category's best remaining item (by normalised score, then position), the categories whose head
-    may fill the next slot under the cap, and taking a head (the category's next item becomes its head)."""
+    may fill the next slot under the cap, and taking a head (the category's next item becomes its head).
+    Per-category state is kept in plain lists: a slot touches ~20 of them, where numpy calls cost more."""
 
     def __init__(self, norm: np.ndarray, item_cat: np.ndarray, n_cats: int, n: int, cap: int | None) -> None:
-        self.norm = norm
         # Per category, its items by (-score, position); only the first n can ever be placed.
         order = np.lexsort((np.arange(len(norm)), -norm, item_cat))
-        bounds = np.searchsorted(item_cat[order], np.arange(n_cats + 1))
-        self.members = [order[bounds[c] : min(bounds[c + 1], bounds[c] + n)] for c in range(n_cats)]
-        self.next = np.zeros(n_cats, dtype=np.int64)
-        self.pos = np.array([m[0] if len(m) else -1 for m in self.members], dtype=np.int64)
-        self.counts = np.zeros(n_cats, dtype=np.int64)
+        bounds = np.searchsorted(item_cat[order], np.arange(n_cats + 1)).tolist()
+        self.members = [order[bounds[c] : min(bounds[c + 1], bounds[c] + n)].tolist() for c in range(n_cats)]
+        self.next = [0] * n_cats
+        self.pos = [m[0] if m else -1 for m in self.members]  # each category's head (-1: none left)
+        self.counts = [0] * n_cats
         self.cap = cap
 
-    def eligible(self) -> np.ndarray:
-        live = self.pos >= 0
+    def eligible(self) -> list[int]:
+        """The categories whose head may fill the next slot, ascending."""
+        live = [c for c, p in enumerate(self.pos) if p >= 0]
         if self.cap is None:
-            return np.flatnonzero(live)
-        ok = live & (self.counts < self.cap)
-        return np.flatnonzero(ok if ok.any() else live)
+            return live
+        return [c for c in live if self.counts[c] < self.cap] or live
 
     def take(self, c: int) -> int:
-        pos = int(self.pos[c])
+        pos = self.pos[c]
         self.counts[c] += 1
         self.next[c] += 1
         m = self.members[c]
