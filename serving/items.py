@@ -2,14 +2,18 @@
 
 Upserts go to Redis (`reco.state.items.ItemStore`, one atomic call per batch, idempotent: the same content
 changes nothing). Every worker's model manager polls the catalogue version with the online weights
-(`catalogue_poll`, one GET when nothing changed) and, when it moved, rebuilds each arm's served model off
-the request path (`ServedModel.build(..., items=...)`): new items are scored from their content
-(`reco.ranking.cold_start`), unavailable ones are blocked from every candidate list. The lake's items table
+(`catalogue_poll`, one GET when nothing changed) and, when it moved, updates each arm's served model off
+the request path: incrementally (`ServedModel.updated`: new items' rows appended to the scorer's tables and
+the embedding index, changed items' rows and availability set; O(changed items) work plus table copies)
+when the arm still serves the model this builder last made for it, in full (`ServedModel.build(...,
+items=...)`) at a model swap. New items are scored from their content (`reco.ranking.cold_start`),
+unavailable ones are blocked from every candidate list. The lake's items table
 copies Redis in the training pipeline (`reco.state.items.export_items`).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations, which name objects
 # imported inside `add_item_routes` (serving.routes imports this module).
+import weakref
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path
@@ -22,13 +26,27 @@ ITEM_ID_PATH = Path(min_length=1, max_length=128, pattern=r"^[^\s<>]+$", descrip
 
 
 def served_model_builder(follower: CatalogFollower | None, ann_threshold: int) -> Any:
-    """`ModelManager`'s `build`: `ServedModel.build` with the catalogue records the worker holds now."""
+    """`ModelManager`'s `build`: the served model of `bundle` with the catalogue records the worker holds now.
+    The same bundle, version and online snapshot as a model this builder made and that is still alive (the
+    manager's rebuild for a catalogue change): that model updated incrementally; else a full build (a model
+    swap, a new online snapshot). Models are remembered by weak reference: a swapped-out one is not kept."""
+    last: dict[tuple[int, str, Any], weakref.ref[ServedModel]] = {}
 
     def build(bundle: Any, version: str, **kwargs: Any) -> ServedModel:
         records = follower.records if follower is not None else {}
         version_read = follower.version if follower is not None else 0
-        return ServedModel.build(bundle, version, items=records or None, catalog_version=version_read,
-                                 ann_threshold=ann_threshold, **kwargs)  # fmt: skip
+        key = (id(bundle), str(version), kwargs.get("online_snapshot"))
+        found = last.get(key)
+        previous = found() if found is not None else None
+        if previous is not None and previous.bundle is bundle and records and set(kwargs) <= {"online_snapshot"}:
+            model = previous.updated(records, version_read)
+        else:
+            model = ServedModel.build(bundle, version, items=records or None, catalog_version=version_read,
+                                      ann_threshold=ann_threshold, **kwargs)  # fmt: skip
+        for k in [k for k, ref in last.items() if ref() is None]:
+            del last[k]
+        last[key] = weakref.ref(model)
+        return model
 
     return build
 

@@ -23,10 +23,11 @@ API (stable; serving, retrieval and cold-start code call only this): `FrozenScor
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -118,6 +119,14 @@ class _Memo:
                 self._items.popitem(last=False)
 
 
+def _grown(table: np.ndarray, n: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A copy of `table` with `n` rows (new rows zero), `values` written at `rows`."""
+    out = np.zeros((n, table.shape[1]), dtype=table.dtype)
+    out[: len(table)] = table
+    out[rows] = values
+    return out
+
+
 def _np(t: Any) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.float32, copy=True)
 
@@ -171,12 +180,39 @@ class FrozenScorer:
             w_p = _np(model.mlp_pair.weight).T  # (d + 1, m): [query * item | seen]
             self._pair_w, self._seen_w = w_p[:d], w_p[d]
             self._item_table = np.concatenate([item_part, _np(emb)], axis=1)  # (N, m + d): one gather per request
+            # What `with_items` needs to compute an item's rows: [category table, popularity table, mlp_item].
+            self._item_weights = (_np(model.cat_emb.weight), _np(model.pop_emb.weight),
+                                  _np(model.mlp_item.weight).T, _np(model.mlp_item.bias))  # fmt: skip
             self._mlp = [(_np(m.weight).T, _np(m.bias)) for m in model.mlp if isinstance(m, torch.nn.Linear)]
         self._context_index = model.context_index
         self._seen = seen  # imported here: this module stays free of torch until a model is loaded
         self._memo = _Memo(self.MEMO)
         self._pools = _Memo(self.POOLS)  # (session, context) -> (pool rows sorted, their logits)
         self.memo_counts = {"hit": 0, "extended": 0, "encoded": 0}
+
+    def with_items(self, rows: np.ndarray, embeddings: np.ndarray, categories: np.ndarray) -> FrozenScorer:
+        """A scorer of the same weights whose item `rows` hold these item embeddings (k, d) and category rows
+        (k,), popularity bucket 0 (a new item's, as `reco.ranking.cold_start.extend_bundle` gives them): rows
+        past the tables append (contiguously), others are replaced. The item tables are copied (this scorer
+        may be serving: it never changes); the cost is O(tables) memory copy plus O(k) products, where a new
+        `FrozenScorer` recomputes every item's rows. The session memo is kept when no row is replaced."""
+        rows = np.asarray(rows, dtype=np.int64)
+        emb = np.asarray(embeddings, dtype=np.float32)
+        n = len(self._gi0)
+        n_new = max(n, int(rows.max()) + 1) if len(rows) else n
+        cat_w, pop_w, w, b = self._item_weights
+        pops = np.zeros(len(rows), dtype=np.int64)
+        item_part = np.concatenate([emb, cat_w[np.asarray(categories, dtype=np.int64)], pop_w[pops]], axis=1) @ w + b
+        out = copy.copy(self)
+        out._gi0 = _grown(self._gi0, n_new, rows, emb @ self._layers[0].w_ih_t + self._layers[0].b_in)
+        out._item_table = _grown(self._item_table, n_new, rows, np.concatenate([item_part, emb], axis=1))
+        out.config = replace(self.config, n_items=n_new)
+        if (rows < n).any():  # a replaced row changes what was remembered for the sessions that hold it
+            for name, memo in vars(self).items():
+                if isinstance(memo, _Memo):
+                    setattr(out, name, _Memo(memo.size))
+        out.memo_counts = {"hit": 0, "extended": 0, "encoded": 0}
+        return out
 
     def _encoded(self, rows: np.ndarray) -> _Encoding:
         """`rows`' encoding: remembered, extended from its remembered prefix by one item, or computed."""

@@ -13,6 +13,7 @@ cost more than they gain.
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -70,6 +71,24 @@ class AnnIndex:
         index.nprobe = self.nprobe
         self._index = index
         self.size = n
+
+    def with_rows(self, unit: np.ndarray, *, add: np.ndarray, remove: np.ndarray = ()) -> AnnIndex:
+        """A copy with the rows `remove` taken out and the rows `add` of `unit` put in (an incremental catalogue
+        update: new or changed items), in the cells trained at the build (no k-means). This index is unchanged:
+        it may be serving (faiss does not allow a search beside an add). Cost: one copy of the index plus the
+        assignment of the added vectors to their nearest cell, O(catalogue) memory and O(added) search work."""
+        faiss = _faiss()
+        out = copy.copy(self)
+        out._index = faiss.clone_index(self._index)
+        remove = np.asarray(remove, dtype=np.int64)
+        if len(remove):
+            out._index.remove_ids(remove)
+        add = np.asarray(add, dtype=np.int64)
+        if len(add):
+            out._index.add_with_ids(np.ascontiguousarray(unit[add], dtype=np.float32), add)
+        out._index.nprobe = self.nprobe
+        out.size = int(out._index.ntotal)
+        return out
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows (q, k) int64, -1 where fewer were found; similarities (q, k)), best first."""

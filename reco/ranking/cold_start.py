@@ -127,6 +127,47 @@ class ColdItems:
     rows: np.ndarray  # (k,) int64 their rows in the extended tables
     uncertainty: np.ndarray  # (n_rows,) float32, 0 for trained items: the bonus's u (1 = the median new item)
     is_new: np.ndarray  # (n_rows,) bool
+    # For incremental catalogue updates (`ServedModel.updated`): the fitted map and the raw uncertainty of
+    # each of `rows` (the relative `uncertainty` is renormalised over all new items when one is added).
+    fit: ContentFit | None = None
+    raw_uncertainty: np.ndarray | None = None  # (k,) aligned with `rows`
+
+    @classmethod
+    def of(cls, rows: np.ndarray, raw: np.ndarray, n_rows: int, fit: ContentFit | None = None) -> ColdItems:
+        """New items at `rows` with raw uncertainties `raw`, in tables of `n_rows` rows."""
+        uncertainty = np.zeros(n_rows, dtype=np.float32)
+        # Relative to the median new item's: the bonus scale is then the same whatever alpha and the catalogue.
+        uncertainty[rows] = np.clip(raw / max(float(np.median(raw)), 1e-6), 0.0, 2.0) if len(rows) else 0.0
+        is_new = np.zeros(n_rows, dtype=bool)
+        is_new[rows] = True
+        return cls(rows, uncertainty, is_new, fit, raw)
+
+
+@dataclass(frozen=True)
+class ContentFit:
+    """The content -> embedding map of one bundle's trained items, and the model's category rows: all that
+    scoring a new item needs (fitted once per bundle; `rows` then costs O(new items))."""
+
+    cmap: ContentMap
+    dim: int
+    category_index: dict[str, int]  # category name -> the model's category row (0 = unknown)
+
+    @classmethod
+    def of(cls, bundle: Any, alpha: float = 1.0) -> ContentFit:
+        model, item_ids = bundle.model, list(bundle.item_ids)
+        trained = _trained_content(bundle.catalog, item_ids[1:])
+        emb = model.item_emb.weight.detach().cpu().numpy()
+        # Fewer hashed features for a small catalogue (the normal equations are dim x dim), DIM at most.
+        dim = int(min(DIM, 2 ** np.ceil(np.log2(max(256, 2 * len(trained))))))
+        cmap = ContentMap.fit(hashed_features(trained, dim), emb[1:], alpha=alpha)
+        return cls(cmap, dim, _category_index(bundle.catalog, item_ids, model.item_category.cpu().numpy()))
+
+    def rows(self, records: Sequence[ItemRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(embeddings (k, d) float32, raw uncertainty (k,), category rows (k,) int64) of `records`."""
+        pred, unc = self.cmap.predict(hashed_features((content_tokens(r.title, r.categories, r.attributes)
+                                                       for r in records), self.dim))  # fmt: skip
+        cats = np.array([self.category_index.get(r.category, 0) for r in records], dtype=np.int64)
+        return pred.astype(np.float32), unc, cats
 
 
 def extend_bundle(
@@ -149,17 +190,11 @@ def extend_bundle(
                             catalog=with_items(bundle.catalog, changed), meta=bundle.meta), None  # fmt: skip
     model = bundle.model
     item_ids = list(bundle.item_ids)
-    trained = _trained_content(bundle.catalog, item_ids[1:])
-    emb = model.item_emb.weight.detach().cpu().numpy()
-    # Fewer hashed features for a small catalogue (the normal equations are dim x dim), DIM at most.
-    dim = int(min(DIM, 2 ** np.ceil(np.log2(max(256, 2 * len(trained))))))
-    cmap = ContentMap.fit(hashed_features(trained, dim), emb[1:], alpha=alpha)
-    new_docs = (content_tokens(r.title, r.categories, r.attributes) for r in new)
-    pred, unc = cmap.predict(hashed_features(new_docs, dim))
-    category_index = _category_index(bundle.catalog, item_ids, model.item_category.cpu().numpy())
+    fit = ContentFit.of(bundle, alpha)
+    pred, unc, cat_rows = fit.rows(new)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    state["item_emb.weight"] = torch.cat([state["item_emb.weight"], torch.from_numpy(pred.astype(np.float32))])
-    cats = torch.tensor([category_index.get(r.category, 0) for r in new], dtype=state["item_category"].dtype)
+    state["item_emb.weight"] = torch.cat([state["item_emb.weight"], torch.from_numpy(pred)])
+    cats = torch.from_numpy(cat_rows).to(state["item_category"].dtype)
     state["item_category"] = torch.cat([state["item_category"], cats])
     state["item_pop"] = torch.cat([state["item_pop"], torch.zeros(len(new), dtype=state["item_pop"].dtype)])
     config = replace(model.config, n_items=len(item_ids) + len(new))
@@ -169,13 +204,7 @@ def extend_bundle(
     ids = item_ids + [r.item_id for r in new]
     catalog = with_items(bundle.catalog, [*changed, *new])
     out = type(bundle)(model=extended, item_ids=ids, catalog=catalog, meta=dict(bundle.meta, cold_items=len(new)))
-    rows = np.arange(len(item_ids), len(ids), dtype=np.int64)
-    uncertainty = np.zeros(len(ids), dtype=np.float32)
-    # Relative to the median new item's: the bonus scale is then the same whatever alpha and the catalogue.
-    uncertainty[rows] = np.clip(unc / max(float(np.median(unc)), 1e-6), 0.0, 2.0)
-    is_new = np.zeros(len(ids), dtype=bool)
-    is_new[rows] = True
-    return out, ColdItems(rows, uncertainty, is_new)
+    return out, ColdItems.of(np.arange(len(item_ids), len(ids), dtype=np.int64), unc, len(ids), fit)
 
 
 def _trained_content(catalog: ItemCatalog, item_ids: Sequence[str]) -> list[list[str]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ from reco.ranking.candidates import (
     PopularIndex,
     RowList,
 )
-from reco.ranking.cold_start import ColdItems, extend_bundle
+from reco.ranking.cold_start import ColdItems, ContentFit, extend_bundle
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class ServedModel:
     blocked: np.ndarray | None = None
     cold: ColdItems | None = None
     catalog_version: int = 0
+    records: Mapping[str, ItemRecord] = field(default_factory=dict)  # the catalogue records built from
 
     @classmethod
     def build(
@@ -84,5 +85,77 @@ class ServedModel:
         return cls(
             bundle, str(version), index, served.frozen_scorer(), index.row_list(popular.item_ids),
             online_snapshot, tuple(catalog.categories), titles, row_category,
-            np.array([codes[c] for c in row_category], dtype=np.int32), blocked, cold, catalog_version,
+            np.array([codes[c] for c in row_category], dtype=np.int32), blocked, cold, catalog_version, items or {},
         )  # fmt: skip
+
+    def updated(self, items: Mapping[str, ItemRecord], catalog_version: int = 0) -> ServedModel:
+        """This model for the catalogue records `items` (a later copy of the ones it was built from), updated
+        incrementally where `build` starts over: new items get rows appended to the scorer's tables and the
+        embedding index (content-scored; the ANN gets them added to its trained cells), changed new items
+        their rows replaced, trained items their title and category, and availability is set per changed
+        item. Only records that are not the same object as before are read (`CatalogFollower` replaces the
+        changed ones). This model is unchanged (it may be serving): the caller swaps the result in with one
+        reference assignment. Equal to `build` from the same records (tests), but for the ANN's cells (not
+        retrained) and a category no item holds any more (still listed until the next build).
+        """
+        before = self.records
+        changed = [r for iid, r in items.items() if before.get(iid) is not r]
+        if not changed:
+            return replace(self, catalog_version=catalog_version, records=items)
+        index, cold = self.index, self.cold
+        new = [r for r in changed if r.item_id not in index]
+        renewed = [r for r in changed if cold is not None and (row := index.row_of(r.item_id)) is not None
+                   and cold.is_new[row]]  # fmt: skip
+        scored = [*renewed, *new]
+        if scored:
+            fit = cold.fit if cold is not None and cold.fit is not None else ContentFit.of(self.bundle)
+            emb, raw, cat_rows = fit.rows(scored)
+            rows = np.array(index.rows(r.item_id for r in renewed) + list(range(index.n_rows, index.n_rows + len(new))),
+                            dtype=np.int64)  # fmt: skip
+            index = index.with_rows([r.item_id for r in new], rows, emb)  # appended ids: `new`, in order
+            scorer = self.scorer.with_items(rows, emb, cat_rows)
+            old_rows = cold.rows if cold is not None else np.zeros(0, dtype=np.int64)
+            old_raw = cold.raw_uncertainty if cold is not None else np.zeros(0)
+            raw_of = dict(zip(old_rows.tolist(), np.asarray(old_raw).tolist(), strict=True))
+            raw_of.update(zip(rows.tolist(), raw.tolist(), strict=True))
+            cold_rows = np.array(sorted(raw_of), dtype=np.int64)
+            cold = ColdItems.of(cold_rows, np.array([raw_of[r] for r in cold_rows.tolist()]), index.n_rows, fit)
+        else:
+            scorer = self.scorer
+        titles = dict(self.title_of)
+        row_category = list(self.row_category)
+        row_category += [UNKNOWN_CATEGORY] * (index.n_rows - len(row_category))
+        blocked = np.zeros(index.n_rows, dtype=bool)
+        if self.blocked is not None:
+            blocked[: len(self.blocked)] = self.blocked
+        moved = False  # an item already listed changed category: the codes are recomputed
+        for r in changed:
+            row = index.row_of(r.item_id)
+            if r.title is not None:
+                titles[r.item_id] = r.title
+            else:
+                titles.pop(r.item_id, None)
+            if row is not None:
+                moved |= row < len(self.row_category) and row_category[row] != r.category
+                row_category[row] = r.category
+                blocked[row] = not r.available
+        return replace(
+            self, index=index, scorer=scorer, cold=cold, title_of=titles, row_category=row_category,
+            row_category_code=_codes(row_category, None if moved else self), blocked=blocked if blocked.any() else None,
+            categories=tuple(sorted({*self.categories, *(r.category for r in changed)})),
+            catalog_version=catalog_version, records=items,
+        )  # fmt: skip
+
+
+def _codes(row_category: Sequence[str], previous: ServedModel | None) -> np.ndarray:
+    """row -> category code, codes in order of first appearance (as `build`); from `previous`'s codes when
+    only rows were appended to its categories (Python work for the new rows only)."""
+    if previous is None or not len(previous.row_category_code):
+        codes = {c: k for k, c in enumerate(dict.fromkeys(row_category))}
+        return np.array([codes[c] for c in row_category], dtype=np.int32)
+    n = len(previous.row_category)
+    _, first = np.unique(previous.row_category_code, return_index=True)  # code k first appears at row first[k]
+    codes = {previous.row_category[int(r)]: k for k, r in enumerate(first.tolist())}
+    for c in row_category[n:]:
+        codes.setdefault(c, len(codes))
+    return np.concatenate([previous.row_category_code, np.array([codes[c] for c in row_category[n:]], dtype=np.int32)])
