@@ -1,31 +1,32 @@
 """Events -> the reduced tables the A/B statistics run on, for one phase of one experiment.
 
-Arrow's hash join and group-by reduce the events to one row per (user, arm, day, page type, device);
-everything after that is pandas/numpy on tables of that size. Counting rules (docs/ab-report.md):
-duplicated `event_id`s count once; an impression is *clicked* when a click with the same
-(request_id, item_id) exists (so clicks <= impressions); a click without its impression is an orphan;
-users are the randomisation unit. Only impressions of the analysed phase (`phase` column, null = 1)
+DuckDB SQL over the lake's partitions reduces the events to one row per (user, arm, day, phase, page type,
+device) (`reco.experiments.columnar`); everything after that is pandas/numpy on tables of that size.
+Counting rules (docs/ab-report.md): duplicated `event_id`s count once; an impression is *clicked* when a
+click with the same (request_id, item_id) exists (so clicks <= impressions); a click without its impression
+is an orphan; users are the randomisation unit. Only impressions of the analysed phase (`phase` column, null = 1)
 from the phase's first day on are experiment data; the days before the *experiment's* first day (not
 the phase's: later phases' "before" was already treated) are the CUPED pre-exposure window.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from reco.experiments.reading import DEDUP_KEY, REQUIRED_COLUMNS, ReportError
+from reco.experiments.columnar import Reduced, reduce_events
+from reco.experiments.reading import LakeScan, ReportError, dedup_events
+
+__all__ = ["DIMENSIONS", "EPOCH", "Aggregates", "aggregate", "cumulative_moments", "dedup_events"]
 
 EPOCH = date(1970, 1, 1)
-_KINDS = pa.array(["impression", "click", "purchase"])
 #: Breakdown dimensions: impression attributes (a user's CTR on that page type / device) and a user one.
 DIMENSIONS = ("page_type", "device", "user_type")
-_UNKNOWN = "unknown"
 
 
 @dataclass
@@ -55,44 +56,20 @@ def _d(i: int) -> date:
 
 
 def aggregate(
-    table: pa.Table,
+    source: pa.Table | LakeScan,
     start: date | None = None,
     end: date | None = None,
     *,
     phase: int = 1,
     experiment_start: date | None = None,
     pre_period_days: int = 0,
+    reducer: Callable[[pa.Table | LakeScan], Reduced] = reduce_events,
 ) -> Aggregates:
     """Events -> `Aggregates` of `phase`, from `start` (None: the phase's first exposure day) to `end`.
-    The pre-exposure window is the `pre_period_days` before `experiment_start` (default `start`)."""
-    pre_deduped = (table.schema.metadata or {}).get(DEDUP_KEY) is not None
-    required = [c for c in REQUIRED_COLUMNS if not (pre_deduped and c == "event_id")]
-    missing = [c for c in required if c not in table.column_names]
-    if missing:
-        raise ReportError(f"events: missing required column(s) {', '.join(missing)}")
-    read = table.num_rows
-    # one pass over the strings: event_type -> small int code (0 impression, 1 click, 2 purchase, null other)
-    code = pc.index_in(table.column("event_type"), value_set=_KINDS)
-    relevant = int(pc.sum(pc.is_valid(code)).as_py() or 0)
-    dupes = 0
-    if not pre_deduped:
-        table = dedup_events(table.filter(pc.is_valid(code)))
-        code = pc.index_in(table.column("event_type"), value_set=_KINDS)
-        dupes = relevant - table.num_rows
-    table = table.append_column("day", pc.cast(pc.cast(table.column("ts"), pa.date32()), pa.int32()))
-    table = table.append_column("kind", code)
-    if "phase" in table.column_names:
-        ph = pc.fill_null(pc.cast(table.column("phase"), pa.int64()), 1)
-    else:
-        ph = pa.array(np.ones(table.num_rows, dtype=np.int64))
-    table = table.append_column("_phase", ph)
-    for dim in ("page_type", "device"):
-        # as stored (dictionary-encoded from the lake: cheap group-by keys); nulls become "unknown" after the
-        # group-by, on the reduced table
-        col = table.column(dim) if dim in table.column_names else pa.nulls(table.num_rows, pa.string())
-        table = table.append_column(f"_{dim}", col)
-    per_day, orphans, versions, user_ids = _impressions(table)
-
+    The pre-exposure window is the `pre_period_days` before `experiment_start` (default `start`).
+    `reducer`: the pass over the events (DuckDB SQL; tests pass an independent reference)."""
+    red = reducer(source)
+    per_day = red.per_day
     armed = per_day["arm"].notna() & (per_day["_phase"] == phase)
     if not armed.any():
         raise ReportError(f"no impressions with an arm in phase {phase} in the selected window")
@@ -106,15 +83,15 @@ def aggregate(
     other_phase = int(per_day.loc[in_window & per_day["arm"].notna() & (per_day["_phase"] != phase), "imps"].sum())
 
     units = exp.groupby(["user_id", "arm", "day"], as_index=False, observed=True)[["imps", "clicks"]].sum()
-    units = _attach_purchases(units, table, start_i, end_i, phase, user_ids)
+    units = _attach_purchases(units, red.purchases, start_i, end_i, phase)
     users = _users(per_day, units, experiment_start or _d(start_i), pre_period_days)
     segments = _segments(exp, users)
-    exp_versions = {a: sorted(v) for (a, p), v in versions.items() if p == phase}
+    exp_versions = {a: sorted(v) for (a, p), v in red.versions.items() if p == phase}
     multi = units.groupby("user_id", observed=True)["arm"].nunique()
     quality = {
-        "events_read": read,
-        "duplicate_events": dupes,
-        "orphan_clicks": orphans,
+        "events_read": red.read,
+        "duplicate_events": red.dupes,
+        "orphan_clicks": red.orphans,
         "impressions_without_arm": no_arm,
         "impressions_in_other_phases": other_phase,
         "users_in_multiple_arms": int((multi > 1).sum()),
@@ -138,52 +115,6 @@ def aggregate(
         pre_window,
         int((users["x_imps"] > 0).sum()),
     )
-
-
-def _impressions(table: pa.Table) -> tuple[pd.DataFrame, int, dict[tuple[str, int], set[str]], pa.Array]:
-    """Per (user, arm, day, phase, page type, device): impressions and clicked impressions (user ids as
-    int codes into the returned dictionary); the orphan click count; model versions per (arm, phase)."""
-    imp_cols = ["user_id", "arm", "day", "_phase", "_page_type", "_device", "request_id", "item_id"]
-    has_mv = "model_version" in table.column_names
-    imps = table.select(imp_cols + (["model_version"] if has_mv else [])).filter(pc.equal(table.column("kind"), 0))
-    if imps.num_rows == 0:
-        raise ReportError("no impressions in the selected window")
-    clicks = table.select(["request_id", "item_id"]).filter(pc.equal(table.column("kind"), 1))
-    keys = clicks.group_by(["request_id", "item_id"]).aggregate([([], "count_all")])
-    keys = keys.append_column("_k", pa.array(np.arange(keys.num_rows, dtype=np.int64)))
-    # One inner join of the impression keys (with their row numbers only) against the distinct click keys
-    # (small: Arrow's hash join builds on the right input) gives both the clicked impressions and, by the
-    # keys never matched, the orphan clicks.
-    probe = imps.select(["request_id", "item_id"]).append_column("_row", pa.array(np.arange(imps.num_rows)))
-    hits = probe.join(keys, keys=["request_id", "item_id"], join_type="inner")
-    clicked = np.zeros(imps.num_rows, dtype=np.int64)
-    clicked[hits.column("_row").to_numpy()] = 1
-    per_key = keys.column("count_all").to_numpy()
-    orphans = int(per_key.sum() - per_key[np.unique(hits.column("_k").to_numpy())].sum())
-    versions: dict[tuple[str, int], set[str]] = {}
-    if has_mv:
-        # grouped without filtering first (a filter copies the columns); the null-arm groups are skipped
-        mv = imps.select(["arm", "_phase", "model_version"])
-        for r in mv.group_by(["arm", "_phase", "model_version"]).aggregate([]).to_pylist():
-            if r["model_version"] is not None and r["arm"] is not None:
-                versions.setdefault((str(r["arm"]), int(r["_phase"])), set()).add(str(r["model_version"]))
-    mm = pc.min_max(imps.column("_phase")).as_py()
-    one_phase = mm["min"] == mm["max"]  # the usual case: no phase key to hash
-    keys = ["user_id", "arm", "day", "_page_type", "_device"] + ([] if one_phase else ["_phase"])
-    joined = imps.select(keys).append_column("clicked", pa.array(clicked))
-    g = joined.group_by(keys).aggregate([("clicked", "count"), ("clicked", "sum")])
-    g = g.rename_columns([*keys, "imps", "clicks"])
-    if one_phase:
-        g = g.append_column("_phase", pa.array(np.full(g.num_rows, mm["min"], dtype=np.int64)))
-    # users as int codes from here on: pandas groups integers much faster than strings
-    users = pc.dictionary_encode(g.column("user_id")).combine_chunks()
-    g = g.set_column(0, "user_id", users.indices)
-    df = g.to_pandas()
-    if isinstance(df["arm"].dtype, pd.CategoricalDtype):
-        df["arm"] = df["arm"].astype(object)
-    for col in ("_page_type", "_device"):
-        df[col] = df[col].astype(object).where(df[col].notna(), _UNKNOWN)
-    return df, orphans, versions, users.dictionary
 
 
 def _users(per_day: pd.DataFrame, units: pd.DataFrame, exp_start: date, pre_days: int) -> pd.DataFrame:
@@ -221,39 +152,19 @@ def _segments(exp: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def dedup_events(table: pa.Table) -> pa.Table:
-    """Keep the first row of each event_id (Arrow hash group-by; multithreaded, order restored)."""
-    idx = pa.array(np.arange(table.num_rows, dtype=np.int64))
-    first = table.select(["event_id"]).append_column("_i", idx).group_by("event_id").aggregate([("_i", "min")])
-    if first.num_rows == table.num_rows:
-        return table
-    return table.take(np.sort(first.column("_i_min").to_numpy()))
-
-
-def _attach_purchases(
-    units: pd.DataFrame, table: pa.Table, start_i: int, end_i: int, phase: int, user_ids: pa.Array
-) -> pd.DataFrame:
+def _attach_purchases(units: pd.DataFrame, buys: pd.DataFrame, start_i: int, end_i: int, phase: int) -> pd.DataFrame:
     """Per (user, arm, day) purchases and revenue. A purchase without an arm goes to the user's first arm;
     purchases of users never exposed in the phase, or logged in another phase, are not part of it."""
     units = units.assign(purchases=0.0, revenue=0.0)
-    cols = ["user_id", "arm", "day"] + (["value"] if "value" in table.column_names else [])
-    day = table.column("day")
-    is_buy = pc.and_(pc.equal(table.column("kind"), 2), pc.equal(table.column("_phase"), phase))
-    is_buy = pc.and_(is_buy, pc.and_(pc.greater_equal(day, start_i), pc.less_equal(day, end_i)))
-    buys = table.select(cols).filter(is_buy)
-    if buys.num_rows == 0:
+    b = buys[(buys["_phase"] == phase) & (buys["day"] >= start_i) & (buys["day"] <= end_i)]
+    if b.empty:
         return units
-    b = buys.to_pandas()
-    if "value" not in b:
-        b["value"] = 0.0
-    codes = pd.Series(np.arange(len(user_ids)), index=pd.Index(user_ids.to_pylist()))
-    b["user_id"] = b["user_id"].astype(str).map(codes)
-    b["arm"] = b["arm"].astype(object)
-    first_arm = units.sort_values("day").drop_duplicates("user_id").set_index("user_id")["arm"]
-    b["arm"] = b["arm"].where(b["arm"].notna(), b["user_id"].map(first_arm))
+    # first exposure; on a tie, the first arm by name (stable sort of units grouped by user, arm, day)
+    first_arm = units.sort_values("day", kind="stable").drop_duplicates("user_id").set_index("user_id")["arm"]
+    b = b.assign(arm=b["arm"].astype(object).where(b["arm"].notna(), b["user_id"].map(first_arm)))
     b = b[b["user_id"].isin(first_arm.index) & b["arm"].notna()]
-    b["user_id"] = b["user_id"].astype(units["user_id"].dtype)
-    g = b.groupby(["user_id", "arm", "day"], as_index=False).agg(purchases=("value", "size"), revenue=("value", "sum"))
+    b = b.assign(user_id=b["user_id"].astype(units["user_id"].dtype))
+    g = b.groupby(["user_id", "arm", "day"], as_index=False)[["purchases", "revenue"]].sum()
     g["revenue"] = g["revenue"].fillna(0.0)
     merged = units.drop(columns=["purchases", "revenue"]).merge(g, on=["user_id", "arm", "day"], how="outer")
     return merged.fillna({"imps": 0, "clicks": 0, "purchases": 0.0, "revenue": 0.0})

@@ -4,20 +4,20 @@ report needs, restricted to a date window."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 #: Columns the report reads (the others are never loaded).
 REQUIRED_COLUMNS = ("event_id", "ts", "user_id", "item_id", "event_type", "request_id", "arm")
 #: Read when present: `phase` (null = phase 1), `page_type` and `device` (breakdowns), `value` (revenue).
 OPTIONAL_COLUMNS = ("model_version", "value", "phase", "page_type", "device")
-#: Columns read dictionary-encoded from the lake (few distinct values, or many repeats).
-_DICT_COLUMNS = ("event_type", "arm", "model_version", "user_id", "page_type", "device")
 DEDUP_KEY = b"reco.deduplicated"
 
 
@@ -25,11 +25,20 @@ class ReportError(ValueError):
     """Input the report cannot be computed from; the message says what is wrong."""
 
 
+@dataclass(frozen=True)
+class LakeScan:
+    """Day partitions of a lake for the report to scan (never loaded whole: `reco.experiments.columnar`)."""
+
+    files: tuple[str, ...]
+    columns: tuple[str, ...]  # the report's columns present in the partitions (union of their schemas)
+
+
 def read_events(
     path: str | Path, start: date | None = None, end: date | None = None, pre_period_days: int = 0
-) -> pa.Table:
+) -> pa.Table | LakeScan:
     """Events of a lake directory (date=YYYY-MM-DD partitions), a Parquet file or a CSV file, restricted to
-    [start - pre_period_days, end] and to the columns the report needs."""
+    [start - pre_period_days, end] and to the columns the report needs. A lake's partitions are returned as
+    a `LakeScan` (read by the report's SQL, partition by partition); files are read into an Arrow table."""
     path = Path(path)
     lo = start - timedelta(days=pre_period_days) if start else None
     if path.is_dir():
@@ -45,20 +54,12 @@ def read_events(
         if not days:
             cols = [c for c in cols if c in REQUIRED_COLUMNS or c in ("model_version", "value")]
             return lake.read(lo, end, columns=cols).replace_schema_metadata({DEDUP_KEY: b"lake"})
-        # Repetitive strings stay dictionary-encoded as Parquet stores them (no per-row string copies: less
-        # memory and faster filters); one shared dictionary per column so that joins and group-bys accept them.
-        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=list(_DICT_COLUMNS)))
         files = [str(lake.partition_path(d)) for d in days]
         # a column added to the event schema later (e.g. `phase`) is in the newer partitions only: take the
         # union of the oldest and newest partitions' schemas (missing values read as null)
-        schema = pa.unify_schemas([ds.dataset(f, format=fmt).schema for f in {files[0], files[-1]}])
-        dset = ds.dataset(files, format=fmt, schema=schema)
-        # optional columns that older partitions lack (e.g. `phase`) are simply not read
-        table = dset.to_table(columns=[c for c in cols if c in REQUIRED_COLUMNS or c in dset.schema.names])
-        return table.unify_dictionaries().replace_schema_metadata({DEDUP_KEY: b"lake"})
+        names = set(pa.unify_schemas([pq.read_schema(f) for f in {files[0], files[-1]}]).names)
+        return LakeScan(tuple(files), tuple(c for c in cols if c in REQUIRED_COLUMNS or c in names))
     elif path.is_file() and path.suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
         names = pq.read_schema(path).names
         _check_columns(names, path)
         table = pq.read_table(path, columns=[c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in names])
@@ -117,3 +118,12 @@ def _filter_days(table: pa.Table, lo: date | None, hi: date | None) -> pa.Table:
         m = pc.less_equal(day, pa.scalar(hi, pa.date32()))
         mask = m if mask is None else pc.and_(mask, m)
     return table.filter(mask)
+
+
+def dedup_events(table: pa.Table) -> pa.Table:
+    """Keep the first row of each event_id (Arrow hash group-by; multithreaded, order restored)."""
+    idx = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    first = table.select(["event_id"]).append_column("_i", idx).group_by("event_id").aggregate([("_i", "min")])
+    if first.num_rows == table.num_rows:
+        return table
+    return table.take(np.sort(first.column("_i_min").to_numpy()))
