@@ -41,6 +41,9 @@ Redis key layout (``P`` is the configurable prefix, `RecoSettings.redis_prefix`,
     P:online:lease:<arm>        string   "<owner> <token>": the one learner that may write the arm's weights,
                                          SET NX PX LEASE_TTL_MS, renewed by its holder (`reco.state.lease`)
     P:online:lease:<arm>:token  string   the arm's fencing-token counter (INCR per acquisition, never reset)
+    P:sim:clock                 hash     simulations only (RECO_SIMULATED_CLOCK): epoch, simulated time, the
+                                         stream id the learner must reach (`reco.state.simclock`)
+    P:sim:done                  string   the last epoch of the simulated clock the learner finished
 
 Thompson statistics are counted per served impression, never per raw click: an impression of an item
 served by arm A in category c adds 1 to ``c:b`` (a failure until proven otherwise); the first feedback
