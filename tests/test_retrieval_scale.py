@@ -3,6 +3,7 @@ the threshold, and a slow candidate source really cut on the request path."""
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -99,7 +100,8 @@ class _Arm:
 def test_recommender_serves_without_the_slow_session_source() -> None:
     model = ServedModel.build(tiny_bundle(), "1")
     slow = ServedModel(**{**model.__dict__, "index": _SlowIndex(model.index.ids, model.bundle.item_embeddings())})
-    config = PipelineConfig(candidates=CandidateConfig(source_timeout_s=0.05))
+    # inline_exact_rows=0: the tiny table's searches go to the executor too, where the budget cuts them.
+    config = PipelineConfig(candidates=CandidateConfig(source_timeout_s=0.05), inline_exact_rows=0)
     with ThreadPoolExecutor(4) as pool:
         reco = Recommender(store=_Store(), assign=lambda u: _Arm(), models=lambda arm: slow, config=config,
                            executor=pool)  # fmt: skip
@@ -107,3 +109,29 @@ def test_recommender_serves_without_the_slow_session_source() -> None:
     assert "candidates:session_similar" in result.degraded
     assert "session_similar" not in result.candidates_per_source and len(result.items) == 20
     assert {it.source for it in result.items} <= {"session_query", "trending", "popular"}
+
+
+class _ThreadRecordingIndex(EmbeddingIndex):
+    """A real index that records the thread of each similarity search."""
+
+    threads: list[str]
+
+    def similar_rows(self, query_rows, k, exclude_rows=()):
+        self.threads.append(threading.current_thread().name)
+        return super().similar_rows(query_rows, k, exclude_rows)
+
+
+@pytest.mark.parametrize(("inline_rows", "on_request_thread"), [(5_000, True), (0, False)])
+def test_small_exact_searches_run_on_the_request_thread(inline_rows: int, on_request_thread: bool) -> None:
+    """An exact search over a small table (bounded cost) skips the thread hop; otherwise the executor runs it."""
+    model = ServedModel.build(tiny_bundle(), "1")
+    index = _ThreadRecordingIndex(model.index.ids, model.bundle.item_embeddings())
+    index.threads = []
+    recording = ServedModel(**{**model.__dict__, "index": index})
+    config = PipelineConfig(inline_exact_rows=inline_rows)
+    with ThreadPoolExecutor(2, thread_name_prefix="src") as pool:
+        reco = Recommender(store=_Store(), assign=lambda u: _Arm(), models=lambda arm: recording, config=config,
+                           executor=pool)  # fmt: skip
+        result = reco.recommend(RecoRequest("u", session_id="s"))
+    assert result.candidates_per_source.get("session_similar") and len(result.items) == 20
+    assert index.threads and all((t == threading.current_thread().name) == on_request_thread for t in index.threads)

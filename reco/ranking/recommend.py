@@ -239,6 +239,9 @@ class Recommender:
             fresh = RowList.of(self.cold_counts.source_rows(model.cold, index.ids, self.config.cold_start))
             sources[Source.new_items] = lambda: fresh
         popular = model.popular_rows
+        inline = [Source.trending, Source.new_items]
+        if index.ann is None and index.n_rows <= self.config.inline_exact_rows:
+            inline += [Source.session_similar, Source.session_query, Source.context_similar]
         return gather(
             sources,
             lambda: RowList(popular.rows[: cfg.popular_k], popular.anchors[: cfg.popular_k]),
@@ -247,7 +250,7 @@ class Recommender:
             exclude=context,
             executor=self._executor if self.config.concurrent_sources else None,
             blocked=model.blocked,
-            inline=(Source.trending, Source.new_items),
+            inline=inline,
         )
 
     def _read_features(

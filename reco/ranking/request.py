@@ -78,6 +78,10 @@ class PipelineConfig:
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
     # Similarity sources run on the executor under the per-source budget (`gather`); False: inline, uncut.
     concurrent_sources: bool = True
+    # Exact similarity searches over at most this many item rows run on the request thread all the same:
+    # their cost is bounded (~0.1 ms at 1,682 items) and below that of a thread hop and back on a loaded
+    # machine; larger tables and the ANN keep the executor and its budget. 0: always the executor.
+    inline_exact_rows: int = 5_000
 
 
 # Request ids: a random per-process prefix plus a counter: unique across workers and restarts, and no
