@@ -76,9 +76,10 @@ def impression_records(
     ts: datetime,
     phase: int | None = None,
 ) -> list[ImpressionRecord]:
-    """`impression_events` serialised for the store's request log, with plain `json.dumps`: building and
-    dumping 20 pydantic models took ~0.25 ms of the impression thread's GIL time per request (tests hold
-    each payload equal to its `Event`).
+    """`impression_events` serialised for the store's request log without building an `Event` or a dict per
+    item: the fields every impression of the request shares are encoded once (plain `json`), each item adds
+    its own five. Building and dumping 20 pydantic models took ~0.25 ms of the impression thread's GIL time
+    per request, 20 `json.dumps` of whole dicts ~0.15 ms; tests hold each payload equal to its `Event`.
 
     >>> it = RecoItem("i1", 0.5, "Trending now", "trending", 1, False, 1.0, "Drama")
     >>> rec = impression_records(RecoRequest("u"), "r1", "control", "3", [it], ts=datetime(2026, 1, 1, tzinfo=UTC))
@@ -86,8 +87,29 @@ def impression_records(
     ('r1:1', 'Drama', 2026)
     """
     stamp = ts.astimezone(UTC).isoformat().replace("+00:00", "Z")  # as pydantic writes it (the stream's form)
-    fields = _impression_fields(req, request_id, arm, model_version, items, phase=phase)
-    return [
-        ImpressionRecord(f["event_id"], it.item_id, json.dumps({"ts": stamp, **f}, separators=(",", ":")), it.category)
-        for f, it in zip(fields, items, strict=True)
-    ]
+    shared = {
+        "ts": stamp,
+        "user_id": req.user_id,
+        "session_id": req.session_id,
+        "event_type": EventType.impression.value,
+        "request_id": request_id,
+        "arm": arm,
+        "model_version": model_version,
+        "page_type": PageType(req.page_type).value,
+        "device": req.device[:32] if req.device else None,
+        **({} if phase is None else {"phase": phase}),
+    }
+    head = _dumps(shared)[:-1]  # '{...' without the closing brace: each item's fields follow
+    event_id = _dumps(f"{request_id}:")[:-1]  # '"<request_id>:' : the position and the closing quote follow
+    out = []
+    for it in items:
+        propensity = min(1.0, max(it.propensity, 1e-9))  # clamped into (0, 1], as `_impression_fields`
+        payload = (
+            f'{head},"event_id":{event_id}{it.position}","item_id":{_dumps(it.item_id)},"position":{it.position},'
+            f'"propensity":{float.__repr__(propensity)},"is_exploration":{"true" if it.is_exploration else "false"}}}'
+        )
+        out.append(ImpressionRecord(f"{request_id}:{it.position}", it.item_id, payload, it.category))
+    return out
+
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
