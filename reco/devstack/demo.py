@@ -347,6 +347,9 @@ def _flow(
             "lake_dir": str(settings.lake_dir.resolve()),
             "reports_dir": str(settings.reports_dir.resolve()),
             "tracking_uri": tracking_uri,
+            # No CUPED pre-period: the simulated users have no history before the simulated days, and the phase
+            # starts at the promotion (today), after them: its pre-period would be the experiment's own days.
+            "pre_period_days": 0,
         }
         _dags_test(stack, airflow, "reco_ab_report", conf, advance)
     return settings.reports_dir.resolve() / spec.name / f"{today.isoformat()}.json", versions, online
