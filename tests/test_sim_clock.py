@@ -55,6 +55,10 @@ def _models(items: list[str]) -> dict[str, ArmModel]:
     return out
 
 
+def _published(store: RedisStore, version: int | None, arm: str) -> tuple[int | None, bytes | None]:
+    return version, (store.get_weights(arm, version).blob if version else None)
+
+
 def _run(gt: GroundTruth, redis_url: str, prefix: str, seed: int) -> dict:
     """Traffic + online learning + the A/B report on a fresh prefix; what a user of the demo reads."""
     store = RedisStore(redis.Redis.from_url(redis_url), prefix)
@@ -89,8 +93,7 @@ def _run(gt: GroundTruth, redis_url: str, prefix: str, seed: int) -> dict:
         "ctr": {arm: (t.impressions, t.clicks) for arm, t in sorted(stats.arms.items())},
         "verdict": (report["decision"]["action"], report["decision"]["arm"]),
         "lift": report["comparisons"][0]["user_level"]["lift"]["relative"],
-        "weights": {arm: (learner.published_version(arm), store.get_weights(arm).blob if learner.published_version(arm)
-                          else None) for arm in models},  # fmt: skip
+        "weights": {arm: _published(store, learner.published_version(arm), arm) for arm in models},
         "ticks": clocked.ticks,
         "steps": {arm: a.counters.steps for arm, a in learner.arms.items()},
     }

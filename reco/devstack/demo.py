@@ -402,7 +402,12 @@ def _fresh_prefix(redis_url: str, prefix: str) -> None:
 
 
 def _simulate(
-    api_url: str, data_dir: Path, scale: DemoScale, first_day: date, advance: Callable[..., None], redis_url: str,
+    api_url: str,
+    data_dir: Path,
+    scale: DemoScale,
+    first_day: date,
+    advance: Callable[..., None],
+    redis_url: str,
     prefix: str,
 ) -> None:
     """Replay simulated users against the API over HTTP (the click simulator of `reco.sim`), driving the

@@ -7,12 +7,14 @@
 ...                            "user_level": {"lift": {"relative": 0.02, "relative_ci": [-0.05, 0.09]},
 ...                                           "sequential": {"p_value": 0.7}},
 ...                            "power": {"mde_relative_at_planned_days": 0.08}}]}
->>> for line in why(report): print(line)
-Traffic split: the users per arm match the configured shares (SRM p = 0.6): the comparison can be trusted.
+>>> for line in why(report): print(line[:60].rstrip())
+Traffic split: the users per arm match the configured shares
 Guardrails: none harmed (ctr).
-Effect: treatment vs control, CTR per user +2.0% (95% CI -5.0% .. +9.0%); the interval includes 0, so no difference is shown (always-valid p = 0.7).
-Size: at this traffic the smallest lift the test detects by day 28 is about 8.0%; the observed +2.0% is below it.
-Days: 3 day(s) with data < the 14 required before any decision (weekly cycles, novelty): the verdict is 'continue' whatever the numbers say.
+Effect: treatment vs control, CTR per user +2.0% (95% CI -5.
+Size: at this traffic the smallest lift the test detects by
+Days: 3 day(s) with data < the 14 required before any decisi
+>>> "includes 0, so no difference is shown" in why(report)[2]
+True
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def why(report: dict[str, Any]) -> list[str]:
     srm = report.get("srm") or {}
     if srm.get("flagged"):
         out.append(f"Traffic split: the users per arm do NOT match the configured shares (SRM p = "
-                   f"{srm.get('p_value'):.2g}): assignment or logging is broken, no result can be trusted.")  # fmt: skip
+                   f"{srm.get('p_value'):.2g}): assignment or logging is broken, nothing can be trusted.")  # fmt: skip
     else:
         out.append(f"Traffic split: the users per arm match the configured shares (SRM p = "
                    f"{srm.get('p_value', float('nan')):.2g}): the comparison can be trusted.")  # fmt: skip
