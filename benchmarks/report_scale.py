@@ -1,0 +1,146 @@
+"""The A/B report at 10M-100M events: a seeded synthetic lake in the project's layout (`EventLake`, one zstd
+Parquet file per UTC day) -> `read_events` + `build_report` in a child process -> one JSON line with its wall
+time, CPU time and peak RSS.
+
+Usage: `python benchmarks/report_scale.py --events 100_000_000 --lake /tmp/x [--keep] [--engine reference]`.
+The lake is generated day by day (users persist across days: arm, device and click propensity per user;
+sessions drawn by user activity), so 100M events never sit in memory at once; it is reused when `--lake`
+already holds partitions. `--engine reference` runs the former Arrow/pandas pass (tests/ab_reference.py, which
+reads the whole window into memory) for an A/B against the production DuckDB pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+START, DAYS = date(2026, 1, 1), 28
+PAGES, DEVICES = ("home", "product", "category"), ("web", "ios", "android")
+
+
+def generate(lake: Path, events: int, seed: int) -> dict[str, object]:
+    """~`events` impressions + clicks over `DAYS` days: 5 impressions per session, 4 sessions per user."""
+    from reco.data.events import EVENT_SCHEMA
+    from reco.data.lake import EventLake
+
+    rng = np.random.default_rng(seed)
+    sessions = int(events / (5.0 * 1.05))
+    users = max(sessions // 4, 100)
+    arm = rng.integers(0, 2, users)  # 50/50
+    p_user = rng.beta(20 * 0.05, 20 * 0.95, users) * np.where(arm == 1, 1.02, 1.0)  # treatment: +2 % CTR
+    device = rng.choice(3, users, p=[0.5, 0.3, 0.2])
+    activity = rng.gamma(0.7, 1.0, users)
+    cdf = np.cumsum(activity / activity.sum())
+    user_ids = pa.array(np.arange(users)).cast(pa.string())
+    user_ids = pa.compute.binary_join_element_wise("u", user_ids, "")
+    arms, versions = pa.array(["control", "treatment"]), pa.array(["control-v1", "treatment-v1"])
+    items = pa.compute.binary_join_element_wise("m", pa.array(np.arange(5000)).cast(pa.string()), "")
+    out, t0, n_events, s0 = EventLake(lake), time.perf_counter(), 0, 0
+    for d in range(DAYS):
+        n_s = sessions // DAYS
+        s_user = np.minimum(np.searchsorted(cdf, rng.random(n_s)), users - 1)
+        n_imp = rng.poisson(4.0, n_s) + 1
+        sess = np.repeat(np.arange(n_s), n_imp)
+        user = s_user[sess]
+        clicked = np.flatnonzero(rng.random(sess.size) < p_user[user])
+        rows = np.concatenate([np.arange(sess.size), clicked])  # impressions, then clicks of some of them
+        n, day0 = rows.size, datetime(START.year, START.month, START.day, tzinfo=UTC) + timedelta(days=d)
+        secs = (rng.integers(0, 86_390, n_s)[sess])[rows]
+        secs[sess.size :] += 5  # a click comes a few seconds after its impression
+        u = user[rows]
+        pos = np.arange(sess.size) - np.repeat(np.cumsum(n_imp) - n_imp, n_imp)
+        req = pa.compute.binary_join_element_wise("r", pa.array(s0 + sess[rows]).cast(pa.string()), "")
+        cols = {
+            "event_id": pa.array(n_events + np.arange(n)).cast(pa.string()),
+            "ts": pa.array(int(day0.timestamp() * 1e6) + secs * 1_000_000, pa.timestamp("us", tz="UTC")),
+            "user_id": user_ids.take(pa.array(u)),
+            "session_id": req,
+            "item_id": items.take(pa.array(rng.integers(0, 5000, sess.size)[rows])),
+            "event_type": pa.array(np.where(np.arange(n) < sess.size, "impression", "click")),
+            "request_id": req,
+            "position": pa.array(pos[rows] + 1, pa.int32()),
+            "arm": arms.take(pa.array(arm[u])),
+            "model_version": versions.take(pa.array(arm[u])),
+            "page_type": pa.array(np.array(PAGES)[rng.choice(3, n_s, p=[0.5, 0.3, 0.2])[sess][rows]]),
+            "device": pa.array(np.array(DEVICES)[device[u]]),
+        }
+        cols |= {f.name: pa.nulls(n, f.type) for f in EVENT_SCHEMA if f.name not in cols}
+        if "phase" in cols:
+            cols["phase"] = pa.array(np.ones(n, np.int64), EVENT_SCHEMA.field("phase").type)
+        out.write_partitions(pa.Table.from_pydict(cols, schema=EVENT_SCHEMA))
+        n_events, s0 = n_events + n, s0 + n_s
+    size = sum(f.stat().st_size for f in lake.rglob("*.parquet"))
+    return {"events_generated": n_events, "users_generated": users, "generate_s": round(time.perf_counter() - t0, 1),
+            "lake_mb": round(size / 2**20)}  # fmt: skip
+
+
+def report(lake: Path, engine: str) -> dict[str, object]:
+    from reco.experiments.aggregate import aggregate
+    from reco.experiments.report import ReportConfig, read_events, render_html, render_json, report_from_aggregates
+
+    reducer = {}
+    if engine == "reference":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from ab_reference import reference_reduce
+
+        reducer = {"reducer": reference_reduce}
+    rc = ReportConfig(control="control", start=START, end=START + timedelta(days=DAYS - 1))
+    t0, c0 = time.perf_counter(), time.process_time()
+    source = read_events(lake, rc.start, rc.end, rc.pre_period_days)
+    agg = aggregate(source, rc.start, rc.end, phase=rc.phase, experiment_start=rc.experiment_start,
+                    pre_period_days=rc.pre_period_days, **reducer)  # fmt: skip
+    agg_s = time.perf_counter() - t0
+    rep = report_from_aggregates(agg, rc)
+    report_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    t0 = time.perf_counter()
+    render_json(rep), render_html(rep)
+    from reco.experiments.columnar import MEMORY_LIMIT, THREADS
+
+    return {
+        "benchmark": "report_scale", "engine": engine, "events": rep["data_quality"]["events_read"],
+        "users": sum(a["users"] for a in rep["arms"].values()), "days": rep["window"]["days"],
+        "report_s": round(report_s, 1), "of_which_reduce_aggregate_s": round(agg_s, 1), "report_cpu_s": round(cpu_s, 1),
+        "render_s": round(time.perf_counter() - t0, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "duckdb_threads": THREADS, "duckdb_memory_limit": MEMORY_LIMIT, "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 1), "decision": rep["decision"]["action"],
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lake", type=Path, required=True, help="where the lake is generated (or reused)")
+    ap.add_argument("--keep", action="store_true", help="keep a lake generated by this run")
+    ap.add_argument("--engine", choices=["duckdb", "reference"], default="duckdb")
+    ap.add_argument("--report-only", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.report_only:
+        print(json.dumps(report(args.lake, args.engine)))
+        return
+    gen: dict[str, object] = {"lake_reused": True}
+    if not any(args.lake.glob("date=*")):
+        gen = generate(args.lake, args.events, args.seed)
+    try:
+        cmd = [sys.executable, __file__, "--report-only", "--lake", str(args.lake), "--engine", args.engine]
+        child = subprocess.run(cmd, check=True, capture_output=True, text=True)  # peak RSS: the report's own
+        print(json.dumps(json.loads(child.stdout) | gen))
+    finally:
+        if "generate_s" in gen and not args.keep:
+            shutil.rmtree(args.lake, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
