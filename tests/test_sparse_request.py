@@ -1,9 +1,11 @@
-"""The request path touches only its candidates: the sparse merge and "seen" equal the catalogue-sized
-mask versions they replaced, on random inputs (priority, blocked, excluded, padding, the cap)."""
+"""The request path touches only its candidates (per-thread masks kept between requests, only the request's rows
+set and reset): merge and "seen" equal the fresh catalogue-sized mask versions they replaced, on random
+inputs in sequence (priority, blocked, excluded, padding, the cap; a mask left dirty would show)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from reco.models.ranker import seen
 from reco.ranking.candidates import SOURCE_PRIORITY, SOURCES, RowList, Source, merge
@@ -61,6 +63,8 @@ def test_sparse_merge_equals_the_dense_mask_merge():
 
 def test_sparse_seen_equals_the_table_lookup():
     rng = np.random.default_rng(3)
+    with pytest.raises(IndexError):  # a bad row leaves the thread's table clean for the next call
+        seen(np.array([10**9]), np.array([5, 7]), 300)
     for _ in range(200):
         candidates = rng.integers(0, 300, rng.integers(0, 60))
         history = rng.integers(0, 300, rng.integers(0, 25))

@@ -9,11 +9,12 @@ Sources (`Source`):
 * `trending`: the trending counters kept in Redis.
 * `popular`: an in-process list computed once per model bundle, so that it answers with Redis down.
 * `new_items`: catalogue items the model was not trained on, least shown first (`reco.ranking.cold_start`).
-* `session_query`: the items the served ranker itself scores highest for the session (`ranker_rows`): its
-  full score over a pool of `CandidateConfig.query_pool` items, the whole catalogue when it is no larger,
-  else the pool's best by the model's retrieval score `<session query, item>` (exact below the ANN threshold,
-  the ANN above: sub-linear). The scorer remembers the pool's scores, so ranking the merged candidates
-  gathers them instead of scoring again.
+* `session_query` (`ranker_rows`): the items with the highest retrieval score `<session query, item>` of the
+  served model itself (the query the scorer computes anyway, remembered), exact below the ANN threshold, the
+  ANN above. With `CandidateConfig.query_pool` > 0, the ranker's own full score over a pool of that many
+  items instead (the whole catalogue when it is no larger, else the retrieval score's best); the scorer
+  remembers the pool's scores and the ranking gathers them. Off by default: on MovieLens it served lists of
+  the same quality for 1.4-1.6x the pipeline's CPU (docs/benchmarks.md, "Quality of the served list").
 
 `EmbeddingIndex` holds the row-normalised embedding matrix once per model (built off the request
 path, when the model is loaded) so that a lookup is a single matrix product; above `ANN_THRESHOLD` items
@@ -23,9 +24,9 @@ it searches an approximate index instead (`reco.ranking.ann`, built at load too)
 source is cut there and the request goes on without its candidates.
 
 The request path stays in the model's embedding-row space: each source answers a `RowList` (rows and
-anchor rows as int arrays) and `merge` dedups them in numpy, over those rows only (never a catalogue-sized
-mask), so no per-candidate Python object is built for the ~900 items the sources return (that cost more
-than the model's forward pass).
+anchor rows as int arrays) and `merge` dedups them in numpy, touching those rows only (of a per-thread
+mask kept between requests), so no per-candidate Python object is built for the ~900 items the sources
+return (that cost more than the model's forward pass).
 `Candidate` is the object view, for callers outside the request path.
 """
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -358,7 +360,7 @@ class CandidateConfig:
     source_timeout_s: float = 0.05
     new_items_k: int = 20
     query_k: int = 300
-    query_pool: int = 2000  # items the ranker scores for `session_query` (`ranker_rows`); 0: retrieval score only
+    query_pool: int = 0  # > 0: `session_query` is the ranker's top over this many items (`ranker_rows`)
 
 
 def ranker_rows(
@@ -373,11 +375,12 @@ def ranker_rows(
     """The `session_query` source: the `config.query_k` items with the highest score of the ranker itself
     (`scorer.retrieval_scores`, the logits the page is ranked by), best first, without `exclude_rows`.
 
-    The ranker's score costs ~100x a dot product per item (its MLP), so it is computed over a pool of at most
-    `config.query_pool` items: every item when the catalogue is no larger (exact: the served list then holds
-    the full ranking's top), else the pool's best by the retrieval score `<session query, item>`
-    (`EmbeddingIndex.query_rows`: the ANN above its threshold, so the source stays sub-linear in the
-    catalogue). A scorer without `retrieval_scores`, or `query_pool` 0, ranks by the retrieval score alone.
+    `query_pool` 0 (the default) or a scorer without `retrieval_scores`: the retrieval score `<session query,
+    item>` alone (`EmbeddingIndex.query_rows`: the ANN above its threshold). Otherwise the ranker's score,
+    ~100x a dot product per item (its MLP), over a pool of at most `config.query_pool` items: every item when
+    the catalogue is no larger (the served list then holds the full ranking's top), else the retrieval score's
+    best (sub-linear in the catalogue above the ANN threshold). Measured on MovieLens-100k (docs/benchmarks.md):
+    the same served NDCG@10 as the retrieval score alone, for 1.4x the pipeline's CPU, so it is off by default.
     """
     rows = np.asarray(session_rows, dtype=np.int64)
     exclude = np.asarray(exclude_rows, dtype=np.int64)
@@ -494,23 +497,47 @@ def merge(
     >>> out.rows.tolist(), [str(SOURCES[s]) for s in out.sources], out.anchors.tolist(), out.per_source
     ([1, 3], ['session_similar', 'trending'], [4, 0], {'session_similar': 1, 'trending': 1})
     """
-    # Sparse: only the ~1,400 rows the sources returned are touched (a catalogue-sized "taken" mask was
-    # O(catalogue) per request: 1 MB to allocate and clear at 1M items). Each row is kept at its first
-    # occurrence in priority order, as the sequential merge did; `n_rows` bounds the rows, no table is built.
-    found = [(results[s], _CODE[s]) for s in SOURCE_PRIORITY if s in results]
-    rows = np.concatenate([np.asarray(f[0].rows, dtype=np.int64) for f in found] or [np.zeros(0, dtype=np.int64)])
-    anchors = np.concatenate([np.asarray(f[0].anchors, dtype=np.int64) for f in found] or [np.zeros(0, np.int64)])
-    codes = np.concatenate([np.full(len(f[0].rows), f[1], dtype=np.int8) for f in found] or [np.zeros(0, np.int8)])
-    keep = np.zeros(len(rows), dtype=bool)
-    keep[np.unique(rows, return_index=True)[1]] = True  # first occurrence of each row
-    keep &= rows > 0  # padding
-    if blocked is not None:
-        keep &= ~blocked[rows]
-    if len(exclude):
-        keep &= ~np.isin(rows, np.asarray(exclude, dtype=np.int64))
-    picked = np.flatnonzero(keep)[:limit]
-    counts = np.bincount(codes[picked], minlength=len(SOURCES))
+    # The "taken" mask is this thread's, kept between requests and all False between them: only the rows the
+    # sources returned are set and then reset, so a request's work is O(its candidates), not O(catalogue)
+    # (a fresh catalogue-sized mask, and a copy of `blocked`, per request: 0.12 ms at 1M items, 3x this).
+    taken = _scratch_mask(n_rows)
+    marked = [np.zeros(1, dtype=np.int64), np.asarray(exclude, dtype=np.int64)]  # padding, excluded
+    parts: list[tuple[np.ndarray, np.ndarray, int]] = []
+    n = 0
+    try:
+        for m in marked:
+            taken[m] = True
+        for source in SOURCE_PRIORITY:
+            found = results.get(source)
+            if found is None or n >= limit:
+                continue
+            rows, anchors = found
+            keep = ~taken[rows] if blocked is None else ~(taken[rows] | blocked[rows])
+            rows, anchors = rows[keep][: limit - n], anchors[keep][: limit - n]
+            taken[rows] = True
+            marked.append(rows)
+            parts.append((rows, anchors, _CODE[source]))
+            n += len(rows)
+    finally:
+        for m in marked:
+            taken[m] = False
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return CandidateResult(empty, np.zeros(0, dtype=np.int8), empty)
     return CandidateResult(
-        rows[picked], codes[picked], anchors[picked],
-        {str(SOURCES[c]): int(counts[c]) for _, c in found if counts[c]},
-    )  # fmt: skip
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([np.full(len(p[0]), p[2], dtype=np.int8) for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        {str(SOURCES[code]): len(rows) for rows, _, code in parts if len(rows)},
+    )
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch_mask(n_rows: int) -> np.ndarray:
+    """This thread's all-False boolean mask of at least `n_rows` rows (callers reset what they set)."""
+    mask = getattr(_SCRATCH, "mask", None)
+    if mask is None or len(mask) < n_rows:
+        mask = _SCRATCH.mask = np.zeros(n_rows, dtype=bool)
+    return mask
