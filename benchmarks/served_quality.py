@@ -6,7 +6,7 @@ sources, the rules with the last 50 history items dropped, the per-category cap 
 The model is benchmarks/holdout_model.py's (MovieLens-100k without 50 items kept for the cold-start run).
 
     python benchmarks/served_quality.py --model DIR [--epochs 8] [--users N] [--max-per-category 3 [100 ...]]
-        [--query-pool 2000 [0 ...]] [--ann-threshold 20000 [0 ...]]
+        [--query-pool 2000 [0 ...]] [--seen-window 50 [...]] [--ann-threshold 20000 [0 ...]]
 
 Prints one JSON line per setting (every combination of the lists; the full ranking is evaluated once).
 """
@@ -79,13 +79,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for threshold in a.ann_threshold:
         model = ServedModel.build(bundle, "eval", ann_threshold=threshold)  # one per setting: its own memos
-        for pool, cap in itertools.product(a.query_pool, a.max_per_category):
+        for pool, cap, window in itertools.product(a.query_pool, a.max_per_category, a.seen_window):
             t1 = time.perf_counter()
             config = replace(CANDIDATES, query_pool=pool)
-            served = evaluate_served(model, sessions, targets, max_per_category=cap, candidates=config)
+            served = evaluate_served(model, sessions, targets, max_per_category=cap, candidates=config,
+                                     seen_window=window)  # fmt: skip
             ndcg = served["ndcg@10"]
             rows.append({
-                **base, "query_pool": pool, "max_per_category": cap, "ann": model.index.ann is not None,
+                **base, "query_pool": pool, "max_per_category": cap, "seen_window": window,
+                "ann": model.index.ann is not None,
                 **{f"served_{k}": round(v, 4) if isinstance(v, float) else v for k, v in served.items()
                    if k != "cases"},
                 "served_vs_full_ndcg@10": round(ndcg / max(full["all"]["ndcg@10"], 1e-12), 3),

@@ -31,7 +31,7 @@ def _ranker_top(model: ServedModel, k: int, exclude: np.ndarray, pool: np.ndarra
 
 
 def test_the_source_is_the_rankers_top_over_a_small_catalogue(model: ServedModel) -> None:
-    config = CandidateConfig(query_k=15)
+    config = CandidateConfig(query_k=15, query_pool=2000)
     got = ranker_rows(model.index, model.scorer, SESSION, config, "home", DEFAULT_DEVICE, SESSION).rows
     assert got.tolist() == _ranker_top(model, 15, SESSION)
     assert not set(got.tolist()) & set(SESSION.tolist())
@@ -64,7 +64,8 @@ def test_without_the_cap_the_served_page_is_the_full_ranking_without_the_seen_it
     """Below the pool size every item is scored: the page is the ranker's top, the session's items dropped."""
     store = served_eval._OneSession()
     store.session = [model.index.ids[r] for r in SESSION]
-    config = PipelineConfig(features_inline=True, concurrent_sources=False, rules=RuleConfig(max_per_category=None))
+    config = PipelineConfig(candidates=CandidateConfig(query_pool=2000), features_inline=True,
+                            concurrent_sources=False, rules=RuleConfig(max_per_category=None))  # fmt: skip
     reco = Recommender(store=store, assign=lambda u: served_eval._Greedy(), models=lambda arm: model, config=config)
     items = reco.recommend(RecoRequest(user_id="u", session_id="s", limit=5)).items
     assert [model.index.row_of(it.item_id) for it in items] == _ranker_top(model, 5, SESSION)
