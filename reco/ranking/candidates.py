@@ -24,9 +24,9 @@ it searches an approximate index instead (`reco.ranking.ann`, built at load too)
 source is cut there and the request goes on without its candidates.
 
 The request path stays in the model's embedding-row space: each source answers a `RowList` (rows and
-anchor rows as int arrays) and `merge` dedups them in numpy, over those rows only (never a catalogue-sized
-mask), so no per-candidate Python object is built for the ~900 items the sources return (that cost more
-than the model's forward pass).
+anchor rows as int arrays) and `merge` dedups them in numpy, touching those rows only (of a per-thread
+mask kept between requests), so no per-candidate Python object is built for the ~900 items the sources
+return (that cost more than the model's forward pass).
 `Candidate` is the object view, for callers outside the request path.
 """
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -496,23 +497,47 @@ def merge(
     >>> out.rows.tolist(), [str(SOURCES[s]) for s in out.sources], out.anchors.tolist(), out.per_source
     ([1, 3], ['session_similar', 'trending'], [4, 0], {'session_similar': 1, 'trending': 1})
     """
-    # Sparse: only the ~1,400 rows the sources returned are touched (a catalogue-sized "taken" mask was
-    # O(catalogue) per request: 1 MB to allocate and clear at 1M items). Each row is kept at its first
-    # occurrence in priority order, as the sequential merge did; `n_rows` bounds the rows, no table is built.
-    found = [(results[s], _CODE[s]) for s in SOURCE_PRIORITY if s in results]
-    rows = np.concatenate([np.asarray(f[0].rows, dtype=np.int64) for f in found] or [np.zeros(0, dtype=np.int64)])
-    anchors = np.concatenate([np.asarray(f[0].anchors, dtype=np.int64) for f in found] or [np.zeros(0, np.int64)])
-    codes = np.concatenate([np.full(len(f[0].rows), f[1], dtype=np.int8) for f in found] or [np.zeros(0, np.int8)])
-    keep = np.zeros(len(rows), dtype=bool)
-    keep[np.unique(rows, return_index=True)[1]] = True  # first occurrence of each row
-    keep &= rows > 0  # padding
-    if blocked is not None:
-        keep &= ~blocked[rows]
-    if len(exclude):
-        keep &= ~np.isin(rows, np.asarray(exclude, dtype=np.int64))
-    picked = np.flatnonzero(keep)[:limit]
-    counts = np.bincount(codes[picked], minlength=len(SOURCES))
+    # The "taken" mask is this thread's, kept between requests and all False between them: only the rows the
+    # sources returned are set and then reset, so a request's work is O(its candidates), not O(catalogue)
+    # (a fresh catalogue-sized mask, and a copy of `blocked`, per request: 0.12 ms at 1M items, 3x this).
+    taken = _scratch_mask(n_rows)
+    marked = [np.zeros(1, dtype=np.int64), np.asarray(exclude, dtype=np.int64)]  # padding, excluded
+    parts: list[tuple[np.ndarray, np.ndarray, int]] = []
+    n = 0
+    try:
+        for m in marked:
+            taken[m] = True
+        for source in SOURCE_PRIORITY:
+            found = results.get(source)
+            if found is None or n >= limit:
+                continue
+            rows, anchors = found
+            keep = ~taken[rows] if blocked is None else ~(taken[rows] | blocked[rows])
+            rows, anchors = rows[keep][: limit - n], anchors[keep][: limit - n]
+            taken[rows] = True
+            marked.append(rows)
+            parts.append((rows, anchors, _CODE[source]))
+            n += len(rows)
+    finally:
+        for m in marked:
+            taken[m] = False
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return CandidateResult(empty, np.zeros(0, dtype=np.int8), empty)
     return CandidateResult(
-        rows[picked], codes[picked], anchors[picked],
-        {str(SOURCES[c]): int(counts[c]) for _, c in found if counts[c]},
-    )  # fmt: skip
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([np.full(len(p[0]), p[2], dtype=np.int8) for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        {str(SOURCES[code]): len(rows) for rows, _, code in parts if len(rows)},
+    )
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch_mask(n_rows: int) -> np.ndarray:
+    """This thread's all-False boolean mask of at least `n_rows` rows (callers reset what they set)."""
+    mask = getattr(_SCRATCH, "mask", None)
+    if mask is None or len(mask) < n_rows:
+        mask = _SCRATCH.mask = np.zeros(n_rows, dtype=bool)
+    return mask
