@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         type=int,
         nargs="+",
         default=[CANDIDATES.query_pool],
-        help="items the ranker scores for session_query (0: the retrieval score alone, the source before)",
+        help="items the ranker scores for session_query (0, serving's default: the retrieval score alone)",
     )
     p.add_argument(
         "--ann-threshold",
@@ -50,6 +50,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         nargs="+",
         default=[ANN_THRESHOLD],
         help="search the ANN above this many items (0: the >20k-item path on this catalogue)",
+    )
+    p.add_argument(
+        "--seen-window",
+        type=int,
+        nargs="+",
+        default=[50],
+        help="history items given as the session (the rules drop them; the API keeps the last 50)",
     )
     a = p.parse_args(argv)
 
