@@ -13,7 +13,7 @@ The server is `bench_app` below: the real app plus two empty endpoints that pars
 and return a constant, one async (on the event loop, like /v1/recommendations) and one sync (thread pool).
 They measure the fixed cost of HTTP + uvicorn + FastAPI on this machine, which no pipeline work can
 remove. All are measured interleaved (one recommendation, one bare forward, one scoring path, one empty
-call, ...), so machine load from other processes hits them alike; the bars are read from that phase. A
+call, ...), so machine load from other processes hits them alike; the older bars are read from that phase. A
 second phase times blocks of back-to-back recommendations and back-to-back forwards (steady state: one
 request's impression log overlaps the next request). A third, "settled", waits (untimed) after each
 recommendation until its impression write is in Redis before timing a bare forward, so that nothing of the
@@ -22,13 +22,18 @@ another 20-item session written just before (untimed), so the server has nothing
 times the bare forward on that session and its candidates (`p50_ratio_new_sessions`). A fifth, "browse",
 is the realistic steady state: each request follows one more view of its session (written untimed just
 before; a session ends after 20 views and the next one starts), and the bare forward runs on that session and
-its candidates (`p50_ratio_browse`). A sixth, "clients4", runs the browse protocol from 4 client threads
-(each its own connection and sessions) for `--requests` requests in all: p50/p99 and recommendations/s
-(`--workers` sets the uvicorn workers).
+its candidates (`p50_ratio_browse`); the server's CPU over this phase is `server_per_browse_recommendation`. A
+sixth, "clients4", runs the browse protocol from 4 client threads (each its own connection and sessions) for
+`--requests` requests in all: p50/p99 and recommendations/s, against one server per `--clients-workers`
+count (default 1 and 2 uvicorn workers). New sessions, browse and clients4 alternate users of both arms of the
+built-in experiment (control explores epsilon-greedy, treatment Thompson sampling: their costs differ), with
+per-arm p50s (`http_control`, `http_treatment`).
 
-    .venv/bin/python benchmarks/serving_latency.py [--requests 2000] [--redis-url redis://127.0.0.1:6379/0]
+    .venv/bin/python benchmarks/serving_latency.py [--requests 400] [--workers 1] [--clients-workers 1,2]
 
-Prints one JSON line. Bars: p50 <= 1.5x the bare forward's p50; p99 < 30 ms.
+Prints one JSON line (with `uptime`) on stdout and the issue's three bars in words on stderr (`targets`):
+p50 <= 1.0x the bare forward (browse and new sessions), p99 <= 2x p50 with 4 clients, >= 300
+recommendations/s on the 2 cores (per worker count). Older bars kept: p50 <= 1.5x, p99 < 30 ms.
 """
 
 from __future__ import annotations
@@ -63,35 +68,30 @@ ML100K = Path(os.environ.get("RECO_TEST_ML100K", "/work/shared/data/movielens-10
 
 
 def seed_session(
-    store: RedisStore, items: list[str], seed: int = 0, session_id: str = "bench-s", others: int = 300
+    store: RedisStore,
+    items: list[str],
+    seed: int = 0,
+    session_id: str = "bench-s",
+    others: int = 300,
+    user: str = "bench",
 ) -> list[str]:
-    """The benchmark user's 20-item session (user "bench", session `session_id`) plus `others` views by
-    other users (trending), written through the store; returns the session items."""
+    """A 20-item session (`user`, session `session_id`) plus `others` views by other users (trending),
+    written through the store; returns the session items."""
     from reco.data.events import Event
 
     rng = np.random.default_rng(seed)
     session = [str(i) for i in rng.choice(items, 20, replace=False)]
     ts = datetime.now(UTC)
-    store.ingest([Event(event_id=f"{session_id}-{i}", ts=ts, user_id="bench", session_id=session_id, item_id=it,
+    store.ingest([Event(event_id=f"{session_id}-{i}", ts=ts, user_id=user, session_id=session_id, item_id=it,
                         event_type="view") for i, it in enumerate(session)])  # fmt: skip
     store.ingest([Event(event_id=f"t{i}", ts=ts, user_id=f"t{i}", item_id=str(it), event_type="view")
                   for i, it in enumerate(rng.choice(items, others))])  # fmt: skip
     return session
 
 
-def request_candidates(store: RedisStore, served, session_id: str = "bench-s") -> list[str]:
-    """The exact candidates the benchmark request ranks (user "bench", session `session_id`), from the
-    pipeline's own candidate code."""
-    from reco.experiments.assignment import Assignment, ExplorationConfig
-    from reco.ranking.recommend import Recommender, RecoRequest, session_for_model
-
-    rec = Recommender(store=store, assign=lambda u: Assignment("e", "control", "arm-control", ExplorationConfig(), 0.0),
-                      models=lambda a: served)  # fmt: skip
-    features = store.request_context("bench", session_id, [], "control", served.categories, trending_k=100)
-    trending = [str(iid) for iid, _ in features.trending_top]
-    cands = rec._candidates(RecoRequest("bench", session_id=session_id, limit=20), served,
-                            session_for_model(features, served.index), trending)  # fmt: skip
-    return [served.index.ids[r] for r in cands.rows]
+def request_candidates(store: RedisStore, served, session_id: str = "bench-s", user: str = "bench") -> list[str]:
+    """The exact candidates the benchmark request ranks (`user`, session `session_id`)."""
+    return request_candidates_for(store, served, user, session_id)
 
 
 def full_bundle(seed: int = 0):
@@ -142,6 +142,43 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_s(pid: int) -> float:
+    """`process_cpu_s` of a process and its children (the uvicorn supervisor and its `--workers`)."""
+    total = process_cpu_s(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                total += process_cpu_s(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            pass
+    return total
+
+
+def arm_users(prefix: str, per_arm: int) -> list[str]:
+    """`per_arm` users of each arm of the built-in experiment, alternating arms (control, treatment, control,
+    ...): the arms explore differently (epsilon-greedy, Thompson sampling), so every protocol is measured on
+    both alike, as real traffic splits them."""
+    from reco.experiments.assignment import assign, load_config
+
+    experiment = load_config().experiment()
+    found: dict[str, list[str]] = {a.name: [] for a in experiment.arms}
+    k = 0
+    while any(len(v) < per_arm for v in found.values()):
+        user = f"{prefix}{k}"
+        arm = found[assign(experiment, user).arm]
+        if len(arm) < per_arm:
+            arm.append(user)
+        k += 1
+    return [u for group in zip(*found.values(), strict=True) for u in group]
+
+
+def arm_of(user: str) -> str:
+    from reco.experiments.assignment import assign, load_config
+
+    return assign(load_config().experiment(), user).arm
+
+
 def percentiles(xs: list[float]) -> dict[str, float]:
     a = np.asarray(xs) * 1000
     return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
@@ -156,33 +193,43 @@ def _view(store: RedisStore, session_id: str, user: str, item: str, n: int) -> N
 
 
 def browse_phase(store, served, bundle, model, tensors, conn, body, headers, n: int) -> dict[str, list[float]]:
-    """One more view before each request (untimed), sessions of 20 views; the bare forward on the same
-    session and candidates."""
+    """One more view before each request (untimed), sessions of 20 views, alternately of a control and a
+    treatment user; the bare forward on the same session and candidates."""
     import torch
 
     rng = np.random.default_rng(11)
     items = bundle.item_ids[1:]
-    out: dict[str, list[float]] = {"http": [], "bare_forward": []}
+    users = arm_users("bench-b", 1)
+    out: dict[str, list[float]] = {"http": [], "bare_forward": [], **{f"http_{arm_of(u)}": [] for u in users}}
     session: list[str] = []
-    sid = ""
+    sid = user = ""
     for i in range(n):
         if i % 20 == 0:
-            sid, session = f"bench-b{i}", []
+            user = users[(i // 20) % len(users)]
+            sid, session = f"{user}-s{i}", []
         session.append(str(rng.choice(items)))
-        _view(store, sid, "bench-b", session[-1], i)
-        cands = request_candidates_for(store, served, "bench-b", sid)
-        payload = json.dumps({**body, "user_id": "bench-b", "session_id": sid}).encode()
+        _view(store, sid, user, session[-1], i)
+        cands = request_candidates_for(store, served, user, sid)
+        payload = json.dumps({**body, "user_id": user, "session_id": sid}).encode()
         t0 = time.perf_counter()
         status, raw = post(conn, "/v1/recommendations", payload, headers)
         out["http"].append(time.perf_counter() - t0)
+        out[f"http_{arm_of(user)}"].append(out["http"][-1])
         if status != 200:
             raise RuntimeError(f"/v1/recommendations answered {status}: {raw[:300]!r}")
-        fresh = (torch.tensor([bundle.index_of(session)]), torch.tensor([bundle.index_of(cands)]), *tensors[2:])
+        fresh = (rows_tensor(bundle, session), rows_tensor(bundle, cands), *tensors[2:])
         t0 = time.perf_counter()
         with torch.inference_mode():
             model(*fresh)
         out["bare_forward"].append(time.perf_counter() - t0)
     return out
+
+
+def rows_tensor(bundle, item_ids: list[str]):
+    """A (1, len) tensor of the items' rows (the forward's batch of one)."""
+    import torch
+
+    return torch.from_numpy(np.asarray([bundle.index_of(item_ids)], dtype=np.int64))
 
 
 def clients_phase(store, bundle, port: int, body, headers, n: int, n_clients: int) -> dict:
@@ -194,11 +241,13 @@ def clients_phase(store, bundle, port: int, body, headers, n: int, n_clients: in
     errors: list[int] = []
     lock = threading.Lock()
 
+    users = arm_users(f"bench-c{port}-", (n_clients + 1) // 2)
+
     def client(k: int) -> None:
         rng = np.random.default_rng(100 + k)
         conn = http_client.HTTPConnection("127.0.0.1", port, timeout=30)
         mine = []
-        user = f"bench-c{k}"
+        user = users[k]
         for i in range(n // n_clients):
             sid = f"{user}-s{i // 20}"
             _view(store, sid, user, str(rng.choice(items)), i)
@@ -229,16 +278,89 @@ def clients_phase(store, bundle, port: int, body, headers, n: int, n_clients: in
 
 
 def request_candidates_for(store, served, user: str, session_id: str) -> list[str]:
-    from reco.experiments.assignment import Assignment, ExplorationConfig
-    from reco.ranking.recommend import Recommender, RecoRequest, session_for_model
+    """The exact candidates the request of `user` in `session_id` ranks, from the pipeline's own code."""
+    from reco.ranking.recommend import RecoRequest, session_for_model
 
-    rec = Recommender(store=store, assign=lambda u: Assignment("e", "control", "arm-control", ExplorationConfig(), 0.0),
-                      models=lambda a: served)  # fmt: skip
+    rec = _candidate_recommender(store, served)
     features = store.request_context(user, session_id, [], "control", served.categories, trending_k=100)
     trending = [str(iid) for iid, _ in features.trending_top]
     cands = rec._candidates(RecoRequest(user, session_id=session_id, limit=20), served,
                             session_for_model(features, served.index), trending)  # fmt: skip
     return [served.index.ids[r] for r in cands.rows]
+
+
+_RECOMMENDERS: dict[int, object] = {}
+
+
+def _candidate_recommender(store, served):
+    """One `Recommender` per model for the client's candidate lookups (each builds an executor)."""
+    from reco.experiments.assignment import Assignment, ExplorationConfig
+    from reco.ranking.recommend import Recommender
+
+    if id(served) not in _RECOMMENDERS:
+        _RECOMMENDERS[id(served)] = Recommender(
+            store=store, assign=lambda u: Assignment("e", "control", "arm-control", ExplorationConfig(), 0.0),
+            models=lambda a: served,
+        )  # fmt: skip
+    return _RECOMMENDERS[id(served)]
+
+
+def start_server(env: dict[str, str], workers: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "serving_latency:bench_app", "--factory", "--port", str(port),
+           "--no-access-log", "--log-level", "warning", "--workers", str(workers)]  # fmt: skip
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    server.wait(20)
+
+
+def wait_ready(server: subprocess.Popen, port: int, timeout_s: float = 300.0) -> None:
+    """Until /readyz answers 200 (a loaded machine takes a minute or more to import and load the model)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if http.get("/readyz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"the server on port {port} did not get ready (exit code {server.poll()})")
+
+
+def targets(result: dict) -> dict:
+    """The issue's three bars, read from `result`: p50 <= 1.0x the bare forward (browse and new sessions),
+    p99 <= 2x p50 with 4 clients, >= 300 recommendations/s (per worker count of the 4-client phase)."""
+    out: dict = {
+        "p50_over_bare_browse": float(result["p50_ratio_browse"]),
+        "p50_over_bare_new_sessions": float(result["p50_ratio_new_sessions"]),
+        "bar_p50_le_1x_bare": bool(max(result["p50_ratio_browse"], result["p50_ratio_new_sessions"]) <= 1.0),
+    }
+    for key, c in result["clients4"].items():
+        tail = round(float(c["p99_ms"]) / float(c["p50_ms"]), 2)
+        out[f"clients4_{key}"] = {
+            "p99_over_p50": tail, "rec_per_s": c["rec_per_s"],
+            "bar_p99_le_2x_p50": tail <= 2.0, "bar_ge_300_rec_per_s": bool(c["rec_per_s"] >= 300),
+        }  # fmt: skip
+    return out
+
+
+def print_targets(t: dict) -> None:
+    """The bars in words, on stderr (stdout keeps the one JSON line)."""
+    ok = {True: "met", False: "NOT met"}
+    lines = [f"p50 / bare forward: browse {t['p50_over_bare_browse']:.2f}x, new sessions "
+             f"{t['p50_over_bare_new_sessions']:.2f}x (bar <= 1.0x: {ok[t['bar_p50_le_1x_bare']]})"]  # fmt: skip
+    for key, c in t.items():
+        if key.startswith("clients4_"):
+            lines.append(f"4 clients, {key.removeprefix('clients4_').replace('_', ' ')}: p99/p50 "
+                         f"{c['p99_over_p50']:.2f} (bar <= 2: {ok[c['bar_p99_le_2x_p50']]}), {c['rec_per_s']:.0f} "
+                         f"rec/s (bar >= 300: {ok[c['bar_ge_300_rec_per_s']]})")  # fmt: skip
+    print("\n".join(lines), file=sys.stderr)
 
 
 def main() -> None:
@@ -247,9 +369,14 @@ def main() -> None:
     ap.add_argument("--redis-url", default=os.environ.get("RECO_REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--torch-threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1, help="uvicorn workers of the server")
+    ap.add_argument(
+        "--clients-workers",
+        default="1,2",
+        help="uvicorn workers of the servers the 4-client phase runs against (one server each)",
+    )
     args = ap.parse_args()
+    clients_workers = [int(w) for w in args.clients_workers.split(",") if w]
 
-    import httpx
     import torch
 
     from reco.ranking.recommend import ServedModel
@@ -273,8 +400,8 @@ def main() -> None:
     cand_ids = request_candidates(store, served)
     model, scorer = bundle.model, bundle.frozen_scorer()
     page, device = model.context_index("home", "mobile")
-    tensors = (torch.tensor([bundle.index_of(session)]), torch.tensor([bundle.index_of(cand_ids)]),
-               torch.tensor([page]), torch.tensor([device]))  # fmt: skip
+    tensors = (rows_tensor(bundle, session), rows_tensor(bundle, cand_ids), torch.tensor([page]),
+               torch.tensor([device]))  # fmt: skip
     rows = (bundle.index_of(session), bundle.index_of(cand_ids))
 
     def bare_forward() -> None:
@@ -286,132 +413,140 @@ def main() -> None:
         "frozen_scorer": lambda: scorer.score(*rows, "home", "mobile"),
     }
 
-    port = free_port()
     env = {**os.environ, "RECO_HOME": str(tmp / "home"), "RECO_REDIS_URL": args.redis_url, "RECO_REDIS_PREFIX": prefix,
            "RECO_MLFLOW_TRACKING_URI": "http://127.0.0.1:1", "RECO_MODEL_CACHE_DIR": str(tmp / "cache"),
            "RECO_TORCH_THREADS": str(args.torch_threads), "RECO_MODEL_POLL_S": "3600"}  # fmt: skip
     # As `reco serve` sets them (reco/cli/serve.py), before the server process starts.
     env.update({"MALLOC_MMAP_THRESHOLD_": "16777216", "MALLOC_TRIM_THRESHOLD_": "67108864",
                 "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "benchmarks")})  # fmt: skip
-    cmd = [sys.executable, "-m", "uvicorn", "serving_latency:bench_app", "--factory", "--port", str(port),
-           "--no-access-log", "--log-level", "warning", "--workers", str(args.workers)]  # fmt: skip
-    server = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, port = start_server(env, args.workers)
     try:
-        url = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=url, timeout=10) as http:
-            for _ in range(300):
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
-            body = {"user_id": "bench", "session_id": "bench-s", "limit": 20, "device": "mobile"}
-            payload = json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"}
-            # The timed client is the stdlib's (one keep-alive connection): httpx spends about 1 ms of
-            # its own CPU per call, which would be charged to the server.
-            conn = http_client.HTTPConnection("127.0.0.1", port, timeout=10)
-            answers: list[bytes] = []
+        wait_ready(server, port)
+        body = {"user_id": "bench", "session_id": "bench-s", "limit": 20, "device": "mobile"}
+        payload = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        # The timed client is the stdlib's (one keep-alive connection): httpx spends about 1 ms of
+        # its own CPU per call, which would be charged to the server.
+        conn = http_client.HTTPConnection("127.0.0.1", port, timeout=10)
+        answers: list[bytes] = []
 
-            def recommend() -> None:
-                status, raw = post(conn, "/v1/recommendations", payload, headers)
-                if status != 200:
-                    raise RuntimeError(f"/v1/recommendations answered {status}: {raw[:300]!r}")
-                answers.append(raw)
+        def recommend() -> None:
+            status, raw = post(conn, "/v1/recommendations", payload, headers)
+            if status != 200:
+                raise RuntimeError(f"/v1/recommendations answered {status}: {raw[:300]!r}")
+            answers.append(raw)
 
-            calls = {
-                "http": recommend,
-                "bare_forward": bare_forward,
-                **score_paths,
-                "empty_sync": lambda: post(conn, "/bench/empty-sync", payload, headers),
-                "empty_async": lambda: post(conn, "/bench/empty-async", payload, headers),
-            }
-            timings: dict[str, list[float]] = {name: [] for name in calls}
-            back_to_back: dict[str, list[float]] = {name: [] for name in ("http", "bare_forward")}
-            # Interleaved, one call of each kind in turn: every kind meets the same machine state (the
-            # others' work in between, load from other processes); the bar is read from this phase.
-            for i in range(args.requests + WARMUP):
-                for name, fn in calls.items():
-                    if name in ALTERNATE and name not in ALTERNATE[i % 2]:
-                        continue  # the scoring paths (reference figures) and the empty endpoints alternate
+        calls = {
+            "http": recommend,
+            "bare_forward": bare_forward,
+            **score_paths,
+            "empty_sync": lambda: post(conn, "/bench/empty-sync", payload, headers),
+            "empty_async": lambda: post(conn, "/bench/empty-async", payload, headers),
+        }
+        timings: dict[str, list[float]] = {name: [] for name in calls}
+        back_to_back: dict[str, list[float]] = {name: [] for name in ("http", "bare_forward")}
+        # Interleaved, one call of each kind in turn: every kind meets the same machine state (the
+        # others' work in between, load from other processes); the bar is read from this phase.
+        for i in range(args.requests + WARMUP):
+            for name, fn in calls.items():
+                if name in ALTERNATE and name not in ALTERNATE[i % 2]:
+                    continue  # the scoring paths (reference figures) and the empty endpoints alternate
+                t0 = time.perf_counter()
+                fn()
+                if i >= WARMUP:
+                    timings[name].append(time.perf_counter() - t0)
+        # Back to back, blocks of BLOCK calls of one kind: a server under a steady stream of requests
+        # (the impression log of one request overlaps the next) against a forward in a tight loop.
+        for _ in range(args.requests // BLOCK):
+            for name in back_to_back:
+                for _ in range(BLOCK):
                     t0 = time.perf_counter()
-                    fn()
-                    if i >= WARMUP:
-                        timings[name].append(time.perf_counter() - t0)
-            # Back to back, blocks of BLOCK calls of one kind: a server under a steady stream of requests
-            # (the impression log of one request overlaps the next) against a forward in a tight loop.
-            for _ in range(args.requests // BLOCK):
-                for name in back_to_back:
-                    for _ in range(BLOCK):
-                        t0 = time.perf_counter()
-                        calls[name]()
-                        back_to_back[name].append(time.perf_counter() - t0)
-            # Settled: each recommendation, then (untimed) wait until its impression write is in Redis, then
-            # the bare forward. In the interleaved phase the server's log thread and Redis's Lua run while the
-            # client's forward does (3 busy parties on 2 cores), which slows the forward; here nothing overlaps.
-            settled: dict[str, list[float]] = {name: [] for name in ("http", "bare_forward")}
-            for _ in range(args.requests // 2):
-                t0 = time.perf_counter()
-                recommend()
-                settled["http"].append(time.perf_counter() - t0)
-                logged = store.key("req", json.loads(answers[-1])["request_id"])
-                while not store.client.exists(logged):
-                    pass
-                t0 = time.perf_counter()
-                bare_forward()
-                settled["bare_forward"].append(time.perf_counter() - t0)
-            # New sessions: each recommendation is for another 20-item session (written untimed just before),
-            # as when every request follows an event, so the server remembers nothing of it (no encoding, no
-            # session-similar search); the bare forward then runs on that session and its 500 candidates.
-            new_sessions: dict[str, list[float]] = {name: [] for name in ("http", "bare_forward")}
-            for i in range(args.requests // 4):
-                sid = f"bench-n{i}"
-                fresh = seed_session(store, bundle.item_ids[1:], seed=1 + i, session_id=sid, others=0)
-                fresh_cands = request_candidates(store, served, sid)
-                fresh_tensors = (torch.tensor([bundle.index_of(fresh)]), torch.tensor([bundle.index_of(fresh_cands)]),
-                                 *tensors[2:])  # fmt: skip
-                fresh_payload = json.dumps({**body, "session_id": sid}).encode()
-                t0 = time.perf_counter()
-                status, raw = post(conn, "/v1/recommendations", fresh_payload, headers)
-                new_sessions["http"].append(time.perf_counter() - t0)
-                if status != 200:
-                    raise RuntimeError(f"/v1/recommendations answered {status}: {raw[:300]!r}")
-                t0 = time.perf_counter()
-                with torch.inference_mode():
-                    model(*fresh_tensors)
-                new_sessions["bare_forward"].append(time.perf_counter() - t0)
-            browse = browse_phase(store, served, bundle, model, tensors, conn, body, headers, args.requests // 4)
-            clients4 = clients_phase(store, bundle, port, body, headers, args.requests, n_clients=4)
-            parsed = [json.loads(raw) for raw in answers[WARMUP : WARMUP + args.requests]]
-            server_lat = [a["latency_ms"] / 1000 for a in parsed]
-            n_items = {len(a["items"]) for a in parsed}
-            # CPU seconds per call, load-independent: the server process (all its threads, the impression
-            # log included) for N recommendations and N empty calls, and this process for N bare forwards.
-            n_cpu = 300
-            cpu = {}
-            for name, path in (("server_per_recommendation", "/v1/recommendations"),
-                               ("server_per_empty_call", "/bench/empty-sync")):  # fmt: skip
-                c0 = process_cpu_s(server.pid)
-                for _ in range(n_cpu):
-                    post(conn, path, payload, headers)
-                cpu[name] = (process_cpu_s(server.pid) - c0) / n_cpu
-            for name, fn in (("bare_forward", bare_forward), *score_paths.items()):
-                c0 = time.thread_time()
-                for _ in range(n_cpu):
-                    fn()
-                cpu[name] = (time.thread_time() - c0) / n_cpu
-            conn.close()
+                    calls[name]()
+                    back_to_back[name].append(time.perf_counter() - t0)
+        # Settled: each recommendation, then (untimed) wait until its impression write is in Redis, then
+        # the bare forward. In the interleaved phase the server's log thread and Redis's Lua run while the
+        # client's forward does (3 busy parties on 2 cores), which slows the forward; here nothing overlaps.
+        settled: dict[str, list[float]] = {name: [] for name in ("http", "bare_forward")}
+        for _ in range(args.requests // 2):
+            t0 = time.perf_counter()
+            recommend()
+            settled["http"].append(time.perf_counter() - t0)
+            logged = store.key("req", json.loads(answers[-1])["request_id"])
+            while not store.client.exists(logged):
+                pass
+            t0 = time.perf_counter()
+            bare_forward()
+            settled["bare_forward"].append(time.perf_counter() - t0)
+        # New sessions: each recommendation is for another 20-item session (written untimed just before),
+        # as when every request follows an event, so the server remembers nothing of it (no encoding, no
+        # session-similar search); the bare forward then runs on that session and its 500 candidates.
+        new_sessions: dict[str, list[float]] = {name: [] for name in ("http", "bare_forward")}
+        new_users = arm_users("bench-n", 1)
+        new_sessions.update({f"http_{arm_of(u)}": [] for u in new_users})
+        for i in range(args.requests // 4):
+            sid, user = f"bench-n{i}", new_users[i % len(new_users)]
+            fresh = seed_session(store, bundle.item_ids[1:], seed=1 + i, session_id=sid, others=0, user=user)
+            fresh_cands = request_candidates(store, served, sid, user)
+            fresh_tensors = (rows_tensor(bundle, fresh), rows_tensor(bundle, fresh_cands), *tensors[2:])
+            fresh_payload = json.dumps({**body, "user_id": user, "session_id": sid}).encode()
+            t0 = time.perf_counter()
+            status, raw = post(conn, "/v1/recommendations", fresh_payload, headers)
+            new_sessions["http"].append(time.perf_counter() - t0)
+            new_sessions[f"http_{arm_of(user)}"].append(new_sessions["http"][-1])
+            if status != 200:
+                raise RuntimeError(f"/v1/recommendations answered {status}: {raw[:300]!r}")
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                model(*fresh_tensors)
+            new_sessions["bare_forward"].append(time.perf_counter() - t0)
+        c0 = tree_cpu_s(server.pid)
+        browse = browse_phase(store, served, bundle, model, tensors, conn, body, headers, args.requests // 4)
+        browse_cpu = (tree_cpu_s(server.pid) - c0) / len(browse["http"])
+        parsed = [json.loads(raw) for raw in answers[WARMUP : WARMUP + args.requests]]
+        server_lat = [a["latency_ms"] / 1000 for a in parsed]
+        n_items = {len(a["items"]) for a in parsed}
+        # CPU seconds per call, load-independent: the server process (all its threads, the impression
+        # log included) for N recommendations and N empty calls, and this process for N bare forwards.
+        n_cpu = 300
+        cpu = {}
+        for name, path in (("server_per_recommendation", "/v1/recommendations"),
+                           ("server_per_empty_call", "/bench/empty-sync")):  # fmt: skip
+            c0 = tree_cpu_s(server.pid)
+            for _ in range(n_cpu):
+                post(conn, path, payload, headers)
+            cpu[name] = (tree_cpu_s(server.pid) - c0) / n_cpu
+        cpu["server_per_browse_recommendation"] = browse_cpu
+        for name, fn in (("bare_forward", bare_forward), *score_paths.items()):
+            c0 = time.thread_time()
+            for _ in range(n_cpu):
+                fn()
+            cpu[name] = (time.thread_time() - c0) / n_cpu
+        conn.close()
+        # Last on this server: the 4-client phase leaves the timed connection idle past uvicorn's keep-alive.
+        clients4 = {}
+        if args.workers in clients_workers:
+            clients4[args.workers] = clients_phase(store, bundle, port, body, headers, args.requests, n_clients=4)
     finally:
-        server.terminate()
-        server.wait(20)
+        stop_server(server)
+    try:  # the 4-client phase against servers with the other worker counts
+        for workers in clients_workers:
+            if workers not in clients4:
+                other, other_port = start_server(env, workers)
+                try:
+                    wait_ready(other, other_port)
+                    clients4[workers] = clients_phase(store, bundle, other_port, body, headers, args.requests, 4)
+                finally:
+                    stop_server(other)
+    finally:
         keys = list(store.client.scan_iter(match=f"{prefix}:*", count=1000))
         if keys:
             store.client.delete(*keys)
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     p = {name: percentiles(ts) for name, ts in timings.items()}
     http_p, bare_p, fixed_p = p["http"], p["bare_forward"], p["empty_async"]
-    print(json.dumps({
-        "benchmark": "serving_latency", "candidates": len(cand_ids), "limit": 20, "session": len(session),
+    result = {
+        "benchmark": "serving_latency", "uptime": uptime,
+        "candidates": len(cand_ids), "limit": 20, "session": len(session),
         "requests": len(timings["http"]), "torch_threads": args.torch_threads,
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "http": http_p, "server_pipeline": percentiles(server_lat), "bare_forward": bare_p,
@@ -425,14 +560,17 @@ def main() -> None:
         ),
         "browse": {k: percentiles(v) for k, v in browse.items()},
         "p50_ratio_browse": round(np.percentile(browse["http"], 50) / np.percentile(browse["bare_forward"], 50), 3),
-        "clients4": clients4, "workers": args.workers,
+        "clients4": {f"workers_{w}": c for w, c in sorted(clients4.items())}, "workers": args.workers,
         "empty_endpoint_async": fixed_p, "empty_endpoint_sync": p["empty_sync"],
         "p50_ratio": round(http_p["p50_ms"] / bare_p["p50_ms"], 3),
         "p50_ratio_net_of_fixed_http": round((http_p["p50_ms"] - fixed_p["p50_ms"]) / bare_p["p50_ms"], 3),
         "cpu_ms_per_call": {k: round(v * 1000, 3) for k, v in cpu.items()},
         "bar_p50_ratio_le_1.5": http_p["p50_ms"] <= 1.5 * bare_p["p50_ms"], "bar_p99_lt_30ms": http_p["p99_ms"] < 30,
         "items_per_response": sorted(n_items),
-    }))  # fmt: skip
+    }  # fmt: skip
+    result["targets"] = targets(result)
+    print(json.dumps(result))
+    print_targets(result["targets"])
 
 
 if __name__ == "__main__":
