@@ -29,7 +29,7 @@ from reco.experiments.aggregate import (
     cumulative_moments,
 )
 from reco.experiments.decision import decide
-from reco.experiments.reading import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, ReportError, read_events
+from reco.experiments.reading import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, LakeScan, ReportError, read_events
 from reco.experiments.report_config import (
     ReportConfig,
     config_dict,
@@ -134,8 +134,9 @@ def report_for(
     return build_report(table, cfg)
 
 
-def build_report(table: pa.Table, config: ReportConfig) -> dict[str, Any]:
-    """Events (as read by `read_events`) -> the report dict documented in docs/ab-report.md.
+def build_report(table: pa.Table | LakeScan, config: ReportConfig) -> dict[str, Any]:
+    """Events (as `read_events` returns them: an Arrow table, or a lake's partitions to scan) -> the report
+    dict documented in docs/ab-report.md.
 
     >>> import datetime as dt
     >>> rows = [dict(event_id=f"{a}{u}", ts=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), user_id=f"{a}{u}",
