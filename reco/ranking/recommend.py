@@ -221,8 +221,8 @@ class Recommender:
             recent = session.rows[-MAX_SESSION:]
             sources[Source.session_similar] = lambda: index.similar_rows(recent, cfg.session_k)[0]
             if getattr(model.scorer, "session_query", None) is not None and cfg.query_k > 0:
-                # The ranker's own top (`ranker_rows`): the scorer remembers the encoding and the pool's scores,
-                # which the ranking right after gathers (same session rows, page and device).
+                # `ranker_rows`: the retrieval score's top (the scorer's remembered encoding, reused by the ranking
+                # right after); with `query_pool` > 0 the ranker's own top, whose scores the ranking gathers.
                 rows, page, dev = session.rows, str(req.page_type), req.device
                 sources[Source.session_query] = lambda: ranker_rows(
                     index, model.scorer, rows, cfg, page, dev, rows[-MAX_SESSION:]
