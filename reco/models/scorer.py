@@ -17,8 +17,9 @@ scores equal to `SessionAwareRanker.forward` (1e-5) on every architecture `Ranke
 offline evaluation (which scores through the forward) measures the served ranking.
 
 API (stable; serving, retrieval and cold-start code call only this): `FrozenScorer(model)`,
-`score(session_rows, candidate_rows, page_type, device) -> ScoreResult` and `session_query(session_rows)`
-(the session's query vector), rows as in `ModelBundle.index_of`.
+`score(session_rows, candidate_rows, page_type, device) -> ScoreResult`, `session_query(session_rows)`
+(the session's query vector) and `retrieval_scores(session_rows, pool_rows, page_type, device)` (`score`'s
+logits for a retrieval pool, remembered for `score` to gather), rows as in `ModelBundle.index_of`.
 """
 
 from __future__ import annotations
