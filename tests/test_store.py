@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
+import reco.state.redis_io
 import reco.state.store
 from reco.data.events import Event
 from reco.state.store import RedisStore, StoreUnavailable, connect
@@ -120,7 +121,8 @@ def round_trips(client: redis.Redis):
         return pipeline(*args, **kwargs)
 
     def counting_round_trip(c, commands):
-        calls.append("pipeline")
+        # A one-command round trip of a script call (`run_script`) is named as the command it sends.
+        calls.append("EVALSHA" if [cmd[0] for cmd in commands] == ["EVALSHA"] else "pipeline")
         return round_trip(c, commands)
 
     def counting_command(*args, **kwargs):
@@ -128,12 +130,12 @@ def round_trips(client: redis.Redis):
         return execute_command(*args, **kwargs)
 
     client.pipeline, client.execute_command = counting_pipeline, counting_command
-    reco.state.store.round_trip = counting_round_trip
+    reco.state.store.round_trip = reco.state.redis_io.round_trip = counting_round_trip
     try:
         yield calls
     finally:
         client.pipeline, client.execute_command = pipeline, execute_command
-        reco.state.store.round_trip = round_trip
+        reco.state.store.round_trip = reco.state.redis_io.round_trip = round_trip
 
 
 def test_request_context_reads_everything_in_one_round_trip(store: RedisStore) -> None:
@@ -246,6 +248,19 @@ def test_cart_holds_added_items_drops_purchased_ones_and_is_read_with_the_featur
     assert ctx.cart_items == ["i2"] and ctx.session_items == ["i9", "i8"]
     assert len(ctx.trending_top) == 1 and ctx.trending_top[0][0] in {"i8", "i9"}
     assert store.request_context("u1", None, [], None, []).cart_items == []
+
+
+def test_a_script_redis_does_not_know_yet_is_loaded_and_run(store: RedisStore) -> None:
+    """`run_script` sends a raw EVALSHA; on NOSCRIPT (a restarted Redis) it loads the script and runs it."""
+    import uuid
+
+    from reco.state.redis_io import run_script
+
+    script = store.client.register_script(f"return {{#ARGV, KEYS[1] == 'k' and 1 or 0}} -- {uuid.uuid4().hex}")
+    with round_trips(store.client) as calls:
+        assert run_script(store.client, script, ["k"], ["a", "b"]) == [2, 1]
+        assert run_script(store.client, script, ["k"], ["a"]) == [1, 1]
+    assert calls == ["EVALSHA", "SCRIPT LOAD", "EVALSHA", "EVALSHA"]
 
 
 def test_impression_log_writes_the_learners_request_context_in_the_same_round_trip(store: RedisStore) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "number",
     "pairs",
     "round_trip",
+    "run_script",
     "text",
 ]
 
@@ -111,6 +112,20 @@ def round_trip(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> list
     finally:
         pool.release(conn)
     return replies
+
+
+def run_script(client: redis.Redis, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """`script(keys=keys, args=args)` (a registered `redis.commands.core.Script`) as one raw EVALSHA through
+    `round_trip`; the script is loaded only when Redis does not know it (NOSCRIPT: a restart, SCRIPT FLUSH).
+    redis-py's `Script` call spent ~0.1 ms more of the impression thread's CPU per request in its command
+    wrappers (20 % of the impression write, ~100 arguments). The reply is raw (the scripts return integers).
+    """
+    command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    try:
+        return round_trip(client, [command])[0]
+    except redis.exceptions.NoScriptError:
+        client.script_load(script.script)
+        return round_trip(client, [command])[0]
 
 
 def next_id(entry_id: str) -> str:

@@ -33,6 +33,7 @@ from reco.state.redis_io import (
     number,
     pairs,
     round_trip,
+    run_script,
     text,
 )
 from reco.state.scripts import IMPRESSIONS_LUA, INGEST_LUA
@@ -236,7 +237,7 @@ class RedisStore(OnlineStateOps):
         seen = self.key("seen", "")
         for imp in impressions:
             args += (seen + imp.event_id, imp.payload, imp.item_id, imp.category)
-        acc, dup = self._impressions(keys=[self.stream_key], args=args)
+        acc, dup = run_script(self.client, self._impressions, [self.stream_key], args)
         return IngestResult(int(acc), int(dup))
 
     # -- request features -----------------------------------------------------------------------
