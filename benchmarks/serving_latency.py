@@ -313,8 +313,13 @@ def start_server(env: dict[str, str], workers: int) -> tuple[subprocess.Popen, i
 
 
 def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM (graceful: uvicorn stops its workers), SIGKILL after a minute (a loaded machine is slow)."""
     server.terminate()
-    server.wait(20)
+    try:
+        server.wait(60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(20)
 
 
 def wait_ready(server: subprocess.Popen, port: int, timeout_s: float = 300.0) -> None:
