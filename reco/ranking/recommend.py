@@ -354,6 +354,7 @@ class Recommender:
             context_item_id=req.context_item_id,
             consumed=session.consumed,
             cart=features.cart_items if features is not None else (),
+            history=features.user_items if features is not None else (),  # dropped too (RuleConfig.drop_history)
             config=self.config.rules,
         )
         keep = rule_positions(
@@ -447,7 +448,8 @@ class RequestSession:
 
 def session_for_model(features: Any | None, index: EmbeddingIndex) -> RequestSession:
     """The session from the features round trip. A user without a current session is ranked (and gets
-    candidates) from their recent history (`user_items`), which is not dropped as consumed."""
+    candidates) from their recent history (`user_items`); the rules drop that history with the session's
+    items (`RuleConfig.drop_history`), so what the user has consumed is not served again."""
     items = list(features.session_items) if features is not None else []
     consumed = frozenset(items)
     if not items and features is not None:

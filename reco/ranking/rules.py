@@ -1,6 +1,8 @@
 """Business rules applied after ranking and before exploration.
 
-1. Drop items already consumed in the session (the session history).
+1. Drop items already consumed: the session's, and (`drop_history`) the user's recent history across
+   sessions, as long as the store keeps it (`RecoSettings.user_items_max`, 500 by default): a shop does not
+   recommend again what the user has just viewed or bought.
 2. Page-type rules: a product page never recommends its own item; a cart page never recommends what is
    already in the cart.
 3. Diversity: at most `max_per_category` items of one category among the first `window` positions (the
@@ -33,6 +35,7 @@ T = TypeVar("T", bound=HasItemId)
 @dataclass(frozen=True)
 class RuleConfig:
     drop_consumed: bool = True
+    drop_history: bool = True  # also drop the user's history (needs drop_consumed); off: the session only
     max_per_category: int | None = 3  # None: no diversity cap
 
 
@@ -42,16 +45,20 @@ def excluded_items(
     context_item_id: str | None,
     consumed: Collection[str],
     cart: Collection[str],
+    history: Collection[str] = (),
     config: RuleConfig = RuleConfig(),
 ) -> set[str]:
-    """Items that must not be shown on this page.
+    """Items that must not be shown on this page: `consumed` (the session) and `history` (the user's recent
+    items) unless switched off, the product page's own item, the cart page's cart.
 
-    >>> sorted(excluded_items("product", context_item_id="p", consumed={"a"}, cart={"c"}))
-    ['a', 'p']
+    >>> sorted(excluded_items("product", context_item_id="p", consumed={"a"}, cart={"c"}, history=["h"]))
+    ['a', 'h', 'p']
     >>> sorted(excluded_items("cart", context_item_id=None, consumed=(), cart={"c"}))
     ['c']
     """
     out = set(consumed) if config.drop_consumed else set()
+    if config.drop_consumed and config.drop_history:
+        out.update(history)
     page = PageType(page_type)
     if page == PageType.product and context_item_id:
         out.add(context_item_id)
@@ -138,6 +145,7 @@ def apply_rules(
     context_item_id: str | None = None,
     consumed: Collection[str] = (),
     cart: Collection[str] = (),
+    history: Collection[str] = (),
     category_of: Callable[[str], str],
     window: int,
     config: RuleConfig = RuleConfig(),
@@ -151,7 +159,9 @@ def apply_rules(
     >>> [i.item_id for i in out]
     ['b', 'c']
     """
-    dropped = excluded_items(page_type, context_item_id=context_item_id, consumed=consumed, cart=cart, config=config)
+    dropped = excluded_items(
+        page_type, context_item_id=context_item_id, consumed=consumed, cart=cart, history=history, config=config
+    )
     drop = {pos for pos, item in enumerate(ranked) if item.item_id in dropped}
     categories = np.array([category_of(item.item_id) for item in ranked], dtype=object)
     positions = rule_positions(np.arange(len(ranked)), categories, drop=drop, window=window, config=config)
