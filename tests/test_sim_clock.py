@@ -19,7 +19,7 @@ import torch
 from reco.experiments.report import ReportConfig, build_report
 from reco.online.arm import ArmLearner
 from reco.online.learner import OnlineLearner
-from reco.online.model import ArmModel, DotScorer
+from reco.online.model import ArmModel, from_bundle
 from reco.online.simulated import run_simulated
 from reco.sim import Browsing, ClockedApi, GroundTruth, simulate_days
 from reco.sim.inprocess import InProcessApi
@@ -46,13 +46,12 @@ def prefixes(redis_url: str):
             client.delete(*keys)
 
 
-def _models(items: list[str]) -> dict[str, ArmModel]:
-    """Control and treatment: the same architecture, different starting weights."""
-    out = {}
-    for seed, arm in enumerate(("control", "treatment")):
-        torch.manual_seed(seed)
-        out[arm] = ArmModel(DotScorer(len(items), dim=8), {it: k for k, it in enumerate(items, 1)}, base_version="1")
-    return out
+def _models(n_items: int = 200) -> dict[str, ArmModel]:
+    """Control and treatment: the served architecture (with dropout in training), different weights."""
+    from serving_helpers import tiny_bundle
+
+    return {arm: from_bundle(tiny_bundle(n_items=n_items, seed=seed), "1")
+            for seed, arm in enumerate(("control", "treatment"))}  # fmt: skip
 
 
 def _published(store: RedisStore, version: int | None, arm: str) -> tuple[int | None, bytes | None]:
@@ -62,8 +61,8 @@ def _published(store: RedisStore, version: int | None, arm: str) -> tuple[int | 
 def _run(gt: GroundTruth, redis_url: str, prefix: str, seed: int) -> dict:
     """Traffic + online learning + the A/B report on a fresh prefix; what a user of the demo reads."""
     store = RedisStore(redis.Redis.from_url(redis_url), prefix)
-    items = gt.items[:200]
-    models = _models(items)
+    models = _models()
+    items = list(models["control"].index_of)
     learner = OnlineLearner(
         store,
         {arm: ArmLearner(m, lr=0.05, update_every=32, batch_size=32, holdout_fraction=0.25, min_holdout=20, seed=0)
@@ -125,8 +124,7 @@ def test_a_tick_without_a_learner_fails_clearly(redis_url: str, prefixes: list[s
 def test_the_simulated_learner_refuses_wall_clock_publication(redis_url: str, prefixes: list[str]) -> None:
     prefixes.append(f"reco-test-simclock-{uuid.uuid4().hex[:8]}")
     store = RedisStore(redis.Redis.from_url(redis_url), prefixes[-1])
-    items = ["1", "2", "3"]
-    learner = OnlineLearner(store, {"control": ArmLearner(_models(items)["control"])}, publish_every_s=1.0)
+    learner = OnlineLearner(store, {"control": ArmLearner(_models(3)["control"])}, publish_every_s=1.0)
     with pytest.raises(ValueError, match="publish_every_s=inf"):
         run_simulated(learner, SimClock(store.client, store.prefix), lambda: True)
 

@@ -104,7 +104,7 @@ def learn(
     threads: int = typer.Option(1, min=1, max=64, help="torch threads (1: measured fastest on 2 shared cores)"),
     max_seconds: float | None = typer.Option(None, min=1.0, help="stop after this many seconds (bounded run)"),
     base_poll_s: float = typer.Option(30.0, min=1.0, help="seconds between checks of each arm's registry alias"),
-    seed: int = typer.Option(0, help="seed of the holdout split and replay sampling"),
+    seed: int = typer.Option(0, help="seed of the holdout split, replay sampling (and dropout on simulated time)"),
     lease_ttl_s: float = typer.Option(
         10.0, min=0.5, help="lease lifetime: a standby takes over at most this long (+1/3) after the writer dies"
     ),
@@ -195,7 +195,7 @@ def learn(
             from reco.online.simulated import run_simulated
             from reco.state.simclock import SimClock
 
-            run_simulated(learner, SimClock(store.client, settings.redis_prefix, store.stream_key), stop)
+            run_simulated(learner, SimClock(store.client, settings.redis_prefix, store.stream_key), stop, seed=seed)
         else:
             # No separate start(): run() starts (and restarts, after a lost Redis connection) by itself.
             learner.run(stop=stop)

@@ -19,6 +19,8 @@ import math
 import time
 from collections.abc import Callable
 
+import torch
+
 from reco.online.learner import OnlineLearner
 from reco.state.simclock import SimClock
 from reco.state.snapshots import StaleToken
@@ -45,10 +47,15 @@ def run_simulated(
     *,
     sleep: Callable[[float], None] = time.sleep,
     idle_s: float = 0.01,
+    seed: int = 0,
 ) -> None:
-    """Serve the simulator's ticks until `stop()`: for each epoch due, `finish_epoch`, then `clock.finish`."""
+    """Serve the simulator's ticks until `stop()`: for each epoch due, `finish_epoch`, then `clock.finish`.
+
+    torch's global generator is seeded with `seed` first: the training step draws from it (the ranker's
+    dropout), so an unseeded process learns differently from run to run."""
     if not math.isinf(learner.publish_every_s) or learner.checkpoint is not None:
         raise ValueError("a learner on simulated time publishes only at ticks: publish_every_s=inf, no checkpoint")
+    torch.manual_seed(seed)
     last_beat = float("-inf")
     while not stop():
         if time.time() - last_beat >= 5.0:  # `reco learn --check` sees the loop alive
