@@ -344,7 +344,13 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[1682, 10_000, 100_000, 1_000_000])
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[1682, 10_000, 100_000, 1_000_000],
+        help="catalogue sizes to measure (none: only summarise / plot the --rows)",
+    )
     p.add_argument("--requests", type=int, default=400, help="requests per measurement (1 client; 4 share them)")
     p.add_argument(
         "--ref",
@@ -393,6 +399,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     summary = {"benchmark": "scale", "summary": True, "sizes": [r["items"] for r in rows],
                "p50_ratio_largest_vs_smallest": round(last["p50_ms"] / first["p50_ms"], 2),
                "cpu_p50_ratio_largest_vs_smallest": round(last["cpu_p50_ms"] / first["cpu_p50_ms"], 2),
+               "paired_cpu_p50_ratio_largest": last.get("cpu_p50_ratio_vs_ref"),
                "swap_dropped": sum(r["swap_dropped"] or 0 for r in rows)}  # fmt: skip
     print(json.dumps(summary), flush=True)
     if args.plot:
