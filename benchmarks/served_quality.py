@@ -1,12 +1,13 @@
 """Quality of what the API serves next to the model's full ranking, on the same leave-one-out test cases.
 
 Full ranking: `reco.offline.evaluation.evaluate_split` (every item ranked, history kept / excluded).
-Served list: `reco.offline.served_eval.evaluate_served` (the request pipeline: <= 500 candidates from the
-sources, the rules with the last 50 history items dropped, the per-category cap of 3, a page of 10).
+Served list: `reco.offline.served_eval.evaluate_served` (the request pipeline with the API's defaults: <= 500
+candidates from the sources, the rules dropping the session (last 50 items) and the user's history as Redis
+keeps it (`RECO_USER_ITEMS_MAX`, 500), the per-category cap of 3, a page of 10).
 The model is benchmarks/holdout_model.py's (MovieLens-100k without 50 items kept for the cold-start run).
 
     python benchmarks/served_quality.py --model DIR [--epochs 8] [--users N] [--max-per-category 3 [100 ...]]
-        [--query-pool 2000 [0 ...]] [--seen-window 50 [...]] [--ann-threshold 20000 [0 ...]]
+        [--query-pool 2000 [0 ...]] [--seen-window 500 [...]] [--session-only] [--ann-threshold 20000 [0 ...]]
 
 Prints one JSON line per setting (every combination of the lists; the full ranking is evaluated once).
 """
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from holdout_model import DEFAULT_DATA, load_or_train
 
+from reco.offline.served_eval import USER_ITEMS_MAX
 from reco.ranking.candidates import ANN_THRESHOLD, CandidateConfig
 
 CANDIDATES = CandidateConfig()  # serving's defaults
@@ -55,8 +57,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--seen-window",
         type=int,
         nargs="+",
-        default=[50],
-        help="history items given as the session (the rules drop them; the API keeps the last 50)",
+        default=[USER_ITEMS_MAX],
+        help="the user's history Redis keeps (RECO_USER_ITEMS_MAX; the rules drop it; the session is its last 50)",
+    )
+    p.add_argument(
+        "--session-only", action="store_true", help="drop the session's items only (RECO_DROP_HISTORY=false)"
     )
     a = p.parse_args(argv)
 
@@ -90,10 +95,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             t1 = time.perf_counter()
             config = replace(CANDIDATES, query_pool=pool)
             served = evaluate_served(model, sessions, targets, max_per_category=cap, candidates=config,
-                                     seen_window=window)  # fmt: skip
+                                     seen_window=window, drop_history=not a.session_only)  # fmt: skip
             ndcg = served["ndcg@10"]
             rows.append({
                 **base, "query_pool": pool, "max_per_category": cap, "seen_window": window,
+                "drop_history": not a.session_only,
                 "ann": model.index.ann is not None,
                 **{f"served_{k}": round(v, 4) if isinstance(v, float) else v for k, v in served.items()
                    if k != "cases"},

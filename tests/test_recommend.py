@@ -210,3 +210,26 @@ def test_cart_page_skips_the_cart_and_the_served_session_is_recorded_for_the_lea
     assert read_request_contexts(store.client, store.prefix, [cart_page.request_id]) == {
         cart_page.request_id: ("3", "7")
     }
+
+
+@pytest.mark.integration
+def test_the_users_earlier_sessions_are_not_served_again_unless_switched_off(redis_url, redis_prefix, model) -> None:
+    from reco.ranking.rules import RuleConfig
+    from reco.state.store import RedisStore, connect
+
+    earlier = [str(i) for i in range(1, 21)]  # 20 of the 40 items, in an earlier session
+    client = connect(redis_url)
+    try:
+        store = RedisStore(client, redis_prefix, user_items_max=8)  # Redis keeps the last 8 of them
+        store.ingest(views("old", earlier, user="u7") + views("new", ["21"], user="u7"))
+        kept = set(earlier[-7:]) | {"21"}  # the history holds the current session's item too
+        req = RecoRequest("u7", session_id="new", limit=39)
+        served = [it.item_id for it in make(store, model).recommend(req).items]
+        assert len(served) == 40 - 8 and not kept & set(served)  # the history and the session dropped
+        assert set(earlier[:-7]) <= set(served)  # older than the window: served again
+        session_only = PipelineConfig(rules=RuleConfig(drop_history=False))
+        rec = make(store, model, config=session_only)
+        served = [it.item_id for it in rec.recommend(req).items]
+        assert len(served) == 39 and "21" not in served  # the session's item only
+    finally:
+        client.close()

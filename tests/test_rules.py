@@ -61,3 +61,13 @@ def test_category_cap_fills_the_page_when_only_one_category_exists() -> None:
 def test_cap_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_per_category"):
         cap_per_category([It("a")], CATS.get, max_per_category=0, window=1)
+
+
+def test_the_users_history_is_dropped_with_the_session_unless_switched_off() -> None:
+    items = [It(i) for i in "abcdef"]
+    kw = {"page_type": "home", "consumed": {"b"}, "history": ["a", "e"], "category_of": CATS.get, "window": 10}
+    assert ids(apply_rules(items, **kw, config=RuleConfig(max_per_category=None))) == ["c", "d", "f"]
+    session_only = RuleConfig(drop_history=False, max_per_category=None)
+    assert ids(apply_rules(items, **kw, config=session_only)) == ["a", "c", "d", "e", "f"]
+    nothing = RuleConfig(drop_consumed=False, max_per_category=None)  # the history is consumed items too
+    assert ids(apply_rules(items, **kw, config=nothing)) == ids(items)

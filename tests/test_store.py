@@ -320,3 +320,14 @@ def test_the_request_impression_script_leaves_the_state_the_general_ingest_leave
     general, request = states
     assert request == general
     assert general["results"] == [(2, 0), (1, 2)] and len(general["stream"]) == 3
+
+
+def test_the_users_history_keeps_the_last_user_items_max_items(redis_url: str, redis_prefix: str) -> None:
+    client = connect(redis_url)
+    try:
+        store = RedisStore(client, redis_prefix, user_items_max=3)
+        store.ingest([ev(f"e{i}", "view", f"i{i}", session_id=f"s{i % 2}") for i in range(5)])
+        assert store.user_items("u1") == ["i2", "i3", "i4"]  # across sessions, oldest first
+        assert store.request_context("u1", None, [], None, []).user_items == ["i2", "i3", "i4"]
+    finally:
+        client.close()

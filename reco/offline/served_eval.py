@@ -1,10 +1,12 @@
 """Quality of the served list: the leave-one-out protocol run through the request pipeline itself.
 
 `reco.offline.evaluation` ranks every item of the catalogue (the model's full ranking). The API serves less:
-at most `max_candidates` candidates from its sources, the rules (the last `seen_window` items of the
-history dropped as consumed, the per-category cap on the page), then the page of `limit` items. Here each
+at most `max_candidates` candidates from its sources, the rules (the consumed items dropped: the session's
+and, with `drop_history`, the user's history as far as Redis keeps it, `seen_window` items =
+`RECO_USER_ITEMS_MAX`; the per-category cap on the page), then the page of `limit` items. Here each
 leave-one-out case (history -> held-out next item) is one `Recommender.recommend` call on the served model,
-the history given as the session (greedy arm, no Redis: the features come from a small in-memory store),
+the history's last 50 items given as the session and its last `seen_window` as the user's history, as the
+API reads them (greedy arm, no Redis: the features come from a small in-memory store),
 and the held-out item's position in the served page is scored like the full ranking's rank. Candidate
 recall@`max_candidates` is reported for the merged list and for each source's own list.
 """
@@ -19,9 +21,12 @@ import numpy as np
 from reco.ranking.candidates import CandidateConfig, Source, ranker_rows
 from reco.ranking.recommend import PipelineConfig, Recommender, RecoRequest, ServedModel, session_for_model
 from reco.ranking.rules import RuleConfig
+from reco.settings import RecoSettings
 from reco.state.records import RequestFeatures
 
 MAX_SESSION = 50
+#: The user's history the API keeps and drops by default (`RECO_USER_ITEMS_MAX`).
+USER_ITEMS_MAX: int = RecoSettings.model_fields["user_items_max"].default
 
 
 class _OneSession:
@@ -29,9 +34,10 @@ class _OneSession:
 
     def __init__(self) -> None:
         self.session: list[str] = []
+        self.history: list[str] = []  # the user's items across sessions (Redis P:uitems)
 
     def request_context(self, *args: Any, **kwargs: Any) -> RequestFeatures:
-        return RequestFeatures.of_session(self.session)
+        return RequestFeatures(list(self.session), list(self.history), {}, {}, {}, {})
 
     def log_request(self, *args: Any, **kwargs: Any) -> None:
         return None
@@ -52,17 +58,20 @@ def evaluate_served(
     limit: int = 10,
     max_candidates: int = 500,
     max_per_category: int | None = 3,
-    seen_window: int = MAX_SESSION,
+    seen_window: int = USER_ITEMS_MAX,
+    drop_history: bool = True,
     ks: Sequence[int] = (10,),
     candidates: CandidateConfig | None = None,
 ) -> dict[str, Any]:
     """Served-list metrics over the cases: recall@k, ndcg@k, mrr@k for k in `ks` (k <= `limit`), candidate
     recall (merged and per source), and the served page's mean length. `candidates` replaces the serving
-    default sources' sizes (`max_candidates` is then its own)."""
+    default sources' sizes (`max_candidates` is then its own). `seen_window`: the user's history the store
+    keeps (the session is its last 50 items, fewer when the window is smaller); `drop_history=False` drops
+    the session's items only (the rule before `RuleConfig.drop_history`)."""
     store = _OneSession()
     config = PipelineConfig(
         candidates=candidates or CandidateConfig(max_candidates=max_candidates),
-        rules=RuleConfig(max_per_category=max_per_category),
+        rules=RuleConfig(max_per_category=max_per_category, drop_history=drop_history),
         features_inline=True,
         concurrent_sources=False,  # nothing to wait on: the sources are in-process
     )
@@ -74,7 +83,8 @@ def evaluate_served(
                   for s in (Source.session_query, Source.session_similar, Source.popular)}  # fmt: skip
     lengths = []
     for n, (history, target) in enumerate(zip(sessions, targets, strict=True)):
-        store.session = list(history)[-seen_window:]
+        store.history = list(history)[-seen_window:]
+        store.session = store.history[-min(seen_window, MAX_SESSION) :]
         req = RecoRequest(user_id=f"case-{n}", session_id=f"case-{n}", limit=limit)
         items = reco.recommend(req).items
         lengths.append(len(items))
