@@ -98,10 +98,13 @@ def replicate(src: Path, lake: Path, copies: int) -> dict[str, object]:
     ids = ", ".join(f"k || '-' || {c} AS {c}" for c in ("event_id", "user_id", "request_id", "session_id"))
     for day in EventLake(src).days():
         out = EventLake(lake).partition_path(day)
+        if out.exists():  # resumed
+            continue
         out.parent.mkdir(parents=True, exist_ok=True)
         con.execute(f"""COPY (SELECT t.* REPLACE ({ids}) FROM read_parquet('{EventLake(src).partition_path(day)}') t,
-            (SELECT CAST(range AS VARCHAR) AS k FROM range({copies})) ORDER BY k)
-            TO '{out}' (FORMAT parquet, COMPRESSION zstd)""")
+            (SELECT CAST(range AS VARCHAR) AS k FROM range({copies})))
+            TO '{out}.tmp' (FORMAT parquet, COMPRESSION zstd)""")
+        os.replace(f"{out}.tmp", out)
     size = sum(f.stat().st_size for f in lake.rglob("*.parquet"))
     return {"replicated_from": str(src), "copies": copies, "generate_s": round(time.perf_counter() - t0, 1),
             "lake_mb": round(size / 2**20)}  # fmt: skip
@@ -155,11 +158,9 @@ def main() -> None:
         print(json.dumps(report(args.lake, args.engine)))
         return
     gen: dict[str, object] = {"lake_reused": True}
-    if any(args.lake.glob("date=*")):
-        pass
-    elif args.replicate_from:
+    if args.replicate_from:  # resumes: days already copied are kept
         gen = replicate(args.replicate_from, args.lake, args.copies)
-    else:
+    elif not any(args.lake.glob("date=*")):
         gen = generate(args.lake, args.events, args.seed)
     try:
         cmd = [sys.executable, __file__, "--report-only", "--lake", str(args.lake), "--engine", args.engine]
