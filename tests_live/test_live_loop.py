@@ -186,7 +186,7 @@ def _print_logs(home: Path, n_chars: int = 2500) -> None:
     """The end of every service's log and of the latest Airflow task logs: what CI shows of a failed run."""
     from reco.devstack.local_stack import tail
 
-    task_logs = sorted((home / "airflow-production" / "logs").rglob("*.log"), key=lambda p: p.stat().st_mtime)
+    task_logs = sorted((home / "airflow-production/logs").glob("dag_id=*/**/*.log"), key=lambda p: p.stat().st_mtime)
     for path in [*sorted((home / "logs").glob("*.log")), *task_logs[-3:]]:
         print(f"----- {path}\n{tail(path, n_chars)}", flush=True)
 
