@@ -129,7 +129,8 @@ def report_for(
         experiment_start=experiment_start,
         **kw,
     )
-    lo = experiment_start or start
+    # from the earlier of the window's start and the experiment's (a window may start before the first phase)
+    lo = min((d for d in (experiment_start, start) if d is not None), default=None)
     table = read_events(events, lo, end, pre_period_days if lo else 0)
     return build_report(table, cfg)
 
