@@ -331,3 +331,26 @@ def test_lake_partitions_written_before_phases_existed(tmp_path: Path) -> None:
     new = build_report(read_events(lake.root), ReportConfig(control="control", phase=2))
     assert old["window"]["days_with_data"] == 3 and new["window"]["days_with_data"] == 3
     assert old["data_quality"]["impressions_in_other_phases"] == sum(a["impressions"] for a in new["arms"].values())
+
+
+def test_cuped_pre_window_ends_before_the_first_exposure() -> None:
+    """A phase recorded after its traffic (promotion dated after the simulated days) must not make the
+    experiment's own days its CUPED "pre-exposure" period."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from reco.experiments.aggregate import aggregate
+
+    rows = []
+    for day in range(1, 4):
+        ts = dt.datetime(2026, 1, day, 12, tzinfo=dt.UTC)
+        for a in ("A", "B"):
+            for u in range(10):
+                rows.append(dict(event_id=f"{day}{a}{u}", ts=ts, user_id=f"{a}{u}", item_id="i",
+                                 event_type="impression", request_id=f"r{day}{a}{u}", arm=a))  # fmt: skip
+                if u < 3:
+                    rows.append(dict(rows[-1], event_id=f"c{day}{a}{u}", event_type="click"))
+    agg = aggregate(pa.Table.from_pylist(rows), experiment_start=dt.date(2026, 1, 10), pre_period_days=14)
+    assert agg.pre_window == (dt.date(2025, 12, 18), dt.date(2025, 12, 31))
+    assert agg.pre_users == 0 and (agg.users["x"] == 0).all()

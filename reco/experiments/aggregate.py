@@ -84,7 +84,12 @@ def aggregate(
 
     units = exp.groupby(["user_id", "arm", "day"], as_index=False, observed=True)[["imps", "clicks"]].sum()
     units = _attach_purchases(units, red.purchases, start_i, end_i, phase)
-    users = _users(per_day, units, experiment_start or _d(start_i), pre_period_days)
+    # The covariate window must end before the first day any arm was exposed: a phase recorded after its
+    # traffic (a backfill, a promotion dated today) would otherwise put the experiment's own days into the
+    # "pre-exposure" CTR, and CUPED would regress the effect away.
+    first_exposed = _d(int(per_day.loc[per_day["arm"].notna(), "day"].min()))
+    exp_start = min(experiment_start or _d(start_i), first_exposed)
+    users = _users(per_day, units, exp_start, pre_period_days)
     segments = _segments(exp, users)
     exp_versions = {a: sorted(v) for (a, p), v in red.versions.items() if p == phase}
     multi = units.groupby("user_id", observed=True)["arm"].nunique()
@@ -97,7 +102,6 @@ def aggregate(
         "users_in_multiple_arms": int((multi > 1).sum()),
         "arms_with_several_model_versions": sum(len(v) > 1 for v in exp_versions.values()),
     }
-    exp_start = experiment_start or _d(start_i)
     pre_window = (
         (exp_start - timedelta(days=pre_period_days), exp_start - timedelta(days=1)) if pre_period_days > 0 else None
     )
