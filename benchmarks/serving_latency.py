@@ -136,6 +136,16 @@ def post(conn: http_client.HTTPConnection, path: str, body: bytes, headers: dict
     return resp.status, resp.read()
 
 
+def timed_recommend(conn: http_client.HTTPConnection, payload: bytes, headers: dict[str, str]) -> float:
+    """POST /v1/recommendations: its wall seconds (an answer other than 200 stops the run)."""
+    t0 = time.perf_counter()
+    status, raw = post(conn, "/v1/recommendations", payload, headers)
+    seconds = time.perf_counter() - t0
+    if status != 200:
+        raise RuntimeError(f"/v1/recommendations answered {status}: {raw[:300]!r}")
+    return seconds
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process, all threads (/proc/<pid>/stat; Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -211,12 +221,8 @@ def browse_phase(store, served, bundle, model, tensors, conn, body, headers, n: 
         _view(store, sid, user, session[-1], i)
         cands = request_candidates_for(store, served, user, sid)
         payload = json.dumps({**body, "user_id": user, "session_id": sid}).encode()
-        t0 = time.perf_counter()
-        status, raw = post(conn, "/v1/recommendations", payload, headers)
-        out["http"].append(time.perf_counter() - t0)
+        out["http"].append(timed_recommend(conn, payload, headers))
         out[f"http_{arm_of(user)}"].append(out["http"][-1])
-        if status != 200:
-            raise RuntimeError(f"/v1/recommendations answered {status}: {raw[:300]!r}")
         fresh = (rows_tensor(bundle, session), rows_tensor(bundle, cands), *tensors[2:])
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -380,6 +386,8 @@ def main() -> None:
         help="uvicorn workers of the servers the 4-client phase runs against (one server each)",
     )
     args = ap.parse_args()
+    if args.requests < 100:  # the short phases (requests / 4, split over both arms) need samples of each arm
+        ap.error("--requests must be at least 100")
     clients_workers = [int(w) for w in args.clients_workers.split(",") if w]
 
     import torch
@@ -494,12 +502,8 @@ def main() -> None:
             fresh_cands = request_candidates(store, served, sid, user)
             fresh_tensors = (rows_tensor(bundle, fresh), rows_tensor(bundle, fresh_cands), *tensors[2:])
             fresh_payload = json.dumps({**body, "user_id": user, "session_id": sid}).encode()
-            t0 = time.perf_counter()
-            status, raw = post(conn, "/v1/recommendations", fresh_payload, headers)
-            new_sessions["http"].append(time.perf_counter() - t0)
+            new_sessions["http"].append(timed_recommend(conn, fresh_payload, headers))
             new_sessions[f"http_{arm_of(user)}"].append(new_sessions["http"][-1])
-            if status != 200:
-                raise RuntimeError(f"/v1/recommendations answered {status}: {raw[:300]!r}")
             t0 = time.perf_counter()
             with torch.inference_mode():
                 model(*fresh_tensors)
