@@ -259,3 +259,74 @@ def test_cap_parameter_is_checked() -> None:
         EpsilonGreedy(max_per_category=0)
     with pytest.raises(ValueError, match="uniform_mix"):
         ThompsonSampling(uniform_mix=1.5)
+
+
+class _Columns(list):
+    """A candidate list that carries its columns as `RankedList` does (scores, integer category codes and
+    the names of given positions), so that `select` reads categories through the codes."""
+
+    def __init__(self, items: list[ScoredItem], codes: list[int]) -> None:
+        super().__init__(items)
+        self.scores = np.array([it.score for it in items])
+        self.category_codes = np.asarray(codes, dtype=np.int32)
+
+    def category_names_at(self, positions: list[int]) -> list[str]:
+        return [self[k].category for k in positions]
+
+
+def _reference_thompson(policy: ThompsonSampling, items: list[ScoredItem], n: int, stats: dict) -> list:
+    """Thompson sampling written out slot by slot with no shortcut: the same draws (the policy's seed, the
+    same order of random numbers), every remaining item ranked under every draw, the cap applied by
+    counting, the slot drawn by inverse CDF. [(item, is_exploration, propensity)]."""
+    rng = np.random.default_rng(policy.seed)
+    scores = np.array([it.score for it in items])
+    lo, hi = scores.min(), scores.max()
+    norm = (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
+    cats = sorted({it.category for it in items})
+    params = np.array([policy.posterior(stats.get(c)) for c in cats])
+    theta = rng.beta(params[:, 0], params[:, 1], size=(policy.n_propensity_samples, len(cats)))
+    item_cat = np.array([cats.index(it.category) for it in items])
+    greedy = sorted(range(len(items)), key=lambda i: (-scores[i], i))
+    mix = policy.uniform_mix if policy.weight > 0 else 0.0
+    left, placed, out = list(range(len(items))), Counter(), []
+    for slot in range(min(n, len(items))):
+        under = [i for i in left if policy.max_per_category is None or placed[item_cat[i]] < policy.max_per_category]
+        pool = under or left
+        heads = {min((i for i in pool if item_cat[i] == c), key=lambda i: (-norm[i], i)) for c in set(item_cat[pool])}
+        heads = sorted(heads, key=lambda i: item_cat[i])  # the policy lists heads by category
+        by_pos = sorted(heads)
+        vals = (1 - policy.weight) * norm[by_pos][:, None] + (policy.weight * theta[:, item_cat[by_pos]]).T
+        wins = Counter(by_pos[w] for w in vals.argmax(axis=0))  # ties: the better-placed head
+        probs = [(1 - mix) * wins[h] / len(theta) + mix / len(heads) for h in heads]
+        cum = np.cumsum(probs)
+        k = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(heads) - 1)
+        while probs[k] == 0.0:
+            k -= 1
+        pick = heads[k]
+        out.append((items[pick], greedy.index(pick) > slot, probs[k]))
+        left.remove(pick)
+        placed[item_cat[pick]] += 1
+    return out
+
+
+def test_thompson_every_slot_equals_the_unshortcut_reference() -> None:
+    """The kept-up-to-date head values, the contenders' shortcut and the integer-code path change no pick
+    and no logged propensity: on random lists (ties, caps, weight 0 and 1, one to many categories) every slot
+    equals `_reference_thompson`, for plain items and for a list with columns."""
+    rng = np.random.default_rng(17)
+    for trial in range(150):
+        size, n_cats = int(rng.integers(1, 40)), int(rng.integers(1, 7))
+        raw = rng.integers(0, 4, size) if trial % 3 == 0 else rng.normal(size=size)
+        cat_of = rng.integers(0, n_cats, size)
+        items = [ScoredItem(f"i{k}", float(s), f"c{c}") for k, (s, c) in enumerate(zip(raw, cat_of, strict=True))]
+        stats = {f"c{c}": (float(rng.integers(0, 30)), float(rng.integers(0, 300))) for c in range(n_cats)}
+        kwargs = {"weight": [0.0, 0.2, 0.6, 1.0][trial % 4], "n_propensity_samples": int(rng.integers(1, 50)),
+                  "uniform_mix": [0.05, 0.0, 0.3][trial % 3], "max_per_category": [None, 1, 2, 3][trial % 4],
+                  "seed": trial}  # fmt: skip
+        n = int(rng.integers(1, 25))
+        expected = _reference_thompson(ThompsonSampling(**kwargs), items, n, stats)
+        codes = [7 * int(c) + 2 for c in cat_of]  # any integer codes, not in name order
+        for given_items in (items, _Columns(items, codes)):
+            got = ThompsonSampling(**kwargs).select(given_items, n, stats)
+            assert [(s.item, s.is_exploration) for s in got] == [(e[0], e[1]) for e in expected], (trial, kwargs)
+            assert [s.propensity for s in got] == pytest.approx([e[2] for e in expected], abs=1e-12), (trial, kwargs)

@@ -290,7 +290,9 @@ class ThompsonSampling:
     an estimate: see the module docstring). The uniform share keeps every head possible (propensity
     >= uniform_mix / |E|), so importance weights stay bounded and any target policy that places category
     heads is estimable; with weight 0 the policy is the greedy order with certainty. An item is exploration
-    when it lands above its greedy (score) rank. Cost: K x categories per slot.
+    when it lands above its greedy (score) rank. Cost: the K x categories draws per request, then per slot K x
+    the heads that can still win a draw (a head whose greatest value under the draws is below another's least
+    cannot; with one such head left the slot costs no array work), with the same counts as comparing all.
 
     >>> ts = ThompsonSampling(weight=0.3, n_propensity_samples=50, seed=1)
     >>> items = [ScoredItem("a", 3.0, "drama"), ScoredItem("b", 2.0, "comedy"), ScoredItem("c", 1.0, "drama")]
@@ -354,47 +356,92 @@ class ThompsonSampling:
         lo, hi = scores.min(), scores.max()
         norm = (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
 
-        categories = getattr(ranked_items, "categories", None)
-        categories = [it.category for it in ranked_items] if categories is None else categories
-        cats = sorted(set(categories))
-        cat_index = {c: i for i, c in enumerate(cats)}
-        item_cat = np.fromiter((cat_index[c] for c in categories), dtype=np.int64, count=len(categories))
+        cats, item_cat = _category_index(ranked_items)
         params = np.asarray([self.posterior(stats.get(c)) for c in cats])
         theta = self._rng.beta(params[:, 0], params[:, 1], size=(self.n_propensity_samples, len(cats)))
         heads = _Heads(norm, item_cat, len(cats), n, self.max_per_category)
         mix = self.uniform_mix if self.weight > 0.0 else 0.0
-        # Both terms of the blended value computed once, not per slot: each slot gathers its heads' rows
-        # (category-major, so a row is one draw vector). The sums are the same floats as term by term.
+        # The blended value of every category's head under every draw, (categories, K), kept up to date:
+        # taking a head changes one row (its category's next item), so a slot gathers only the rows that
+        # can win (`_slot_distribution`) instead of rebuilding the matrix. The sums are the same floats as
+        # term by term (weight * theta + (1 - weight) * norm of the head).
         base = (1.0 - self.weight) * norm
-        blend = np.ascontiguousarray((self.weight * theta).T)  # (categories, K)
+        blend = np.ascontiguousarray((self.weight * theta).T)
+        vals = blend + base[heads.pos][:, None]  # a category with no item left keeps a stale row: never eligible
+        bounds = _Bounds(base.tolist(), blend.min(axis=1).tolist(), blend.max(axis=1).tolist())
+        draws = blend.shape[1]
         out = []
         for slot in range(n):
             elig = heads.eligible()
-            probs = self._slot_distribution(heads, elig, base, blend, mix)
+            probs = _slot_distribution(heads.pos, elig, vals, bounds, draws, mix)
             # Inverse CDF in plain floats (20 slots a request: numpy calls on ~20 numbers cost more).
             cum = list(itertools.accumulate(probs))
             k = min(bisect.bisect_right(cum, self._rng.random() * cum[-1]), len(probs) - 1)
             while probs[k] == 0.0:  # float edge of the cumulative sum: step back to a possible head
                 k -= 1
-            pos = heads.take(elig[k])
+            c = elig[k]
+            pos = heads.take(c)
+            if heads.pos[c] >= 0:
+                np.add(blend[c], base[heads.pos[c]], out=vals[c])
             out.append(Selection(ranked_items[pos], bool(greedy_rank[pos] > slot), probs[k]))
         return out
 
-    def _slot_distribution(
-        self, heads: _Heads, elig: list[int], base: np.ndarray, blend: np.ndarray, mix: float
-    ) -> list[float]:
-        """P(each eligible category's head at this slot | slots above, the draws), summing to 1; `base` is
-        (1 - weight) * norm per item, `blend` weight * theta per category (categories, K)."""
-        if len(elig) == 1:
-            return [1.0]
+
+class _Bounds(NamedTuple):
+    """Per item (1 - weight) * norm, per category the least and the greatest weight * theta over the draws,
+    as floats: a head's blended value lies between base + least and base + greatest under every draw."""
+
+    base: list[float]
+    least: list[float]
+    greatest: list[float]
+
+
+def _slot_distribution(
+    pos: list[int], elig: list[int], vals: np.ndarray, bounds: _Bounds, draws: int, mix: float
+) -> list[float]:
+    """P(each eligible category's head at this slot | slots above, the draws), summing to 1; `vals` holds
+    each category's head's blended value under each draw (categories, K), `pos` each head's position.
+
+    Only contenders are compared draw by draw: a head whose greatest value is below another head's least
+    value wins no draw (float addition is monotone, so the bounds hold for the very sums in `vals`). With
+    one contender left, it wins every draw, with no array work; a concentrated posterior (much evidence)
+    against the score gaps between heads makes that the usual case. The counts are those of comparing
+    every eligible head, so the distribution, and the logged propensity, are unchanged."""
+    if len(elig) == 1:
+        return [1.0]
+    base, least, greatest = bounds
+    floor = max(base[pos[c]] + least[c] for c in elig)
+    contenders = [c for c in elig if base[pos[c]] + greatest[c] >= floor]
+    if len(contenders) == 1:
+        wins = {contenders[0]: draws}
+    else:
         # Rows in head-position order, so that argmax's first maximum is the better-ranked head on ties
         # (weight 0, equal scores), as in the greedy order.
-        pos = heads.pos
-        cols = sorted(elig, key=pos.__getitem__)
-        vals = blend[cols] + base[[pos[c] for c in cols]][:, None]  # (eligible heads, K)
-        won = dict(zip(cols, np.bincount(vals.argmax(axis=0), minlength=len(cols)).tolist(), strict=True))
-        draws, share = blend.shape[1], mix / len(elig)
-        return [(1.0 - mix) * (won[c] / draws) + share for c in elig]
+        cols = sorted(contenders, key=pos.__getitem__)
+        won = np.bincount(vals.take(cols, axis=0).argmax(axis=0), minlength=len(cols)).tolist()
+        wins = dict(zip(cols, won, strict=True))
+    share = mix / len(elig)
+    return [(1.0 - mix) * (wins.get(c, 0) / draws) + share for c in elig]
+
+
+def _category_index(ranked_items: Sequence[Any]) -> tuple[list[str], np.ndarray]:
+    """(the categories present, sorted; each item's index into them). A sequence with `category_codes` and
+    `category_names_at` (`RankedList`) is read through its integer codes: no string per candidate."""
+    codes = getattr(ranked_items, "category_codes", None)
+    names_at = getattr(ranked_items, "category_names_at", None)
+    if codes is not None and names_at is not None:
+        _, first, inverse = np.unique(np.asarray(codes), return_index=True, return_inverse=True)
+        names = names_at(first.tolist())
+        if len(set(names)) == len(names):  # one name per code (else merge them by name, below)
+            order = sorted(range(len(names)), key=names.__getitem__)
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order))
+            return [names[i] for i in order], rank[inverse.reshape(-1)]
+    categories = getattr(ranked_items, "categories", None)
+    categories = [it.category for it in ranked_items] if categories is None else categories
+    cats = sorted(set(categories))
+    cat_index = {c: i for i, c in enumerate(cats)}
+    return cats, np.fromiter((cat_index[c] for c in categories), dtype=np.int64, count=len(categories))
 
 
 class _Heads:

@@ -47,6 +47,7 @@ class RankedList(Sequence[Ranked]):
                  anchors: np.ndarray) -> None:  # fmt: skip
         self._model = model
         self._rows, self._sources, self._anchors = rows.tolist(), sources.tolist(), anchors.tolist()
+        self._row_array = rows
         self.scores = scores
 
     def __len__(self) -> int:
@@ -67,7 +68,12 @@ class RankedList(Sequence[Ranked]):
     @property
     def category_codes(self) -> np.ndarray:
         """Category codes: what the exploration policies' cap reads (no strings built for ~500 candidates)."""
-        return self._model.row_category_code[self._rows]
+        return self._model.row_category_code[self._row_array]
+
+    def category_names_at(self, positions: Sequence[int]) -> list[str]:
+        """The category names of the items at these positions (Thompson sampling names the codes it found)."""
+        cat, rows = self._model.row_category, self._rows
+        return [cat[rows[k]] for k in positions]
 
 
 @dataclass(frozen=True, slots=True)
