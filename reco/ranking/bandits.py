@@ -359,69 +359,103 @@ class ThompsonSampling:
         cats, item_cat = _category_index(ranked_items)
         params = np.asarray([self.posterior(stats.get(c)) for c in cats])
         theta = self._rng.beta(params[:, 0], params[:, 1], size=(self.n_propensity_samples, len(cats)))
-        heads = _Heads(norm, item_cat, len(cats), n, self.max_per_category)
         mix = self.uniform_mix if self.weight > 0.0 else 0.0
         # The blended value of every category's head under every draw, (categories, K), kept up to date:
         # taking a head changes one row (its category's next item), so a slot gathers only the rows that
-        # can win (`_slot_distribution`) instead of rebuilding the matrix. The sums are the same floats as
+        # can win (`_Heads.distribution`) instead of rebuilding the matrix. The sums are the same floats as
         # term by term (weight * theta + (1 - weight) * norm of the head).
         base = (1.0 - self.weight) * norm
         blend = np.ascontiguousarray((self.weight * theta).T)
-        vals = blend + base[heads.pos][:, None]  # a category with no item left keeps a stale row: never eligible
-        bounds = _Bounds(base.tolist(), blend.min(axis=1).tolist(), blend.max(axis=1).tolist())
-        draws = blend.shape[1]
+        heads = _Heads(norm, item_cat, len(cats), n, self.max_per_category, base.tolist(), blend)
         out = []
         for slot in range(n):
             elig = heads.eligible()
-            probs = _slot_distribution(heads.pos, elig, vals, bounds, draws, mix)
+            probs = heads.distribution(elig, mix)
             # Inverse CDF in plain floats (20 slots a request: numpy calls on ~20 numbers cost more).
             cum = list(itertools.accumulate(probs))
             k = min(bisect.bisect_right(cum, self._rng.random() * cum[-1]), len(probs) - 1)
             while probs[k] == 0.0:  # float edge of the cumulative sum: step back to a possible head
                 k -= 1
-            c = elig[k]
-            pos = heads.take(c)
-            if heads.pos[c] >= 0:
-                np.add(blend[c], base[heads.pos[c]], out=vals[c])
+            pos = heads.take(elig[k])
             out.append(Selection(ranked_items[pos], bool(greedy_rank[pos] > slot), probs[k]))
         return out
 
 
-class _Bounds(NamedTuple):
-    """Per item (1 - weight) * norm, per category the least and the greatest weight * theta over the draws,
-    as floats: a head's blended value lies between base + least and base + greatest under every draw."""
+class _Heads:
+    """Each category's best remaining item (by normalised score, then position), the categories whose head
+    may fill the next slot under the cap, the slot's distribution over them, and taking a head (the
+    category's next item becomes its head). Per-category state is kept in plain lists, updated for the one
+    category a slot takes: a slot touches ~20 of them, where numpy calls cost more.
 
-    base: list[float]
-    least: list[float]
-    greatest: list[float]
+    `vals` (categories, K) holds each head's blended value under each draw; `low` and `high` each head's
+    least and greatest of them, as floats: base + least and base + greatest of the category's weight * theta
+    (float addition is monotone, so they bound the very sums in `vals`). A category with no item left keeps
+    a stale row and bounds: it is never eligible again."""
 
+    def __init__(self, norm: np.ndarray, item_cat: np.ndarray, n_cats: int, n: int, cap: int | None,
+                 base: list[float], blend: np.ndarray) -> None:  # fmt: skip
+        # Per category, its items by (-score, position); only the first n can ever be placed.
+        order = np.lexsort((np.arange(len(norm)), -norm, item_cat))
+        bounds = np.searchsorted(item_cat[order], np.arange(n_cats + 1)).tolist()
+        self.members = [order[bounds[c] : min(bounds[c + 1], bounds[c] + n)].tolist() for c in range(n_cats)]
+        self.next = [0] * n_cats
+        self.pos = [m[0] if m else -1 for m in self.members]  # each category's head (-1: none left)
+        self.counts = [0] * n_cats
+        self.cap = cap
+        self.live = [c for c, p in enumerate(self.pos) if p >= 0]  # ascending
+        self.under = list(self.live)  # live and under the cap, ascending
+        self.base, self.blend, self.draws = base, blend, blend.shape[1]
+        self.least, self.greatest = blend.min(axis=1).tolist(), blend.max(axis=1).tolist()
+        self.vals = blend + np.asarray(base)[self.pos][:, None]
+        self.low = [base[p] + lo for p, lo in zip(self.pos, self.least, strict=True)]
+        self.high = [base[p] + hi for p, hi in zip(self.pos, self.greatest, strict=True)]
 
-def _slot_distribution(
-    pos: list[int], elig: list[int], vals: np.ndarray, bounds: _Bounds, draws: int, mix: float
-) -> list[float]:
-    """P(each eligible category's head at this slot | slots above, the draws), summing to 1; `vals` holds
-    each category's head's blended value under each draw (categories, K), `pos` each head's position.
+    def eligible(self) -> list[int]:
+        """The categories whose head may fill the next slot, ascending."""
+        return self.under if self.cap is not None and self.under else self.live
 
-    Only contenders are compared draw by draw: a head whose greatest value is below another head's least
-    value wins no draw (float addition is monotone, so the bounds hold for the very sums in `vals`). With
-    one contender left, it wins every draw, with no array work; a concentrated posterior (much evidence)
-    against the score gaps between heads makes that the usual case. The counts are those of comparing
-    every eligible head, so the distribution, and the logged propensity, are unchanged."""
-    if len(elig) == 1:
-        return [1.0]
-    base, least, greatest = bounds
-    floor = max(base[pos[c]] + least[c] for c in elig)
-    contenders = [c for c in elig if base[pos[c]] + greatest[c] >= floor]
-    if len(contenders) == 1:
-        wins = {contenders[0]: draws}
-    else:
+    def distribution(self, elig: list[int], mix: float) -> list[float]:
+        """P(each eligible category's head at this slot | slots above, the draws), summing to 1.
+
+        Only contenders are compared draw by draw: a head whose greatest value is below another head's least
+        wins no draw. With one contender left, it wins every draw, with no array work; a concentrated posterior
+        (much evidence) against the score gaps between heads makes that the usual case. The counts are those
+        of comparing every eligible head, so the distribution, and the logged propensity, are unchanged."""
+        if len(elig) == 1:
+            return [1.0]
+        floor = max(map(self.low.__getitem__, elig))
+        high = self.high
+        contenders = [c for c in elig if high[c] >= floor]
+        share = mix / len(elig)
+        if len(contenders) == 1:
+            won = contenders[0]
+            return [(1.0 - mix) + share if c == won else share for c in elig]
         # Rows in head-position order, so that argmax's first maximum is the better-ranked head on ties
         # (weight 0, equal scores), as in the greedy order.
-        cols = sorted(contenders, key=pos.__getitem__)
-        won = np.bincount(vals.take(cols, axis=0).argmax(axis=0), minlength=len(cols)).tolist()
+        cols = sorted(contenders, key=self.pos.__getitem__)
+        won = np.bincount(self.vals.take(cols, axis=0).argmax(axis=0), minlength=len(cols)).tolist()
         wins = dict(zip(cols, won, strict=True))
-    share = mix / len(elig)
-    return [(1.0 - mix) * (wins.get(c, 0) / draws) + share for c in elig]
+        draws = self.draws
+        return [(1.0 - mix) * (wins.get(c, 0) / draws) + share for c in elig]
+
+    def take(self, c: int) -> int:
+        pos = self.pos[c]
+        self.counts[c] += 1
+        self.next[c] += 1
+        m = self.members[c]
+        if self.next[c] < len(m):
+            head = self.pos[c] = m[self.next[c]]
+            b = self.base[head]
+            np.add(self.blend[c], b, out=self.vals[c])
+            self.low[c], self.high[c] = b + self.least[c], b + self.greatest[c]
+            if self.cap is not None and self.counts[c] >= self.cap and c in self.under:
+                self.under.remove(c)
+        else:
+            self.pos[c] = -1
+            self.live.remove(c)
+            if c in self.under:
+                self.under.remove(c)
+        return pos
 
 
 def _category_index(ranked_items: Sequence[Any]) -> tuple[list[str], np.ndarray]:
@@ -442,34 +476,3 @@ def _category_index(ranked_items: Sequence[Any]) -> tuple[list[str], np.ndarray]
     cats = sorted(set(categories))
     cat_index = {c: i for i, c in enumerate(cats)}
     return cats, np.fromiter((cat_index[c] for c in categories), dtype=np.int64, count=len(categories))
-
-
-class _Heads:
-    """Each category's best remaining item (by normalised score, then position), the categories whose head
-    may fill the next slot under the cap, and taking a head (the category's next item becomes its head).
-    Per-category state is kept in plain lists: a slot touches ~20 of them, where numpy calls cost more."""
-
-    def __init__(self, norm: np.ndarray, item_cat: np.ndarray, n_cats: int, n: int, cap: int | None) -> None:
-        # Per category, its items by (-score, position); only the first n can ever be placed.
-        order = np.lexsort((np.arange(len(norm)), -norm, item_cat))
-        bounds = np.searchsorted(item_cat[order], np.arange(n_cats + 1)).tolist()
-        self.members = [order[bounds[c] : min(bounds[c + 1], bounds[c] + n)].tolist() for c in range(n_cats)]
-        self.next = [0] * n_cats
-        self.pos = [m[0] if m else -1 for m in self.members]  # each category's head (-1: none left)
-        self.counts = [0] * n_cats
-        self.cap = cap
-
-    def eligible(self) -> list[int]:
-        """The categories whose head may fill the next slot, ascending."""
-        live = [c for c, p in enumerate(self.pos) if p >= 0]
-        if self.cap is None:
-            return live
-        return [c for c in live if self.counts[c] < self.cap] or live
-
-    def take(self, c: int) -> int:
-        pos = self.pos[c]
-        self.counts[c] += 1
-        self.next[c] += 1
-        m = self.members[c]
-        self.pos[c] = m[self.next[c]] if self.next[c] < len(m) else -1
-        return pos
