@@ -39,7 +39,8 @@ def anchors_by_attention(
     if attention is not None and len(attention) == len(session_items):
         sims = sims * np.asarray(attention, dtype=sims.dtype)[None, :]
     best = sims.argmax(axis=1)
-    return [session_items[j] if sims[i, j] > 0 else None for i, j in enumerate(best)]
+    positive = (sims[np.arange(len(best)), best] > 0).tolist()  # one array read, not one per candidate
+    return [session_items[j] if ok else None for j, ok in zip(best.tolist(), positive, strict=True)]
 
 
 def reason(
@@ -62,6 +63,17 @@ def reason(
     'Something new for you: Trending now'
     """
     return _reason_text(Source(source), is_exploration, title_of(anchor) if anchor else None, genre)
+
+
+def reason_of(
+    source: Source, is_exploration: bool, anchor: str | None, title_of: Callable[[str], str | None], genre: str | None
+) -> str:
+    """`reason` for a `Source` already (the request path's 20 items a page: no conversion per item).
+
+    >>> reason_of(Source.trending, True, None, lambda _: None, None)
+    'Something new for you: Trending now'
+    """
+    return _reason_text(source, is_exploration, title_of(anchor) if anchor else None, genre)
 
 
 @functools.lru_cache(maxsize=16384)

@@ -34,7 +34,7 @@ from reco.ranking.candidates import (
     ranker_rows,
 )
 from reco.ranking.cold_start import ImpressionCounts
-from reco.ranking.explain import anchors_by_attention, reason
+from reco.ranking.explain import anchors_by_attention, reason_of
 from reco.ranking.exploration import (
     ArmPolicies,
     Explorer,
@@ -380,21 +380,20 @@ class Recommender:
         if model.cold is not None:  # the new items served now count towards their bonus's n
             self.cold_counts.served(r.item_id for r in ranked if model.cold.is_new[r.row])
         anchors: list[str | None] = [r.anchor for r in ranked]
-        if session.items and ranked:
-            # Name the session item behind each session-based pick: attention x similarity (explain.py).
-            sims = model.index.similarity_rows([r.row for r in ranked], session.rows)
+        # Name the session item behind each session-based pick: attention x similarity (explain.py); the
+        # similarities are computed for those picks only (the others keep their source's anchor).
+        picks = [k for k, r in enumerate(ranked) if r.source in _SESSION_SOURCES] if session.items else []
+        if picks:
+            sims = model.index.similarity_rows([ranked[k].row for k in picks], session.rows)
             att = attention if attention is not None and len(attention) == len(session.items) else None
-            by_attention = anchors_by_attention(sims, att, session.items)
-            anchors = [
-                (a or r.anchor) if r.source in (Source.session_similar, Source.session_query) else r.anchor
-                for r, a in zip(ranked, by_attention, strict=True)
-            ]
+            for k, a in zip(picks, anchors_by_attention(sims, att, session.items), strict=True):
+                anchors[k] = a or anchors[k]
         title_of = model.title_of.get
         return [
             RecoItem(
                 item_id=r.item_id,
                 score=round(r.score, 6),
-                reason=reason(r.source, is_exploration=s.is_exploration, anchor=a, title_of=title_of, genre=r.category),
+                reason=reason_of(r.source, s.is_exploration, a, title_of, r.category),
                 source=str(r.source),
                 position=pos,
                 # A bonus-lifted new item is deliberate exploration; its propensity is still the policy's.
@@ -456,6 +455,9 @@ def session_for_model(features: Any | None, index: EmbeddingIndex) -> RequestSes
         items = list(getattr(features, "user_items", []) or [])
     known = [i for i in items if i in index][-MAX_SESSION:]
     return RequestSession(known, np.asarray(index.rows(known), dtype=np.int64), consumed)
+
+
+_SESSION_SOURCES = frozenset({Source.session_similar, Source.session_query})
 
 
 def _unavailable() -> RowList:
