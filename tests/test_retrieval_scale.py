@@ -34,8 +34,43 @@ def test_ann_recall_against_exact_search(catalogue: np.ndarray) -> None:
     ann = AnnIndex(unit, rows)
     queries = unit[np.random.default_rng(1).integers(1, N, 200)]
     assert recall_at_k(unit, rows, ann, queries, 100) >= 0.95  # docs/benchmarks.md reports the figure
+    # Items' own vectors (the similarity sources' queries) scan fewer cells at the same recall bar.
+    assert ann.item_nprobe < ann.nprobe
+    assert recall_at_k(unit, rows, ann, queries, 100, items=True) >= 0.95
     found, _ = ann.search(queries[:5], 10)
     assert (found > 0).all()  # padding is never indexed
+
+
+def _merged_reference(index: EmbeddingIndex, q: np.ndarray, k: int) -> tuple[list[int], list[int]]:
+    """Each query row's ANN answer (its share's head), then every item at its best query row (the earlier
+    row on a tie), best first, without the query rows: the merge written plainly."""
+    share = k if len(q) == 1 else min(k, max(64, 1 << int(np.ceil(np.log2(3 * k / len(q))))))
+    best: dict[int, tuple[float, int, int]] = {}
+    for pos, r in enumerate(q.tolist()):
+        found, sims = index.ann.search(index._unit[r][None, :], k + 16, items=True)
+        for row, sim in zip(found[0][: share + 16].tolist(), sims[0][: share + 16].tolist(), strict=True):
+            if row >= 0 and row not in q and (row not in best or sim > best[row][0]):
+                best[row] = (sim, pos, r)
+    ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[1][1]))[:k]
+    return [row for row, _ in ranked], [anchor for _, (_, _, anchor) in ranked]
+
+
+def test_ann_session_search_merges_each_rows_answer_by_best_similarity(catalogue: np.ndarray) -> None:
+    """Sessions of 1-20 rows: random (few shared neighbours), one cluster's items (most neighbours shared:
+    the 2k best entries hold fewer than k items) and a repeated row, as a growing session asks them."""
+    ids = ["<pad>", *[f"i{k}" for k in range(1, N)]]
+    index = EmbeddingIndex(ids, catalogue, ann_threshold=1000)
+    rng = np.random.default_rng(3)
+    unit = index._unit
+    cluster = np.flatnonzero(unit[1:] @ unit[5] > 0.8)[:20] + 1  # items close to item 5
+    sessions = [rng.integers(1, N, 20), cluster, np.array([7, 7, 9, 7, *rng.integers(1, N, 8)])]
+    for session in sessions:
+        for n in (1, 2, 4, 8, len(session)):
+            q = session[:n]
+            found, sims = index.similar_rows(q, 300)
+            rows, anchors = _merged_reference(index, q, 300)
+            assert found.rows.tolist() == rows and found.anchors.tolist() == anchors
+            assert np.all(np.diff(sims) <= 0)
 
 
 def test_index_switches_to_ann_above_the_threshold_and_keeps_the_contract(catalogue: np.ndarray) -> None:

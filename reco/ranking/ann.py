@@ -1,9 +1,13 @@
 """Approximate nearest neighbours for the similarity candidate sources of large catalogues.
 
 `AnnIndex` is faiss's IVF-Flat over the unit item embeddings (inner product = cosine): k-means cells
-(`nlist` ~ 4 sqrt(n)), each query scans the `nprobe` nearest cells exactly. Why faiss IVF-Flat
-(docs/architecture.md, "Retrieval at scale"): a pinned abi3 wheel for cp311 (faiss-cpu 1.15.1; hnswlib
-ships only a source archive, usearch's HNSW builds ~15x slower at these sizes on 2 cores), a build of
+(`nlist` ~ 4 sqrt(n)), each query scans the `nprobe` nearest cells exactly. A query that is an indexed item's
+own vector (the similarity sources: session and page items) lies in its own cell, next to its neighbours' cells,
+and scans `item_nprobe` (8) of them: recall@100 0.99-1.0 where an arbitrary query vector (the session query)
+needs the 24 (docs/benchmarks.md, "Scale"), and the search costs about half (0.09 vs 0.16 ms at 10^6 items).
+
+Why faiss IVF-Flat (docs/architecture.md, "Retrieval at scale"): a pinned abi3 wheel for cp311 (faiss-cpu
+1.15.1; hnswlib ships only a source archive, usearch's HNSW builds ~15x slower at these sizes on 2 cores), a build of
 seconds at 10^5 and about a minute at 10^6 items (an HNSW graph: minutes), items added without a rebuild,
 and exact scores inside the probed cells. `recall_at_k` measures it against exact search.
 
@@ -46,7 +50,7 @@ class AnnIndex:
     """
 
     def __init__(self, unit: np.ndarray, rows: np.ndarray, *, nlist: int | None = None, nprobe: int = 24,
-                 seed: int = 0) -> None:  # fmt: skip
+                 item_nprobe: int = 8, seed: int = 0) -> None:  # fmt: skip
         faiss = _faiss()
         unit = np.ascontiguousarray(unit, dtype=np.float32)
         rows = np.asarray(rows, dtype=np.int64)
@@ -54,6 +58,7 @@ class AnnIndex:
         # ~4 sqrt(n) cells, each with at least the 39 training points faiss asks for.
         self.nlist = int(nlist or max(1, min(8192, 4 * np.sqrt(max(n, 1)), n // 39)))
         self.nprobe = min(nprobe, self.nlist)
+        self.item_nprobe = min(item_nprobe, self.nprobe)
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, self.nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
@@ -90,17 +95,28 @@ class AnnIndex:
         out.size = int(out._index.ntotal)
         return out
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows (q, k) int64, -1 where fewer were found; similarities (q, k)), best first."""
+    def search(self, queries: np.ndarray, k: int, *, items: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(rows (q, k) int64, -1 where fewer were found; similarities (q, k)), best first. `items`: the queries
+        are indexed items' own vectors (scan `item_nprobe` cells, not `nprobe`)."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        _faiss()
-        sims, rows = self._index.search(q, int(k))
+        faiss = _faiss()
+        if items and self.item_nprobe < self.nprobe:
+            params = getattr(self, "_item_params", None)
+            if params is None:  # made once: a SWIG object per search costs more than a small search's scan
+                params = self._item_params = faiss.SearchParametersIVF()
+                params.nprobe = self.item_nprobe
+            sims, rows = self._index.search(q, int(k), params=params)
+        else:
+            sims, rows = self._index.search(q, int(k))
         return rows, sims
 
 
-def recall_at_k(unit: np.ndarray, rows: np.ndarray, ann: AnnIndex, queries: np.ndarray, k: int) -> float:
-    """Mean |ANN top-k ∩ exact top-k| / k over the queries (exact: brute force over `unit[rows]`)."""
-    found, _ = ann.search(queries, k)
+def recall_at_k(
+    unit: np.ndarray, rows: np.ndarray, ann: AnnIndex, queries: np.ndarray, k: int, *, items: bool = False
+) -> float:
+    """Mean |ANN top-k ∩ exact top-k| / k over the queries (exact: brute force over `unit[rows]`); `items` as
+    in `AnnIndex.search`."""
+    found, _ = ann.search(queries, k, items=items)
     sims = np.asarray(queries, dtype=np.float32) @ unit[rows].T
     exact = rows[np.argpartition(-sims, k - 1, axis=1)[:, :k]]
     return float(np.mean([len(set(f.tolist()) & set(e.tolist())) / k for f, e in zip(found, exact, strict=True)]))
