@@ -1,5 +1,7 @@
-"""The report's DuckDB pass over the events (`reco.experiments.columnar`) against the former Arrow/pandas pass
-(tests/ab_reference.py): same reduced tables, aggregates and report, on a seeded lake and on an Arrow table
+"""The report's DuckDB pass over the events (`reco.experiments.columnar`, `reco.experiments.aggregate`) against
+the former Arrow/pandas pass and per-user pandas aggregation (tests/ab_reference.py): same reduced tables,
+sufficient statistics (cumulative moments, daily, novelty and segment sums), novelty SE, segment statistics
+and report, on a seeded lake and on an Arrow table
 with duplicated event_ids, several phases, purchases with and without an arm, orphan clicks, impressions
 without an arm, null and literal "unknown" breakdown values, and events that are neither."""
 
@@ -9,13 +11,21 @@ import datetime as dt
 import math
 from datetime import date
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from ab_reference import reference_reduce
+from ab_reference import (
+    reference_aggregate,
+    reference_breakdown_stats,
+    reference_clustered_slope_se,
+    reference_reduce,
+)
 
 from reco.data.lake import EventLake
+from reco.experiments import analysis as A
+from reco.experiments import stats as S
 from reco.experiments.aggregate import aggregate
 from reco.experiments.columnar import reduce_events
 from reco.experiments.reading import read_events
@@ -57,7 +67,7 @@ def sources(tmp_path_factory) -> dict[str, object]:
     t = _events()
     root = tmp_path_factory.mktemp("columnar") / "lake"
     EventLake(root).write_partitions(t)
-    return {"table": t, "lake": read_events(root, date(2026, 1, 1), date(2026, 1, 10)), "raw": t}
+    return {"table": t, "lake": read_events(root, date(2025, 12, 30), date(2026, 1, 10)), "raw": t}
 
 
 def _named(df: pd.DataFrame, users: pa.Array) -> pd.DataFrame:
@@ -99,6 +109,11 @@ def _close(a: object, b: object, path: str = "") -> None:
         assert a == b, path
 
 
+def _sorted(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    df = df.assign(**{k: df[k].astype(str) for k in keys if k == "arm"})
+    return df.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
 @pytest.mark.parametrize("kind", ["table", "lake"])
 @pytest.mark.parametrize("phase", [1, 2])
 def test_aggregates_and_report_equal(sources, kind: str, phase: int) -> None:
@@ -112,19 +127,53 @@ def test_aggregates_and_report_equal(sources, kind: str, phase: int) -> None:
         traffic={"control": 0.3, "treatment": 0.7},
     )  # SRM: the simulated split is 50/50
     kw = dict(phase=phase, experiment_start=START, pre_period_days=2)
-    seen = {}  # each engine's user codes (numbered differently)
-    new = aggregate(sources[kind], start, None, reducer=lambda s: seen.setdefault("new", reduce_events(s)), **kw)
-    ref = aggregate(sources[kind], start, None, reducer=lambda s: seen.setdefault("ref", reference_reduce(s)), **kw)
-    users_new, users_ref = seen["new"].users, seen["ref"].users
-    for name in ("units", "users", "segments"):
-        _same(_named(getattr(new, name), users_new), _named(getattr(ref, name), users_ref))
+    new = aggregate(sources[kind], start, None, threads=2, memory_limit="256MB", **kw)
+    ref = reference_aggregate(sources[kind], start, None, **kw)
+    assert new.arms == ref.arms and new.moments.keys() == ref.moments.keys()
+    for k in new.moments:
+        np.testing.assert_allclose(new.moments[k], ref.moments[k], rtol=1e-9, atol=1e-9, err_msg=k)
+    for name, keys in (("daily", ["day", "arm"]), ("novelty", ["arm", "k"]), ("novelty_cross", ["arm", "k", "k2"]),
+                       ("segments", ["dimension", "value", "arm"])):  # fmt: skip
+        _same(_sorted(getattr(new, name), keys), _sorted(getattr(ref, name), keys))
     assert (new.quality, new.model_versions, new.exposure_days) == (ref.quality, ref.model_versions, ref.exposure_days)
     assert (new.start, new.end, new.pre_window, new.pre_users) == (ref.start, ref.end, ref.pre_window, ref.pre_users)
+    assert new.pre_users > 0 and new.moments["s_x2"][:, -1].min() > 0  # CUPED has a covariate to work with
     rep_new, rep_ref = report_from_aggregates(new, cfg), report_from_aggregates(ref, cfg)
     _close(rep_new, rep_ref)
     assert rep_new["srm"]["flagged"] and rep_new["data_quality"]["orphan_clicks"] >= 1
     if phase == 1:
-        assert new.units["purchases"].sum() > 0 and new.quality["impressions_without_arm"] >= 1
+        assert ref.extra["units"]["purchases"].sum() > 0 and new.quality["impressions_without_arm"] >= 1
+        assert new.moments["s_revenue"][:, -1].sum() > 0 and rep_new["comparisons"][0]["cuped"]["applied"]
+
+
+@pytest.mark.parametrize("kind", ["table", "lake"])
+def test_novelty_and_segments_equal_the_per_user_statistics(sources, kind: str) -> None:
+    """The novelty slope's user-clustered SE (a quadratic form of per-arm cross sums) and the segments' ratio
+    statistics (per-arm sums) equal the former computation from each user's own values."""
+    cfg = ReportConfig(control="control", novelty_min_users=20)
+    new = aggregate(sources[kind], START, None)
+    ref = reference_aggregate(sources[kind], START, None)
+    mom = new.novelty.set_index(["arm", "k"])
+    cols = ("n", "s_num", "s_den", "s_num2", "s_den2", "s_numden")
+    parts = []
+    for a, sfx in (("treatment", "_t"), ("control", "_c")):
+        r, v = S.ratio_moments(*(mom.loc[a][c] for c in cols))
+        parts.append(pd.DataFrame({"n": mom.loc[a]["n"], "r": r, "v": v}).add_suffix(sfx))
+    j = pd.concat(parts, axis=1, join="inner")
+    j = j[(j["n_t"] >= 20) & (j["n_c"] >= 20) & (j["r_c"] > 0)]
+    assert len(j) >= 3
+    var_k = S.relative_lift_var(j["r_t"], j["v_t"], j["r_c"], j["v_c"])
+    se = A._clustered_slope_se(new.novelty_cross, mom, "treatment", "control", j, var_k)
+    assert math.isclose(se, reference_clustered_slope_se(ref.extra["units"], "treatment", "control", 20), rel_tol=1e-9)
+    assert A.novelty(new, "treatment", cfg)["testable"]
+    rows = A.breakdowns(new.segments, "treatment", cfg)
+    assert {r["dimension"] for r in rows} == {"page_type", "device", "user_type"}
+    for r in rows:
+        for a, key in (("treatment", "ctr_treatment"), ("control", "ctr_control")):
+            n, ratio = reference_breakdown_stats(ref.extra["segments"], a, r["dimension"], r["value"])
+            assert r[f"users_{a}"] == n
+            if r.get(key) is not None:
+                assert math.isclose(r[key], ratio, rel_tol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -137,9 +186,9 @@ def test_aggregates_and_report_equal(sources, kind: str, phase: int) -> None:
 )
 def test_arm_errors_equal(sources, traffic: dict, message: str) -> None:
     cfg = ReportConfig(control="control", start=START, traffic=traffic)
-    for reducer in (reduce_events, reference_reduce):
+    for agg in (aggregate, reference_aggregate):
         with pytest.raises(ReportError, match=message):
-            report_from_aggregates(aggregate(sources["lake"], START, reducer=reducer), cfg)
+            report_from_aggregates(agg(sources["lake"], START), cfg)
 
 
 def test_no_impressions_is_the_same_clear_error() -> None:

@@ -353,4 +353,4 @@ def test_cuped_pre_window_ends_before_the_first_exposure() -> None:
                     rows.append(dict(rows[-1], event_id=f"c{day}{a}{u}", event_type="click"))
     agg = aggregate(pa.Table.from_pylist(rows), experiment_start=dt.date(2026, 1, 10), pre_period_days=14)
     assert agg.pre_window == (dt.date(2025, 12, 18), dt.date(2025, 12, 31))
-    assert agg.pre_users == 0 and (agg.users["x"] == 0).all()
+    assert agg.pre_users == 0 and not agg.moments["s_x"].any() and not agg.moments["s_x2"].any()  # x = 0 for all

@@ -10,9 +10,11 @@ fits in a few GB (docs/benchmarks.md "A/B report at scale").
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import duckdb
@@ -45,18 +47,54 @@ class Reduced:
     users: pa.Array  # the user id of each user code
 
 
-def reduce_events(source: pa.Table | LakeScan, threads: int = THREADS, memory_limit: str = MEMORY_LIMIT) -> Reduced:
-    """Reduce `source` (a `LakeScan` of day partitions, or an Arrow table as `read_events` returns it)."""
+@dataclass
+class ReducedIn:
+    """What `reduce_in` leaves outside its tables."""
+
+    orphans: int
+    versions: dict[tuple[str, int], set[str]]
+    read: int
+    dupes: int
+
+
+@contextlib.contextmanager
+def session(threads: int = THREADS, memory_limit: str = MEMORY_LIMIT) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection with the report's thread count and memory limit, spilling to a temporary folder."""
     spill = tempfile.mkdtemp(prefix="reco-report-duckdb-")
     con = duckdb.connect(config={"threads": threads, "memory_limit": memory_limit, "temp_directory": spill,
                                  "preserve_insertion_order": False})  # fmt: skip
     try:
         con.execute("SET TimeZone = 'UTC'")  # days are UTC days (timestamptz -> date follows the session zone)
-        read, dupes, columns = _register(con, source)
-        return _reduce(con, columns, read, dupes)
+        yield con
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
+
+
+def reduce_events(source: pa.Table | LakeScan, threads: int = THREADS, memory_limit: str = MEMORY_LIMIT) -> Reduced:
+    """Reduce `source` (a `LakeScan` of day partitions, or an Arrow table as `read_events` returns it) and fetch
+    the reduced tables (the report itself keeps them in DuckDB: `reco.experiments.aggregate`)."""
+    with session(threads, memory_limit) as con:
+        red = reduce_in(con, source)
+        per_day = _frame(
+            con,
+            """SELECT uid, arm, day, ph, page_type, device, CAST(sum(imps) AS BIGINT) AS imps,
+            CAST(sum(clicks) AS BIGINT) AS clicks FROM pdy GROUP BY ALL""",
+        )
+        purchases = _frame(con, "SELECT * FROM pb")
+        users = con.sql("SELECT user_id FROM u ORDER BY uid").to_arrow_table().column(0).combine_chunks()
+        per_day = per_day.rename(columns={"uid": "user_id", "ph": "_phase", "page_type": "_page_type",
+                                          "device": "_device"})  # fmt: skip
+        purchases = purchases.rename(columns={"uid": "user_id", "ph": "_phase"})
+        return Reduced(per_day, purchases, red.orphans, red.versions, red.read, red.dupes, users)
+
+
+def reduce_in(con: duckdb.DuckDBPyConnection, source: pa.Table | LakeScan) -> ReducedIn:
+    """Reduce `source` inside `con`: tables `pdy` (uid, arm, day, ph, page_type, device, imps, clicks; a key may
+    have several rows: sum them), `pb`
+    (uid, arm, day, ph, purchases, revenue) and `u` (user_id, uid)."""
+    read, dupes, columns = _register(con, source)
+    return _reduce(con, columns, read, dupes)
 
 
 def _register(con: duckdb.DuckDBPyConnection, source: pa.Table | LakeScan) -> tuple[int, int, list[str]]:
@@ -81,49 +119,49 @@ def _register(con: duckdb.DuckDBPyConnection, source: pa.Table | LakeScan) -> tu
     return read, dupes, source.column_names
 
 
-def _reduce(con: duckdb.DuckDBPyConnection, columns: list[str], read: int, dupes: int) -> Reduced:
+def _reduce(con: duckdb.DuckDBPyConnection, columns: list[str], read: int, dupes: int) -> ReducedIn:
     def col(name: str, typ: str) -> str:
         return f"CAST({name} AS {typ})" if name in columns else f"CAST(NULL AS {typ})"
 
     phase = "COALESCE(CAST(phase AS BIGINT), 1)" if "phase" in columns else "CAST(1 AS BIGINT)"
-    con.execute(f"""CREATE VIEW src AS SELECT user_id, arm, request_id, item_id, {_KIND} AS kind,
+    # filters name `event_type` itself (not `kind`): DuckDB pushes them into the Parquet scan
+    con.execute(f"""CREATE VIEW src AS SELECT user_id, arm, request_id, item_id, event_type, {_KIND} AS kind,
         CAST(CAST(ts AS DATE) - DATE '1970-01-01' AS INTEGER) AS day, {phase} AS ph,
         {col("page_type", "VARCHAR")} AS page_type, {col("device", "VARCHAR")} AS device,
         {col("model_version", "VARCHAR")} AS model_version, {col("value", "DOUBLE")} AS value FROM raw""")
-    # distinct click keys (few: clicks are a small share of events), then one pass over the impressions
-    con.execute("""CREATE TEMP TABLE ck AS SELECT request_id, item_id, count(*) AS n FROM src WHERE kind = 1
-        GROUP BY request_id, item_id""")
+    # distinct click keys (few: clicks are a small share of events), then ONE pass over the impressions: the
+    # full outer join also yields the click keys no impression matched (orphans: the row with `orphan` set), and
+    # the model version is one more grouping key (constant per arm and phase: it barely adds rows)
+    con.execute("""CREATE TEMP TABLE ck AS SELECT request_id, item_id, count(*) AS n FROM src
+        WHERE event_type = 'click' GROUP BY request_id, item_id""")
     con.execute("""CREATE TEMP TABLE g AS SELECT i.user_id, i.arm, i.day, i.ph, i.page_type, i.device,
-        count(*) AS imps, count(c.n) AS clicks
-        FROM src i LEFT JOIN ck c ON i.request_id = c.request_id AND i.item_id = c.item_id
-        WHERE i.kind = 0 GROUP BY i.user_id, i.arm, i.day, i.ph, i.page_type, i.device""")
-    if con.execute("SELECT count(*) FROM g").fetchone()[0] == 0:
+        i.model_version, i.kind IS NULL AS orphan, CAST(count(i.kind) AS BIGINT) AS imps,
+        CAST(count(i.kind) FILTER (c.n IS NOT NULL) AS BIGINT) AS clicks, sum(c.n) FILTER (i.kind IS NULL) AS orphans
+        FROM (SELECT * FROM src WHERE event_type = 'impression') i FULL OUTER JOIN ck c
+            ON i.request_id = c.request_id AND i.item_id = c.item_id
+        GROUP BY ALL""")
+    orphans, n_imps = con.execute("""SELECT COALESCE(sum(orphans), 0), count(*) FILTER (NOT orphan)
+        FROM g""").fetchone()
+    if n_imps == 0:
         raise ReportError("no impressions in the selected window")
-    # users as int codes from here on (pandas groups integers much faster than strings), numbered in id order:
-    # the same codes on every run, so the same order of floating-point sums and the same report
-    con.execute("""CREATE TEMP TABLE u AS SELECT user_id, CAST(row_number() OVER (ORDER BY user_id) - 1 AS INTEGER)
-        AS uid FROM (SELECT DISTINCT user_id FROM g WHERE user_id IS NOT NULL)""")
-    per_day = _frame(
-        con,
-        f"""SELECT u.uid AS user_id, g.arm, g.day, g.ph AS _phase,
-        COALESCE(g.page_type, '{_UNKNOWN}') AS _page_type, COALESCE(g.device, '{_UNKNOWN}') AS _device,
-        g.imps, g.clicks FROM g JOIN u ON g.user_id = u.user_id""",
-    )
-    con.execute("DROP TABLE g")
-    orphans = con.execute("""SELECT COALESCE(sum(n), 0) FROM ck WHERE NOT EXISTS (SELECT 1 FROM src i
-        WHERE i.kind = 0 AND i.request_id = ck.request_id AND i.item_id = ck.item_id)""").fetchone()[0]
     versions: dict[tuple[str, int], set[str]] = {}
-    for arm, ph, mv in con.execute("""SELECT DISTINCT arm, ph, model_version FROM src
-            WHERE kind = 0 AND arm IS NOT NULL AND model_version IS NOT NULL""").fetchall():
+    for arm, ph, mv in con.execute("""SELECT DISTINCT arm, ph, model_version FROM g
+            WHERE NOT orphan AND arm IS NOT NULL AND model_version IS NOT NULL""").fetchall():
         versions.setdefault((str(arm), int(ph)), set()).add(str(mv))
-    purchases = _frame(
-        con,
-        """SELECT u.uid AS user_id, p.arm, p.day, p.ph AS _phase, count(*) AS purchases,
-        sum(p.value) AS revenue FROM src p JOIN u ON p.user_id = u.user_id WHERE p.kind = 2
-        GROUP BY u.uid, p.arm, p.day, p.ph""",
-    )
-    users = con.sql("SELECT user_id FROM u ORDER BY uid").to_arrow_table().column(0).combine_chunks()
-    return Reduced(per_day, purchases, int(orphans), versions, read, dupes, users)
+    # users as int codes from here on (joins and group-bys on integers are faster than on strings)
+    con.execute("""CREATE TEMP TABLE u AS SELECT user_id, CAST(row_number() OVER () - 1 AS INTEGER) AS uid
+        FROM (SELECT DISTINCT user_id FROM g WHERE NOT orphan AND user_id IS NOT NULL)""")
+    # not grouped again without the model version: every later use of `pdy` sums over its rows, and a user's
+    # impressions in one (arm, phase) have one model version in practice (regrouping 20M rows at 100M events
+    # costs more than the few duplicated keys)
+    con.execute(f"""CREATE TEMP TABLE pdy AS SELECT u.uid, g.arm, g.day, g.ph,
+        COALESCE(g.page_type, '{_UNKNOWN}') AS page_type, COALESCE(g.device, '{_UNKNOWN}') AS device,
+        g.imps, g.clicks FROM g JOIN u ON g.user_id = u.user_id WHERE NOT g.orphan""")
+    con.execute("DROP TABLE g")
+    con.execute("""CREATE TEMP TABLE pb AS SELECT u.uid, p.arm, p.day, p.ph, count(*) AS purchases,
+        sum(p.value) AS revenue FROM src p JOIN u ON p.user_id = u.user_id WHERE p.event_type = 'purchase'
+        GROUP BY u.uid, p.arm, p.day, p.ph""")
+    return ReducedIn(int(orphans), versions, read, dupes)
 
 
 def _frame(con: duckdb.DuckDBPyConnection, sql: str) -> pd.DataFrame:

@@ -22,12 +22,7 @@ import pyarrow as pa
 
 from reco.experiments import analysis as A
 from reco.experiments import stats as S
-from reco.experiments.aggregate import (
-    EPOCH,
-    Aggregates,
-    aggregate,
-    cumulative_moments,
-)
+from reco.experiments.aggregate import EPOCH, Aggregates, aggregate
 from reco.experiments.decision import decide
 from reco.experiments.reading import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, LakeScan, ReportError, read_events
 from reco.experiments.report_config import (
@@ -159,7 +154,7 @@ def build_report(table: pa.Table | LakeScan, config: ReportConfig) -> dict[str, 
     return report_from_aggregates(agg, config)
 
 
-def _check_arms(arms: list[str], config: ReportConfig, per_user: pd.DataFrame) -> dict[str, float] | None:
+def _check_arms(arms: list[str], config: ReportConfig, m: dict[str, np.ndarray]) -> dict[str, float] | None:
     if config.control not in arms:
         raise ReportError(f"unknown control arm {config.control!r}; arms in the events: {', '.join(arms)}")
     configured = dict(config.traffic) if config.traffic else None
@@ -172,29 +167,23 @@ def _check_arms(arms: list[str], config: ReportConfig, per_user: pd.DataFrame) -
             raise ReportError(f"arm(s) {', '.join(extra)} appear in the events but have no traffic share")
     if len(arms) < 2:
         raise ReportError(f"only arm {arms[0]!r} has impressions: nothing to compare against")
-    for a in arms:
-        df = per_user[per_user["arm"] == a]
-        if df["imps"].sum() == 0:
+    for i, a in enumerate(arms):  # every user's totals are their cumulative values after the last day
+        if m["s_imps"][i, -1] == 0:
             raise ReportError(f"arm {a!r} has zero impressions")
-        if len(df) < 2:
+        if m["n"][i, -1] < 2:
             raise ReportError(f"arm {a!r} has fewer than 2 users: no variance can be estimated")
     return configured
 
 
 def report_from_aggregates(agg: Aggregates, config: ReportConfig) -> dict[str, Any]:
-    units = agg.units
-    arms = sorted(units["arm"].unique().tolist())
-    per_user = units.groupby(["user_id", "arm"], as_index=False, observed=True)[
-        ["imps", "clicks", "purchases", "revenue"]
-    ].sum()
-    configured = _check_arms(arms, config, per_user)
+    arms, m = agg.arms, agg.moments
+    configured = _check_arms(arms, config, m)
     treatments = [a for a in arms if a != config.control]
-    day0, n_days = (agg.start - EPOCH).days, (agg.end - agg.start).days + 1
-    m = cumulative_moments(units, agg.users, arms, n_days, day0)
+    n_days = (agg.end - agg.start).days + 1
     data_days = np.array([(d - agg.start).days for d in agg.exposure_days], dtype=int)
     comps = []
     for t in treatments:
-        c = A.compare(t, config, arms, m, agg, per_user)
+        c = A.compare(t, config, arms, m, agg)
         c["guardrails"] = A.guardrails(c, config, len(treatments))
         c["guardrails_harmed"] = [g["metric"] for g in c["guardrails"] if g["status"] == "harmed"]
         c["_days_with_data_index"] = data_days
@@ -202,7 +191,7 @@ def report_from_aggregates(agg: Aggregates, config: ReportConfig) -> dict[str, A
         comps.append(c)
     multiplicity = _adjust(comps, config)
     shares = np.array([configured[a] for a in arms]) if configured else np.full(len(arms), 1.0 / len(arms))
-    users = {a: int((per_user["arm"] == a).sum()) for a in arms}
+    users = {a: int(m["n"][i, -1]) for i, a in enumerate(arms)}
     srm = S.srm_test(np.array([users[a] for a in arms]), shares)
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -219,7 +208,7 @@ def report_from_aggregates(agg: Aggregates, config: ReportConfig) -> dict[str, A
         },
         "config": _config_json(config, arms, shares, configured),
         "data_quality": agg.quality,
-        "arms": _arms_json(per_user, arms, agg),
+        "arms": _arms_json(m, arms, agg),
         "srm": {
             "test": f"chi-square of users per arm in phase {agg.phase} vs configured traffic shares",
             "chi2": _num(srm.chi2),
@@ -230,7 +219,7 @@ def report_from_aggregates(agg: Aggregates, config: ReportConfig) -> dict[str, A
         },
         "comparisons": comps,
         "multiplicity": multiplicity,
-        "daily": _daily(units),
+        "daily": _daily(agg.daily),
         "cumulative": _cumulative(comps, agg.start),
     }
     report["decision"] = decide(report, config)
@@ -331,39 +320,38 @@ def _config_json(cfg: ReportConfig, arms: list[str], shares: np.ndarray, configu
     }
 
 
-def _arms_json(per_user: pd.DataFrame, arms: list[str], agg: Aggregates) -> dict[str, Any]:
+def _arms_json(m: dict[str, np.ndarray], arms: list[str], agg: Aggregates) -> dict[str, Any]:
+    """Per arm, from the sums over its users of their totals (cumulative values after the last day)."""
     out = {}
-    for a in arms:
-        df = per_user[per_user["arm"] == a]
-        rs = S.ratio_stats(df["clicks"].to_numpy(), df["imps"].to_numpy())
+    for i, a in enumerate(arms):
+        n, clicks, imps = m["n"][i, -1], m["s_clicks"][i, -1], m["s_imps"][i, -1]
+        ratio, var = S.ratio_moments(n, clicks, imps, m["s_clicks2"][i, -1], m["s_imps2"][i, -1], m["s_ci"][i, -1])
         out[a] = {
-            "users": len(df),
-            "impressions": int(df["imps"].sum()),
-            "clicks": int(df["clicks"].sum()),
-            "ctr": _num(rs.ratio),
-            "ctr_se_user_level": _num(math.sqrt(rs.var)),
-            "clicks_per_user": _num(df["clicks"].mean()),
-            "purchases": int(df["purchases"].sum()),
-            "revenue_per_user": _num(df["revenue"].mean()),
+            "users": int(n),
+            "impressions": int(imps),
+            "clicks": int(clicks),
+            "ctr": _num(ratio),
+            "ctr_se_user_level": _num(math.sqrt(var)),
+            "clicks_per_user": _num(clicks / n),
+            "purchases": int(m["s_purchases"][i, -1]),
+            "revenue_per_user": _num(m["s_revenue"][i, -1] / n),
             "model_versions": agg.model_versions.get(a, []),
         }
     return out
 
 
-def _daily(units: pd.DataFrame) -> list[dict[str, Any]]:
-    g = units.groupby(["day", "arm"], observed=True).agg(
-        users=("user_id", "size"), impressions=("imps", "sum"), clicks=("clicks", "sum")
-    )
+def _daily(daily: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per day and arm: users (active that day), impressions, clicks."""
     return [
         {
-            "date": (EPOCH + timedelta(days=int(day))).isoformat(),
-            "arm": a,
-            "users": int(r["users"]),
-            "impressions": int(r["impressions"]),
-            "clicks": int(r["clicks"]),
-            "ctr": _num(r["clicks"] / r["impressions"]) if r["impressions"] else None,
+            "date": (EPOCH + timedelta(days=int(r.day))).isoformat(),
+            "arm": str(r.arm),
+            "users": int(r.users),
+            "impressions": int(r.imps),
+            "clicks": int(r.clicks),
+            "ctr": _num(r.clicks / r.imps) if r.imps else None,
         }
-        for (day, a), r in g.iterrows()
+        for r in daily.sort_values(["day", "arm"]).itertuples(index=False)
     ]
 
 
