@@ -31,6 +31,7 @@ class Metrics:
         self.multiprocess = _multiprocess()
         gauge_mode = {"multiprocess_mode": "livemostrecent"} if self.multiprocess else {}
         r = self.registry = CollectorRegistry()
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}  # see `_child`
         self.latency = Histogram(
             "reco_recommendation_latency_seconds", "pipeline latency per request", ["arm"],
             buckets=_LATENCY_BUCKETS, registry=r,
@@ -79,25 +80,36 @@ class Metrics:
             if e.event_type == "click" and e.arm:
                 self.clicks.labels(arm=e.arm).inc()
 
+    def _child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)` (label names in declaration order), remembered: every request updates
+        ~6 labelled series, and `labels` validates and locks on each call. The label values are bounded (routes,
+        methods, statuses, arms, sources, parts), so is this map."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def http_observed(self, route: str, method: str, status: int, seconds: float) -> None:
-        labels = {"route": route, "method": method, "status": str(status)}
-        self.http_requests.labels(**labels).inc()
-        self.http_latency.labels(**labels).observe(seconds)
+        labels = (route, method, str(status))
+        self._child(self.http_requests, *labels).inc()
+        self._child(self.http_latency, *labels).observe(seconds)
 
     def configured_split(self, shares: dict[str, float]) -> None:
         for arm, share in shares.items():
             self.expected_share.labels(arm=arm).set(share)
 
     def observe(self, result: RecoResult) -> None:
-        self.latency.labels(arm=result.experiment_group).observe(result.latency_ms / 1000)
-        self.served_items.labels(arm=result.experiment_group).inc(len(result.items))
+        arm = result.experiment_group
+        self._child(self.latency, arm).observe(result.latency_ms / 1000)
+        self._child(self.served_items, arm).inc(len(result.items))
         for source, n in result.candidates_per_source.items():
-            self.candidates.labels(source=source).inc(n)
+            self._child(self.candidates, source).inc(n)
         for part in result.degraded:
-            self.fallbacks.labels(part=part).inc()
+            self._child(self.fallbacks, part).inc()
         n_explore = sum(1 for it in result.items if it.is_exploration)
         if n_explore:
-            self.exploration.labels(arm=result.experiment_group).inc(n_explore)
+            self._child(self.exploration, arm).inc(n_explore)
 
     def model_changed(self, arm: str, model: ServedModel) -> None:
         self.model_swaps.labels(arm=arm).inc()

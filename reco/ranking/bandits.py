@@ -463,14 +463,18 @@ def _category_index(ranked_items: Sequence[Any]) -> tuple[list[str], np.ndarray]
     `category_names_at` (`RankedList`) is read through its integer codes: no string per candidate."""
     codes = getattr(ranked_items, "category_codes", None)
     names_at = getattr(ranked_items, "category_names_at", None)
-    if codes is not None and names_at is not None:
-        _, first, inverse = np.unique(np.asarray(codes), return_index=True, return_inverse=True)
-        names = names_at(first.tolist())
+    codes = None if codes is None else np.asarray(codes, dtype=np.int64)
+    if codes is not None and names_at is not None and len(codes) and codes.min() >= 0:
+        # Linear in the list (no sort of ~500 codes): the codes present, one position of each for its name.
+        present = np.flatnonzero(np.bincount(codes))
+        where = np.empty(int(present[-1]) + 1, dtype=np.int64)
+        where[codes] = np.arange(len(codes))
+        names = names_at(where[present].tolist())
         if len(set(names)) == len(names):  # one name per code (else merge them by name, below)
             order = sorted(range(len(names)), key=names.__getitem__)
-            rank = np.empty(len(order), dtype=np.int64)
-            rank[order] = np.arange(len(order))
-            return [names[i] for i in order], rank[inverse.reshape(-1)]
+            rank = np.empty(len(where), dtype=np.int64)
+            rank[present[order]] = np.arange(len(order))
+            return [names[i] for i in order], rank[codes]
     categories = getattr(ranked_items, "categories", None)
     categories = [it.category for it in ranked_items] if categories is None else categories
     cats = sorted(set(categories))
