@@ -7,7 +7,9 @@ on what was learned) and a synthetic catalogue (20 categories, Zipf popularity) 
 * `load_s`: `ModelBundle.load` from disk; `build_s` / `build_cpu_s`: `ServedModel.build` (the scorer's item
   tables, the embedding index: exact below 20k items, faiss IVF above, built here), i.e. what a swap costs off
   the request path, wall and process CPU seconds; `rss_mb`: the process's resident memory with that model;
-* `ann_recall@100`: the ANN's recall@100 against exact search (200 items' own vectors as queries);
+* `ann_recall@100`: the ANN's recall@100 against exact search (200 items' own vectors as queries, as the
+  similarity sources search: `item_nprobe` cells); `ann_query_recall@300`: its recall@300 for the `session_query`
+  source's queries (the scorer's session query of 200 random sessions, `nprobe` cells), against exact cosine;
 * request latency of the request pipeline (`Recommender.recommend`, in process: no HTTP, no Redis, which
   cost the same at any catalogue size) on realistic traffic: every request is a new session or a session
   that gained one view since its last request (sessions of 1-20 views); p50/p99 of one client, and p50/p99 +
@@ -161,12 +163,25 @@ def _clients(
 
 
 def ann_recall(index: Any, queries: int = 200, k: int = 100) -> float:
-    """recall@k of the index's ANN against exact search, queries = random items' own vectors."""
+    """recall@k of the index's ANN against exact search, queries = random items' own vectors, as the similarity
+    sources search them (`items`: the ANN's `item_nprobe` cells)."""
     from reco.ranking.ann import recall_at_k
 
     rows = np.flatnonzero(~index._invalid)
     picked = np.random.default_rng(3).choice(rows, queries, replace=False)
-    return round(recall_at_k(index._unit, rows, index.ann, index._unit[picked], k), 4)
+    return round(recall_at_k(index._unit, rows, index.ann, index._unit[picked], k, items=True), 4)
+
+
+def ann_query_recall(model: Any, queries: int = 200, k: int = 300) -> float:
+    """recall@k of the ANN for the `session_query` source's queries (the scorer's session query of random
+    sessions of 1-20 items, the ANN's `nprobe` cells) against exact search by cosine."""
+    from reco.ranking.ann import recall_at_k
+
+    index = model.index
+    rows = np.flatnonzero(~index._invalid)
+    rng = np.random.default_rng(4)
+    q = np.stack([model.scorer.session_query(rng.choice(rows, int(rng.integers(1, 21)))) for _ in range(queries)])
+    return round(recall_at_k(index._unit, rows, index.ann, q, k), 4)
 
 
 _REF: dict[str, Any] = {}  # the reference catalogue's pipeline, built once (paired measurement)
@@ -251,6 +266,7 @@ def measure(n_items: int, args: argparse.Namespace) -> dict[str, Any]:
     t3, c3 = time.perf_counter(), time.process_time()
     rss = _rss_mb()
     recall = ann_recall(model.index) if model.index.ann is not None else None
+    query_recall = ann_query_recall(model) if model.index.ann is not None else None
     reco, traffic, state = _pipeline(model, list(bundle.item_ids[1:]), seed=0)
     errors: list = []
     _clients(reco, traffic, 1, 30, errors)  # warm-up
@@ -283,6 +299,7 @@ def measure(n_items: int, args: argparse.Namespace) -> dict[str, Any]:
         "items": n_items,
         "ann": ann,
         "ann_recall@100": recall,
+        "ann_query_recall@300": query_recall,
         "synth_s": round(t1 - t0, 1),
         "load_s": round(t2 - t1, 2),
         "build_s": round(t3 - t2, 2),
