@@ -273,6 +273,12 @@ def percentiles(xs: list[float]) -> dict[str, float]:
             "mean_ms": round(float(a.mean()), 3)}  # fmt: skip
 
 
+def pick(rng: np.random.Generator, items: list[str]) -> str:
+    """One item uniformly: the same pick as `rng.choice(items)` (same stream), without converting the whole
+    list to an array on every call (~0.1-0.2 ms of the client's CPU per request, on the cores the server uses)."""
+    return items[int(rng.integers(len(items)))]
+
+
 def _view(store: RedisStore, session_id: str, user: str, item: str, n: int) -> None:
     from reco.data.events import Event
 
@@ -295,7 +301,7 @@ def browse_phase(store, served, bundle, model, tensors, conn, body, headers, n: 
         if i % 20 == 0:
             user = users[(i // 20) % len(users)]
             sid, session = f"{user}-s{i}", []
-        session.append(str(rng.choice(items)))
+        session.append(pick(rng, items))
         _view(store, sid, user, session[-1], i)
         cands = request_candidates_for(store, served, user, sid)
         payload = json.dumps({**body, "user_id": user, "session_id": sid}).encode()
@@ -344,7 +350,7 @@ def clients_phase(
         user = users[k]
         for i in range(n // n_clients):
             sid = f"{user}-s{i // 20}"
-            _view(store, sid, user, str(rng.choice(items)), i)
+            _view(store, sid, user, pick(rng, items), i)
             payload = json.dumps({**body, "user_id": user, "session_id": sid}).encode()
             t0 = time.perf_counter()
             status, _ = post(conn, "/v1/recommendations", payload, headers)
