@@ -156,11 +156,18 @@ class _ThreadRecordingIndex(EmbeddingIndex):
         return super().similar_rows(query_rows, k, exclude_rows)
 
 
-@pytest.mark.parametrize(("inline_rows", "on_request_thread"), [(5_000, True), (0, False)])
-def test_small_exact_searches_run_on_the_request_thread(inline_rows: int, on_request_thread: bool) -> None:
-    """An exact search over a small table (bounded cost) skips the thread hop; otherwise the executor runs it."""
+@pytest.mark.parametrize(
+    ("inline_rows", "ann_threshold", "on_request_thread"),
+    [(5_000, None, True), (0, None, False), (5_000, 0, True), (0, 0, False), (10, None, False)],
+)
+def test_small_exact_searches_run_on_the_request_thread(
+    inline_rows: int, ann_threshold: int | None, on_request_thread: bool
+) -> None:
+    """An exact search over a small table or an ANN search (bounded cost) skips the thread hop; otherwise (a
+    larger exact table, or inline_exact_rows 0) the executor runs it."""
     model = ServedModel.build(tiny_bundle(), "1")
-    index = _ThreadRecordingIndex(model.index.ids, model.bundle.item_embeddings())
+    index = _ThreadRecordingIndex(model.index.ids, model.bundle.item_embeddings(), ann_threshold=ann_threshold)
+    assert (index.ann is not None) == (ann_threshold == 0)
     index.threads = []
     recording = ServedModel(**{**model.__dict__, "index": index})
     config = PipelineConfig(inline_exact_rows=inline_rows)

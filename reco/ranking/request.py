@@ -80,7 +80,8 @@ class PipelineConfig:
     concurrent_sources: bool = True
     # Exact similarity searches over at most this many item rows run on the request thread all the same:
     # their cost is bounded (~0.1 ms at 1,682 items) and below that of a thread hop and back on a loaded
-    # machine; larger tables and the ANN keep the executor and its budget. 0: always the executor.
+    # machine; so do ANN searches (a fixed number of cells: ~0.1-0.2 ms at 10^6 items, where the hop cost more,
+    # docs/benchmarks.md "Scale"). Larger exact tables keep the executor and its budget. 0: always the executor.
     inline_exact_rows: int = 5_000
 
 
