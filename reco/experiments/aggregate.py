@@ -164,11 +164,12 @@ def _aggregate_sql(
     # on an earlier day in what was read (the pre-exposure window and the experiment so far), else "new";
     # the pre-period clicks and impressions (any arm) of the CUPED covariate x = pc - R_pre pi (0 without).
     pre = f"day >= {lo} AND day < {hi}"
-    con.execute(f"""CREATE TEMP TABLE users AS WITH f AS (SELECT uid, arm, min(day) AS first_day FROM units
-            GROUP BY ALL),
+    # (with the user's totals in the window: the "user_type" segment's values)
+    con.execute(f"""CREATE TEMP TABLE users AS WITH f AS (SELECT uid, arm, min(day) AS first_day,
+            CAST(sum(imps) AS BIGINT) AS ti, CAST(sum(clicks) AS BIGINT) AS tc FROM units GROUP BY ALL),
         seen AS (SELECT uid, min(day) AS seen, CAST(COALESCE(sum(imps) FILTER ({pre}), 0) AS BIGINT) AS pi,
             CAST(COALESCE(sum(clicks) FILTER ({pre}), 0) AS BIGINT) AS pc FROM pdy GROUP BY uid)
-        SELECT f.uid, f.arm, f.first_day, s.seen < f.first_day AS returning, s.pc, s.pi
+        SELECT f.uid, f.arm, f.first_day, s.seen < f.first_day AS returning, s.pc, s.pi, f.ti, f.tc
         FROM f JOIN seen s ON f.uid = s.uid""")
     pre_c, pre_i = _one(con, f"SELECT sum(clicks), sum(imps) FROM pdy WHERE day >= {lo} AND day < {hi}")
     r_pre = float(pre_c) / float(pre_i) if pre_i else 0.0
@@ -185,6 +186,7 @@ def _aggregate_sql(
     # pairs by (arm, k, k2) (days since first exposure) are what the novelty slope's user-clustered variance is a
     # quadratic form of (`analysis._clustered_slope_se`). A user has at most one row per day: a few pairs each,
     # and only pairs with k <= k2 are formed (the others are their mirror images).
+    names = dict(con.execute("SELECT a, arm FROM arms").fetchall())  # arm code -> name
     lin = con.sql(f"""SELECT arm, day, {d("CAST(k = 0 AS INTEGER)")} AS n,
         {d("CASE WHEN k = 0 THEN pc END")} AS f_pc, {d("CASE WHEN k = 0 THEN pi END")} AS f_pi,
         {d("CASE WHEN k = 0 THEN pc * pc END")} AS f_pc2, {d("CASE WHEN k = 0 THEN pc * pi END")} AS f_pcpi,
@@ -209,9 +211,10 @@ def _aggregate_sql(
     off = pairs[pairs["k"] < pairs["k2"]]
     mirror = off.assign(k=off["k2"], k2=off["k"], cn=off["nc"])  # sum c_k2 n_k is the mirror's c-n sum
     cross = pd.concat([pairs, mirror], ignore_index=True).groupby(["arm", "k", "k2"], as_index=False)
-    cross = cross[["cc", "cn", "nn"]].sum()
+    cross = cross[["cc", "cn", "nn"]].sum().assign(arm=lambda f: f["arm"].map(names))
     sums = lin.merge(sq, on=["arm", "day"], how="outer").fillna(0.0)
-    arms = sorted(str(a) for a in lin["arm"].unique())
+    sums["arm"] = sums["arm"].map(names)
+    arms = sorted(str(a) for a in lin["arm"].map(names).unique())
     n_days = end_i - start_i + 1
     moments = moments_from_sums(sums, arms, n_days, start_i, r_pre)
     daily = con.sql("""SELECT day, arm, count(*) AS users, CAST(sum(imps) AS BIGINT) AS imps,
@@ -229,16 +232,18 @@ def _aggregate_sql(
             d("clicks * imps") + " AS s_ci",
         ]
     )
-    # the users' totals per page type, per device and overall (-> new / returning), in one pass over `seg0`
+    # the users' totals per page type and per device (one pass over `seg0`), and per new / returning user (their
+    # totals in `users`; a user with only purchases in an arm has no impressions there: not in the segment)
     segments = con.sql(f"""WITH t AS (SELECT uid, arm, page_type, device, CAST(sum(imps) AS BIGINT) AS imps,
-            CAST(sum(clicks) AS BIGINT) AS clicks FROM seg0
-            GROUP BY GROUPING SETS ((uid, arm, page_type), (uid, arm, device), (uid, arm))),
-        v AS (SELECT t.arm, CASE WHEN t.page_type IS NOT NULL THEN 'page_type' WHEN t.device IS NOT NULL THEN 'device'
-                ELSE 'user_type' END AS dimension,
-            COALESCE(t.page_type, t.device, CASE WHEN s.returning THEN 'returning' ELSE 'new' END) AS value,
-            t.clicks, t.imps FROM t LEFT JOIN users s ON t.page_type IS NULL AND t.device IS NULL
-                AND t.uid = s.uid AND t.arm = s.arm)
+            CAST(sum(clicks) AS BIGINT) AS clicks FROM seg0 GROUP BY GROUPING SETS ((uid, arm, page_type),
+            (uid, arm, device))),
+        v AS (SELECT arm, CASE WHEN page_type IS NOT NULL THEN 'page_type' ELSE 'device' END AS dimension,
+                COALESCE(page_type, device) AS value, clicks, imps FROM t
+            UNION ALL SELECT arm, 'user_type', CASE WHEN s.returning THEN 'returning' ELSE 'new' END, s.tc, s.ti
+                FROM users s WHERE s.ti > 0)
         SELECT arm, dimension, value, {seg_stats} FROM v GROUP BY ALL ORDER BY dimension, value, arm""").df()
+    for frame in (daily, novelty, segments):
+        frame["arm"] = frame["arm"].map(names)
     multi, pre_users = _one(
         con,
         """SELECT (SELECT count(*) FROM (SELECT uid FROM users GROUP BY uid

@@ -78,10 +78,14 @@ def reduce_events(source: pa.Table | LakeScan, threads: int = THREADS, memory_li
         red = reduce_in(con, source)
         per_day = _frame(
             con,
-            """SELECT uid, arm, day, ph, page_type, device, CAST(sum(imps) AS BIGINT) AS imps,
-            CAST(sum(clicks) AS BIGINT) AS clicks FROM pdy GROUP BY ALL""",
+            """SELECT p.uid, ar.arm, p.day, p.ph, p.page_type, p.device, CAST(sum(p.imps) AS BIGINT) AS imps,
+            CAST(sum(p.clicks) AS BIGINT) AS clicks FROM pdy p LEFT JOIN arms ar ON p.arm = ar.a GROUP BY ALL""",
         )
-        purchases = _frame(con, "SELECT * FROM pb")
+        purchases = _frame(
+            con,
+            """SELECT p.uid, ar.arm, p.day, p.ph, p.purchases, p.revenue FROM pb p
+            LEFT JOIN arms ar ON p.arm = ar.a""",
+        )
         users = con.sql("SELECT user_id FROM u ORDER BY uid").to_arrow_table().column(0).combine_chunks()
         per_day = per_day.rename(columns={"uid": "user_id", "ph": "_phase", "page_type": "_page_type",
                                           "device": "_device"})  # fmt: skip
@@ -91,7 +95,7 @@ def reduce_events(source: pa.Table | LakeScan, threads: int = THREADS, memory_li
 
 def reduce_in(con: duckdb.DuckDBPyConnection, source: pa.Table | LakeScan) -> ReducedIn:
     """Reduce `source` inside `con`: tables `pdy` (uid, arm, day, ph, page_type, device, imps, clicks; a key may
-    have several rows: sum them), `pb`
+    have several rows: sum them; `arm` is the code of table `arms` (arm, a)), `pb`
     (uid, arm, day, ph, purchases, revenue) and `u` (user_id, uid)."""
     read, dupes, columns = _register(con, source)
     return _reduce(con, columns, read, dupes)
@@ -151,16 +155,25 @@ def _reduce(con: duckdb.DuckDBPyConnection, columns: list[str], read: int, dupes
     # users as int codes from here on (joins and group-bys on integers are faster than on strings)
     con.execute("""CREATE TEMP TABLE u AS SELECT user_id, CAST(row_number() OVER () - 1 AS INTEGER) AS uid
         FROM (SELECT DISTINCT user_id FROM g WHERE NOT orphan AND user_id IS NOT NULL)""")
+    con.execute("""CREATE TEMP TABLE pb0 AS SELECT u.uid, p.arm, p.day, p.ph, count(*) AS purchases,
+        sum(p.value) AS revenue FROM src p JOIN u ON p.user_id = u.user_id WHERE p.event_type = 'purchase'
+        GROUP BY u.uid, p.arm, p.day, p.ph""")
+    # arms as small int codes numbered in name order (so ordering by code is ordering by name): every later join
+    # and group-by on (user, arm) is on two integers
+    con.execute("""CREATE TEMP TABLE arms AS SELECT arm, CAST(row_number() OVER (ORDER BY arm) - 1 AS SMALLINT) AS a
+        FROM (SELECT DISTINCT arm FROM g WHERE NOT orphan AND arm IS NOT NULL
+              UNION SELECT DISTINCT arm FROM pb0 WHERE arm IS NOT NULL)""")
     # not grouped again without the model version: every later use of `pdy` sums over its rows, and a user's
     # impressions in one (arm, phase) have one model version in practice (regrouping 20M rows at 100M events
     # costs more than the few duplicated keys)
-    con.execute(f"""CREATE TEMP TABLE pdy AS SELECT u.uid, g.arm, g.day, g.ph,
+    con.execute(f"""CREATE TEMP TABLE pdy AS SELECT u.uid, ar.a AS arm, g.day, g.ph,
         COALESCE(g.page_type, '{_UNKNOWN}') AS page_type, COALESCE(g.device, '{_UNKNOWN}') AS device,
-        g.imps, g.clicks FROM g JOIN u ON g.user_id = u.user_id WHERE NOT g.orphan""")
+        g.imps, g.clicks FROM g JOIN u ON g.user_id = u.user_id LEFT JOIN arms ar ON g.arm = ar.arm
+        WHERE NOT g.orphan""")
     con.execute("DROP TABLE g")
-    con.execute("""CREATE TEMP TABLE pb AS SELECT u.uid, p.arm, p.day, p.ph, count(*) AS purchases,
-        sum(p.value) AS revenue FROM src p JOIN u ON p.user_id = u.user_id WHERE p.event_type = 'purchase'
-        GROUP BY u.uid, p.arm, p.day, p.ph""")
+    con.execute("""CREATE TEMP TABLE pb AS SELECT p.uid, ar.a AS arm, p.day, p.ph, p.purchases, p.revenue
+        FROM pb0 p LEFT JOIN arms ar ON p.arm = ar.arm""")
+    con.execute("DROP TABLE pb0")
     return ReducedIn(int(orphans), versions, read, dupes)
 
 
