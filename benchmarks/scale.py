@@ -347,8 +347,15 @@ def plot(rows: list[dict], path: Path) -> None:
     a.set_yscale("log")
     a.set_xlabel("catalogue items")
     a.set_ylabel("ms per request")
-    a.legend(fontsize=8)
+    a.legend(fontsize=8, loc="upper left")
     a.set_title("request cost (pipeline, in process)")
+    # The figure for the target: each size's CPU over the reference's, measured in alternation (same load).
+    ratio = a.twinx()
+    ratio.plot(n, [r.get("cpu_p50_ratio_vs_ref") or float("nan") for r in rows], "s-", color="black",
+               label="CPU ratio vs 1,682 (paired), right axis")  # fmt: skip
+    ratio.axhline(1.5, color="grey", linestyle=":", label="target 1.5x")
+    ratio.set_ylim(0, 3)
+    ratio.legend(fontsize=8, loc="lower right")
     b.plot(n, [r["build_s"] for r in rows], "o--", label="build s (wall, load)")
     b.plot(n, [r.get("build_cpu_s") or float("nan") for r in rows], "^-", label="build s (CPU)")
     b.plot(n, [r["model_rss_mb"] / 1000 for r in rows], "s--", label="model memory GB")
