@@ -1,13 +1,14 @@
-"""The A/B report at 10M-100M events: a seeded synthetic lake in the project's layout (`EventLake`, one zstd
-Parquet file per UTC day) -> `read_events` + `build_report` in a child process -> one JSON line with its wall
-time, CPU time and peak RSS.
+"""The A/B report at 10M-100M events: a seeded synthetic lake in the project's layout (one zstd Parquet file per
+UTC day, `date=YYYY-MM-DD/part-0.parquet`, `EVENT_SCHEMA`) -> `read_events` + `build_report` in a child process
+-> one JSON line with its wall time, CPU time and peak RSS.
 
-Usage: `python benchmarks/report_scale.py --events 10_000_000 --lake /tmp/x [--keep] [--engine reference]`;
-100M: `--lake /tmp/y --replicate-from /tmp/x --copies 10` (the 10M lake ten times over, each copy its own users).
-The lake is generated day by day (users persist across days: arm, device and click propensity per user;
-sessions drawn by user activity), so 100M events never sit in memory at once; it is reused when `--lake`
-already holds partitions. `--engine reference` runs the former Arrow/pandas pass (tests/ab_reference.py, which
-reads the whole window into memory) for an A/B against the production DuckDB pass.
+Usage: `python benchmarks/report_scale.py --events 10_000_000 --lake /tmp/x [--keep] [--engine reference]`
+(100M: `--events 100_000_000`, ~2 min to generate). The lake is generated day by day (users persist across days:
+arm, device and click propensity per user; sessions drawn by user activity), so 100M events never sit in memory
+at once; it is reused when `--lake` already holds partitions (`--replicate-from DIR --copies N`: N copies of a
+lake, each with its own users). `--engine reference` runs the former Arrow/pandas pass and per-user pandas
+aggregation (tests/ab_reference.py, which reads the whole window into memory) for an A/B against the production
+DuckDB session.
 """
 
 from __future__ import annotations
@@ -118,17 +119,17 @@ def report(lake: Path, engine: str) -> dict[str, object]:
     from reco.experiments.aggregate import aggregate
     from reco.experiments.report import ReportConfig, read_events, render_html, render_json, report_from_aggregates
 
-    reducer = {}
+    run = aggregate
     if engine == "reference":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from ab_reference import reference_reduce
+        from ab_reference import reference_aggregate
 
-        reducer = {"reducer": reference_reduce}
+        run = reference_aggregate
     rc = ReportConfig(control="control", start=START, end=START + timedelta(days=DAYS - 1))
     t0, c0 = time.perf_counter(), time.process_time()
     source = read_events(lake, rc.start, rc.end, rc.pre_period_days)
-    agg = aggregate(source, rc.start, rc.end, phase=rc.phase, experiment_start=rc.experiment_start,
-                    pre_period_days=rc.pre_period_days, **reducer)  # fmt: skip
+    agg = run(source, rc.start, rc.end, phase=rc.phase, experiment_start=rc.experiment_start,
+              pre_period_days=rc.pre_period_days)  # fmt: skip
     agg_s = time.perf_counter() - t0
     rep = report_from_aggregates(agg, rc)
     report_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
