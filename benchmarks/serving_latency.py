@@ -23,7 +23,8 @@ times the bare forward on that session and its candidates (`p50_ratio_new_sessio
 is the realistic steady state: each request follows one more view of its session (written untimed just
 before; a session ends after 20 views and the next one starts), and the bare forward runs on that session and
 its candidates (`p50_ratio_browse`); the server's CPU over this phase is `server_per_browse_recommendation`. A
-sixth, "clients4", runs the browse protocol from 4 client threads (each its own connection and sessions) for
+sixth, "clients4", runs the browse protocol from 4 client threads (each its own sessions, each session on its own
+keep-alive connection: a visit; see `clients_phase`) for
 `--requests` requests in all: p50/p99 and recommendations/s, against one server per `--clients-workers`
 count (default 1 and 2 uvicorn workers). New sessions, browse and clients4 alternate users of both arms of the
 built-in experiment (control explores epsilon-greedy, treatment Thompson sampling: their costs differ), with
@@ -331,14 +332,21 @@ def redis_cpu_s(store) -> float:
 def clients_phase(
     store, bundle, port: int, body, headers, n: int, n_clients: int, server_pid: int | None = None
 ) -> dict:
-    """The browse protocol from `n_clients` threads at once (each its own connection and sessions), with the
-    CPU per recommendation of each party on the shared cores: the server (process tree, when `server_pid` is
-    given), Redis, and this client process (its 4 threads: view writes, requests)."""
+    """The browse protocol from `n_clients` threads at once (each its own sessions), with the CPU per
+    recommendation of each party on the shared cores: the server (process tree, when `server_pid` is given),
+    Redis, and this client process (its 4 threads: view writes, requests).
+
+    Each session (20 views, a visit) opens its own keep-alive connection, as a new visitor would: with one
+    connection per client for the whole run, which uvicorn worker accepted it fixed the split for good, and
+    4 connections over 2 workers landed 3/1 in most runs (one worker queueing 3 clients, the other mostly
+    idle: the p99 measured that draw). `requests_per_worker` reports the split (workers told apart by the
+    per-process prefix of the request ids)."""
     import threading
 
     items = bundle.item_ids[1:]
     lat: list[float] = []
     errors: list[int] = []
+    served_by: dict[bytes, int] = {}
     lock = threading.Lock()
 
     users = arm_users(f"bench-c{port}-", (n_clients + 1) // 2)
@@ -347,19 +355,26 @@ def clients_phase(
         rng = np.random.default_rng(100 + k)
         conn = Client(port, timeout=30)
         mine = []
+        workers: dict[bytes, int] = {}
         user = users[k]
         for i in range(n // n_clients):
+            if i and i % 20 == 0:  # a new session: a new visit, a new connection
+                conn.close()
             sid = f"{user}-s{i // 20}"
             _view(store, sid, user, pick(rng, items), i)
             payload = json.dumps({**body, "user_id": user, "session_id": sid}).encode()
             t0 = time.perf_counter()
-            status, _ = post(conn, "/v1/recommendations", payload, headers)
+            status, raw = post(conn, "/v1/recommendations", payload, headers)
             mine.append(time.perf_counter() - t0)
             if status != 200:
                 errors.append(status)
+            at = raw.find(b'"request_id":"') + 14
+            workers[raw[at : at + 16]] = workers.get(raw[at : at + 16], 0) + 1
         conn.close()
         with lock:
             lat.extend(mine)
+            for w, c in workers.items():
+                served_by[w] = served_by.get(w, 0) + c
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(n_clients)]
     cpu0 = (tree_cpu_s(server_pid) if server_pid else 0.0, redis_cpu_s(store), time.process_time())
@@ -382,7 +397,9 @@ def clients_phase(
         "errors": len(errors),
         "clients": n_clients,
         "cpu_ms_per_recommendation": per,
-        "note": "each request preceded by its view event (written by the client, inside the wall time)",
+        "requests_per_worker": sorted(served_by.values(), reverse=True),
+        "note": "each request preceded by its view event (written by the client, inside the wall time); "
+        "each session of 20 views on its own connection",
     }
 
 
