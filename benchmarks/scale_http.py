@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -132,14 +133,16 @@ class Server:
 
     def next_payload(self) -> bytes:
         """One more view of the current session (written now, untimed), or a new session's first view."""
-        from serving_latency import _view
+        from reco.data.events import Event
 
         if self.left == 0:
             self.count += 1
             self.user, self.sid = f"u{self.count % 50}", f"s{self.count}"
             self.left = int(self.rng.integers(1, 21))
         self.left -= 1
-        _view(self.store, self.sid, self.user, pick(self.rng, self.items), self.count * 100 + self.left)
+        view = Event(event_id=f"{self.sid}-v{self.left}", ts=datetime.now(UTC), user_id=self.user,
+                     session_id=self.sid, item_id=pick(self.rng, self.items), event_type="view")  # fmt: skip
+        self.store.ingest([view])
         body = {"user_id": self.user, "session_id": self.sid, "limit": 20, "device": "mobile"}
         return json.dumps(body).encode()
 
