@@ -1,11 +1,12 @@
 """Events -> the report's reduced tables with DuckDB SQL: streaming over the Parquet lake's day partitions (or
 an Arrow table), with a memory limit (spilling to disk beyond it) and a fixed thread count.
 
-The heavy part of the report is one pass over every impression (click matching, then a group-by to one row per
-user x arm x day x phase x page type x device); everything after it runs on tables of that size
-(`reco.experiments.aggregate`). DuckDB reads only the needed columns of each partition, joins the impressions
-against the distinct click keys and aggregates without materialising the events: the report over 100M events
-fits in a few GB (docs/benchmarks.md "A/B report at scale").
+The heavy part of the report is one pass over every impression: click matching (a full outer join against the
+distinct click keys, which also yields the orphan clicks), then a group-by to one row per user x arm x day x
+phase x page type x device (x model version: the versions seen come from the same pass). DuckDB reads only the
+needed columns of each partition and never materialises the events. The reduced tables stay in the session
+(`reduce_in`); `reco.experiments.aggregate` goes on from them in SQL, so the report over 100M events holds
+~4 GB (docs/benchmarks.md "A/B report at 10M and 100M events"). `reduce_events` fetches them (tests).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import pyarrow.compute as pc
 
 from reco.experiments.reading import DEDUP_KEY, REQUIRED_COLUMNS, LakeScan, ReportError, dedup_events
 
-#: DuckDB's threads and memory limit (beyond it, hash tables spill to a temporary folder). The report's pandas
-#: part holds the reduced tables next to it: 4 GB keeps the whole report within 8 GB at 100M events.
+#: DuckDB's threads and memory limit (beyond it, hash tables spill to a temporary folder). Python holds only
+#: per-arm sums next to it: 4 GB keeps the whole report within 8 GB at 100M events (4.3 GB peak measured).
 THREADS = int(os.environ.get("RECO_REPORT_THREADS", "2"))
 MEMORY_LIMIT = os.environ.get("RECO_REPORT_MEMORY", "4GB")
 _UNKNOWN = "unknown"
