@@ -23,8 +23,7 @@ times the bare forward on that session and its candidates (`p50_ratio_new_sessio
 is the realistic steady state: each request follows one more view of its session (written untimed just
 before; a session ends after 20 views and the next one starts), and the bare forward runs on that session and
 its candidates (`p50_ratio_browse`); the server's CPU over this phase is `server_per_browse_recommendation`. A
-sixth, "clients4", runs the browse protocol from 4 client threads (each its own sessions, each session on its own
-keep-alive connection: a visit; see `clients_phase`) for
+sixth, "clients4", runs the browse protocol from 4 client threads (each its own connection and sessions) for
 `--requests` requests in all: p50/p99 and recommendations/s, against one server per `--clients-workers`
 count (default 1 and 2 uvicorn workers). New sessions, browse and clients4 alternate users of both arms of the
 built-in experiment (control explores epsilon-greedy, treatment Thompson sampling: their costs differ), with
@@ -332,15 +331,16 @@ def redis_cpu_s(store) -> float:
 def clients_phase(
     store, bundle, port: int, body, headers, n: int, n_clients: int, server_pid: int | None = None
 ) -> dict:
-    """The browse protocol from `n_clients` threads at once (each its own sessions), with the CPU per
-    recommendation of each party on the shared cores: the server (process tree, when `server_pid` is given),
-    Redis, and this client process (its 4 threads: view writes, requests).
+    """The browse protocol from `n_clients` threads at once (each its own keep-alive connection and sessions),
+    with the CPU per recommendation of each party on the shared cores: the server (process tree, when
+    `server_pid` is given), Redis, and this client process (its 4 threads: view writes, requests).
 
-    Each session (20 views, a visit) opens its own keep-alive connection, as a new visitor would: with one
-    connection per client for the whole run, which uvicorn worker accepted it fixed the split for good, and
-    4 connections over 2 workers landed 3/1 in most runs (one worker queueing 3 clients, the other mostly
-    idle: the p99 measured that draw). `requests_per_worker` reports the split (workers told apart by the
-    per-process prefix of the request ids)."""
+    Which uvicorn worker serves a client is fixed when its connection is accepted: 4 connections over 2
+    workers land 3/1 in most runs (one worker queueing 3 clients, the other mostly idle), so
+    `requests_per_worker` reports the split (workers told apart by the per-process prefix of the request
+    ids). A connection per session (a visit) balanced it, but at 1 worker the first request of each session
+    then took ~13 ms longer (p50 23.7 against 10.3 ms; the cause not pinned down), all requests' p50 7.6 ->
+    10.5 ms and p99 19 -> 33 ms (docs/benchmarks.md): one connection per client it stays."""
     import threading
 
     items = bundle.item_ids[1:]
@@ -358,8 +358,6 @@ def clients_phase(
         workers: dict[bytes, int] = {}
         user = users[k]
         for i in range(n // n_clients):
-            if i and i % 20 == 0:  # a new session: a new visit, a new connection
-                conn.close()
             sid = f"{user}-s{i // 20}"
             _view(store, sid, user, pick(rng, items), i)
             payload = json.dumps({**body, "user_id": user, "session_id": sid}).encode()
@@ -398,8 +396,7 @@ def clients_phase(
         "clients": n_clients,
         "cpu_ms_per_recommendation": per,
         "requests_per_worker": sorted(served_by.values(), reverse=True),
-        "note": "each request preceded by its view event (written by the client, inside the wall time); "
-        "each session of 20 views on its own connection",
+        "note": "each request preceded by its view event (written by the client, inside the wall time)",
     }
 
 
