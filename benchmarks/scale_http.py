@@ -100,7 +100,7 @@ class Server:
         from reco.state.store import RedisStore, connect
         from serving.models import ModelCache
 
-        self.n_items = n_items
+        self.n_items, self.redis_url = n_items, redis_url
         home = tmp / f"n{n_items}-{uuid.uuid4().hex[:4]}"
         bundle = synthetic_bundle(n_items)
         self.items = list(bundle.item_ids[1:])
@@ -162,9 +162,18 @@ class Server:
         if getattr(self, "conn", None) is not None:
             self.conn.close()
         stop_server(self.proc)
-        keys = list(self.store.client.scan_iter(match=f"{self.prefix}:*", count=1000))
-        if keys:
-            self.store.client.delete(*keys)
+        # A client of its own with a long timeout: the store's 0.5 s timed out scanning ~66k keys under load.
+        from reco.state.redis_io import connect
+
+        client = connect(self.redis_url, socket_timeout=30, connect_timeout=5)
+        batch = []
+        for key in client.scan_iter(match=f"{self.prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) == 1000:
+                client.unlink(*batch)
+                batch = []
+        if batch:
+            client.unlink(*batch)
 
 
 def paired(server: Server, ref: Server, n_requests: int, alternate: str) -> dict[str, list[float]]:
