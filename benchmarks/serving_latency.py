@@ -132,6 +132,10 @@ def bench_app():
     async def empty_async(body: RecommendationRequest) -> Response:
         return Response(b'{"items":[]}', media_type="application/json")
 
+    @app.post("/bench/worker")
+    async def worker() -> Response:  # which worker process holds the connection (`place_connections`)
+        return Response(str(os.getpid()).encode(), media_type="text/plain")
+
     return app
 
 
@@ -328,19 +332,43 @@ def redis_cpu_s(store) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def place_connections(port: int, n_clients: int, workers: int, tries: int = 50) -> list[Client]:
+    """One keep-alive connection per client, spread evenly over the server's `workers` (at most
+    ceil(n_clients / workers) each), untimed, before the 4-client phase: a connection that lands on a full
+    worker is closed and opened again, as a least-connections balancer would place it. uvicorn's workers share
+    one listening socket, and whichever wakes first accepts: 4 connections opened together went all to one of
+    2 workers in 5 of 6 runs (that phase then measured 1 worker). After `tries` reopenings a connection stays
+    where it landed (the split is reported either way)."""
+    cap = -(-n_clients // max(workers, 1))
+    held: dict[bytes, int] = {}
+    conns = []
+    for _ in range(n_clients):
+        for attempt in range(tries):
+            conn = Client(port, timeout=30)
+            status, pid = conn.post("/bench/worker", b"", {})
+            if status != 200:
+                raise RuntimeError(f"/bench/worker answered {status}")
+            if held.get(pid, 0) < cap or attempt == tries - 1:
+                held[pid] = held.get(pid, 0) + 1
+                conns.append(conn)
+                break
+            conn.close()
+    return conns
+
+
 def clients_phase(
-    store, bundle, port: int, body, headers, n: int, n_clients: int, server_pid: int | None = None
+    store, bundle, port: int, body, headers, n: int, n_clients: int, server_pid: int | None = None, workers: int = 1
 ) -> dict:
     """The browse protocol from `n_clients` threads at once (each its own keep-alive connection and sessions),
     with the CPU per recommendation of each party on the shared cores: the server (process tree, when
     `server_pid` is given), Redis, and this client process (its 4 threads: view writes, requests).
 
-    Which uvicorn worker serves a client is fixed when its connection is accepted: 4 connections over 2
-    workers land 3/1 in most runs (one worker queueing 3 clients, the other mostly idle), so
-    `requests_per_worker` reports the split (workers told apart by the per-process prefix of the request
-    ids). A connection per session (a visit) balanced it, but at 1 worker the first request of each session
-    then took ~13 ms longer (p50 23.7 against 10.3 ms; the cause not pinned down), all requests' p50 7.6 ->
-    10.5 ms and p99 19 -> 33 ms (docs/benchmarks.md): one connection per client it stays."""
+    Which uvicorn worker serves a client is fixed when its connection is accepted: the connections are
+    placed evenly over the `workers` first (`place_connections`), and `requests_per_worker` reports the
+    split (workers told apart by the per-process prefix of the request ids). A connection per session (a
+    visit) spread them too, but at 1 worker the first request of each session then took ~13 ms longer (p50
+    23.7 against 10.3 ms; the cause not pinned down), all requests' p50 7.6 -> 10.5 ms and p99 19 -> 33 ms
+    (docs/benchmarks.md): one connection per client it stays."""
     import threading
 
     items = bundle.item_ids[1:]
@@ -350,10 +378,11 @@ def clients_phase(
     lock = threading.Lock()
 
     users = arm_users(f"bench-c{port}-", (n_clients + 1) // 2)
+    conns = place_connections(port, n_clients, workers)
 
     def client(k: int) -> None:
         rng = np.random.default_rng(100 + k)
-        conn = Client(port, timeout=30)
+        conn = conns[k]
         mine = []
         workers: dict[bytes, int] = {}
         user = users[k]
@@ -651,7 +680,9 @@ def main() -> None:
         # Last on this server: the 4-client phase leaves the timed connection idle past uvicorn's keep-alive.
         clients4 = {}
         if args.workers in clients_workers:
-            clients4[args.workers] = clients_phase(store, bundle, port, body, headers, args.requests, 4, server.pid)
+            clients4[args.workers] = clients_phase(
+                store, bundle, port, body, headers, args.requests, 4, server.pid, args.workers
+            )
     finally:
         stop_server(server)
     try:  # the 4-client phase against servers with the other worker counts
@@ -661,7 +692,7 @@ def main() -> None:
                 try:
                     wait_ready(other, other_port)
                     clients4[workers] = clients_phase(
-                        store, bundle, other_port, body, headers, args.requests, 4, other.pid
+                        store, bundle, other_port, body, headers, args.requests, 4, other.pid, workers
                     )
                 finally:
                     stop_server(other)
