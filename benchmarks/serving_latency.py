@@ -332,27 +332,31 @@ def redis_cpu_s(store) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def place_connections(port: int, n_clients: int, workers: int, tries: int = 50) -> list[Client]:
+def place_connections(port: int, n_clients: int, workers: int, timeout_s: float = 180.0) -> list[Client]:
     """One keep-alive connection per client, spread evenly over the server's `workers` (at most
     ceil(n_clients / workers) each), untimed, before the 4-client phase: a connection that lands on a full
     worker is closed and opened again, as a least-connections balancer would place it. uvicorn's workers share
     one listening socket, and whichever wakes first accepts: 4 connections opened together went all to one of
-    2 workers in 5 of 6 runs (that phase then measured 1 worker). After `tries` reopenings a connection stays
-    where it landed (the split is reported either way)."""
+    2 workers in 5 of 6 runs, and /readyz answers as soon as one worker is up while another may still be
+    loading its model (the phase then measured 1 worker beside a start-up). So this also waits, up to
+    `timeout_s`, for every worker to answer; past it a connection stays where it landed (the split is reported
+    either way)."""
     cap = -(-n_clients // max(workers, 1))
     held: dict[bytes, int] = {}
     conns = []
+    deadline = time.monotonic() + timeout_s
     for _ in range(n_clients):
-        for attempt in range(tries):
+        while True:
             conn = Client(port, timeout=30)
             status, pid = conn.post("/bench/worker", b"", {})
             if status != 200:
                 raise RuntimeError(f"/bench/worker answered {status}")
-            if held.get(pid, 0) < cap or attempt == tries - 1:
+            if held.get(pid, 0) < cap or time.monotonic() > deadline:
                 held[pid] = held.get(pid, 0) + 1
                 conns.append(conn)
                 break
             conn.close()
+            time.sleep(0.01)  # another worker may still be starting
     return conns
 
 
