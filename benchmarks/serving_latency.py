@@ -55,7 +55,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -214,8 +214,13 @@ class Client:
             self.sock = None
 
 
-def post(conn: Client, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-    return conn.post(path, body, headers)
+def post(conn: Any, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """POST through a `Client`, or a stdlib `http.client.HTTPConnection` (benchmarks/vs_mlflow_serve.py's)."""
+    if isinstance(conn, Client):
+        return conn.post(path, body, headers)
+    conn.request("POST", path, body=body, headers=headers)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
 
 
 def timed_recommend(conn: Client, payload: bytes, headers: dict[str, str]) -> float:
