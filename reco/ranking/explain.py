@@ -62,7 +62,7 @@ def reason(
     >>> reason("trending", is_exploration=True)
     'Something new for you: Trending now'
     """
-    return _reason_text(Source(source), is_exploration, title_of(anchor) if anchor else None, genre)
+    return reason_of(Source(source), is_exploration, anchor, title_of, genre)
 
 
 def reason_of(
