@@ -6,6 +6,7 @@ The recommendation endpoint is `async def` and runs the pipeline on the event lo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -51,6 +52,7 @@ def add_routes(app: FastAPI) -> None:
         x_reco_event_time: Annotated[str | None, Header(max_length=64, description=EVENT_TIME_DOC)] = None,
         x_reco_sim_epoch: Annotated[int | None, Header(ge=0, description=SIM_EPOCH_DOC)] = None,
     ) -> RecommendationResponse:
+        await asyncio.sleep(0)  # served in the order read, as on the fast path (serving/fast_path.py)
         ts = None
         if x_reco_event_time is not None and services.settings.honour_event_time_header:
             ts = event_time(x_reco_event_time)

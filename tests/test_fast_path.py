@@ -93,3 +93,39 @@ def test_the_fast_path_hides_an_unexpected_error_as_the_app_does(tmp_path, redis
         r = c.post(RECO, json={"user_id": "u"})
     assert r.status_code == 500 and r.json() == {"detail": "internal error"}
     assert calls == ["fast"]
+
+
+def test_a_request_waits_one_turn_of_the_loop_before_its_pipeline(monkeypatch) -> None:
+    """The pipeline holds the event loop for its whole run: it starts only after one turn of the loop, so that
+    what the loop already has queued (another connection's request read earlier) runs first."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import serving.fast_path as fast_path
+
+    order: list[str] = []
+
+    def pipeline(services, request, ts):
+        order.append(f"pipeline {request.user_id}")
+        return fast_path.Response(b"{}", media_type="application/json")
+
+    monkeypatch.setattr(fast_path, "recommend_response", pipeline)
+    services = SimpleNamespace(settings=SimpleNamespace(honour_event_time_header=False))
+    scope = {"type": "http", "path": RECO, "method": "POST", "headers": [(b"content-type", b"application/json")],
+             "app": SimpleNamespace(state=SimpleNamespace(services=services))}  # fmt: skip
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b'{"user_id": "late"}', "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        app = RecommendFastPath(lambda *a: None)
+        asyncio.get_running_loop().call_soon(order.append, "queued before")
+        await app(scope, receive, send)
+
+    asyncio.run(main())
+    assert order == ["queued before", "pipeline late"]
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
