@@ -42,7 +42,7 @@ from serving.middleware import BodyLimit
 from serving.models import ModelCache, ModelManager, ModelSource, RegistrySource
 from serving.observability import HttpObservability
 from serving.routes import add_routes
-from serving.runtime import tune_runtime
+from serving.runtime import freeze_imported_heap, tune_runtime
 from serving.services import Services
 from serving.settings import Settings
 
@@ -126,6 +126,7 @@ def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Servic
         build=served_model_builder(follower, settings.ann_threshold),
         on_poll=(lambda: catalogue_poll(follower)) if follower is not None else (lambda: False),
     )
+    log.info("start-up heap frozen: %d objects out of the garbage collector's full passes", freeze_imported_heap())
     manager.refresh()
     manager.refresh_weights()
     manager.start()
