@@ -138,3 +138,142 @@ def test_gather_drops_a_slow_and_a_failing_source_but_answers(index: EmbeddingIn
     assert [c.item_id for c in res.candidates(index.ids)] == ["4"]
     assert sorted(res.failed) == ["context_similar", "session_similar", "trending"]
     assert res.per_source == {"popular": 1}
+
+
+def _full_search(index: EmbeddingIndex, q: np.ndarray, k: int, exclude=()) -> tuple[list, list, np.ndarray]:
+    """The search as one step (the max over all query rows, then the top k), nothing remembered: below
+    `GROWING` rows each row's similarities are the index's own vector-matrix product, from it (a window that
+    slides) one matrix product, as before incremental search; so the comparison below is bit for bit."""
+    if len(q) >= index.GROWING:
+        sims = index._unit[q] @ index._unit_t
+    else:
+        sims = np.stack([index._unit[r] @ index._unit_t for r in q])
+    best = sims.max(axis=0)
+    best[index._invalid] = -np.inf
+    best[q] = -np.inf
+    best[np.asarray(exclude, dtype=np.int64)] = -np.inf
+    k = min(k, int(np.isfinite(best).sum()))
+    top = np.argpartition(-best, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
+    top = top[np.argsort(-best[top], kind="stable")]
+    return top.tolist(), q[sims[:, top].argmax(axis=0)].tolist(), best[top]
+
+
+def _catalogue(n: int = 200, d: int = 8, seed: int = 1) -> EmbeddingIndex:
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    emb[0] = 0.0  # padding
+    emb[[7, 50]] = 0.0  # items without an embedding
+    emb[20:30] = emb[10]  # duplicate embeddings: exact ties, between query rows and between items
+    emb[31] = emb[11] * 3.0  # the same direction, another norm
+    return EmbeddingIndex(["<pad>", *[f"i{i}" for i in range(1, n)]], emb)
+
+
+def _same(index: EmbeddingIndex, q: np.ndarray, k: int, exclude=()) -> None:
+    found, sims = index.similar_rows(q, k, exclude)
+    rows, anchors, ref = _full_search(index, q, k, exclude)
+    assert found.rows.tolist() == rows and found.anchors.tolist() == anchors
+    np.testing.assert_array_equal(sims, ref)
+
+
+def test_a_growing_session_extends_its_remembered_search_exactly() -> None:
+    index, fresh = _catalogue(), _catalogue()
+    rng = np.random.default_rng(7)
+    # Sessions of 70 views over a catalogue of 200 rows: revisits, duplicate embeddings (rows 10 and 20-29),
+    # rows without an embedding, the padding row; a window of the last 50 that slides past 50 views.
+    picks = [10, 20, 21, 7, 0, 31, 11, 10]
+    a = [*picks, *rng.integers(0, 200, 62).tolist()]
+    b = [*rng.integers(0, 200, 30).tolist(), 25, 10, *rng.integers(0, 200, 38).tolist()]
+    for n in range(1, 71):
+        for views, k in ((a, 20), (b, 300)):  # two sessions interleaved on one index; k > catalogue
+            q = np.asarray(views[:n][-50:], dtype=np.int64)
+            _same(index, q, k)
+            if len(q) < index.GROWING:  # within float rounding of one batched product (the search before)
+                batched = (index._unit[q] @ index._unit_t).max(axis=0)
+                np.testing.assert_allclose(index._state(q)[0], batched, rtol=0, atol=1e-6)
+            found, sims = index.similar_rows(q, k)
+            again, again_sims = fresh._similar_rows(q, k, ())  # a fresh search
+            fresh._states.clear()
+            assert found.rows.tolist() == again.rows.tolist() and found.anchors.tolist() == again.anchors.tolist()
+            np.testing.assert_array_equal(sims, again_sims)
+    # Every window below 50 rows is remembered as a state, within the bytes budget.
+    assert np.asarray(a[:49], dtype=np.int64).tobytes() in index._states
+    assert np.asarray(a[:50], dtype=np.int64).tobytes() not in index._states
+    assert index._state_bytes == sum(b.nbytes + a.nbytes for b, a in index._states.values())
+
+
+class _Products(np.ndarray):
+    """The item table, counting the products taken with it."""
+
+    calls = 0
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        type(self).calls += ufunc is np.matmul
+        return getattr(ufunc, method)(
+            *(x.view(np.ndarray) if isinstance(x, _Products) else x for x in inputs), **kwargs
+        )
+
+
+def test_a_browsing_session_takes_one_row_product_per_request() -> None:
+    index = _catalogue()
+    index._unit_t = index._unit_t.view(_Products)
+    views = np.random.default_rng(5).integers(1, 200, 20)
+    for n in range(1, 21):
+        before = _Products.calls
+        index.similar_rows(views[:n], 30)
+        index.similar_rows(views[:n], 10)  # another k: the state is remembered, no product
+        assert _Products.calls - before == 1
+    before = _Products.calls
+    index.similar_rows(views[:18], 7, exclude_rows=[3])  # with exclusions: the remembered state too
+    assert _Products.calls == before
+
+
+def test_the_incremental_search_skips_rows_and_keeps_exclusions() -> None:
+    index = _catalogue()
+    rng = np.random.default_rng(3)
+    views = rng.integers(1, 200, 12)
+    for n in (1, 2, 5, 6, 10, 12):  # 1 and 3 events between requests: extends; 4: searched in full
+        _same(index, views[:n], 15)
+        _same(index, views[:n], 15, exclude=[*views[n:].tolist(), 40, 41])
+    _same(index, views[[0, 2, 4]], 200)  # not a prefix of anything remembered: searched in full
+
+
+def test_a_row_that_only_ties_the_best_keeps_the_earlier_anchor() -> None:
+    index = _catalogue()
+    found, _ = index.similar_rows([20], 30)
+    assert set(found.anchors.tolist()) == {20}
+    for q in ([20, 21], [20, 21, 10], [20, 21, 10, 20]):  # the same embedding, then a revisit
+        found, _ = index.similar_rows(q, 30)
+        assert set(found.anchors.tolist()) == {20}  # every row ties row 20: the first query row stays
+        twins = {10, *range(20, 30)} - set(q)  # the query's duplicates, not in it, first
+        assert set(found.rows[: len(twins)].tolist()) == twins
+        _same(index, np.asarray(q), 30)
+
+
+def test_the_remembered_states_are_bounded_by_bytes_and_shared_read_only() -> None:
+    index = _catalogue()
+    per_state = index.n_rows * 5  # float32 best + uint8 query row
+    index.STATE_BYTES = 3 * per_state
+    for n in range(1, 10):
+        _same(index, np.arange(1, n + 1), 10)
+    assert len(index._states) == 3 and index._state_bytes == 3 * per_state
+    best, arg = next(iter(index._states.values()))
+    assert best.dtype == np.float32 and arg.dtype == np.uint8
+    with pytest.raises(ValueError, match="read-only"):
+        best[0] = 0.0
+
+
+def test_sessions_on_several_threads_get_the_full_search_answer() -> None:
+    index = _catalogue()
+    sessions = [np.random.default_rng(s).integers(0, 200, 55) for s in range(8)]
+
+    def browse(views: np.ndarray) -> bool:
+        for n in range(1, len(views) + 1):
+            q = views[:n][-50:]
+            found, sims = index.similar_rows(q, 25)
+            rows, anchors, ref = _full_search(index, q, 25)
+            if found.rows.tolist() != rows or found.anchors.tolist() != anchors or not np.array_equal(sims, ref):
+                return False
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(browse, sessions))
