@@ -11,6 +11,7 @@ import torch
 from reco.artifacts.bundle import PAD, ModelBundle
 from reco.data.catalog import ItemCatalog
 from reco.models.ranker import RankerConfig, SessionAwareRanker, seen
+from reco.models.scorer import FrozenScorer
 from reco.offline.evaluation import evaluate_bundle
 
 N_ITEMS = 30
@@ -98,6 +99,45 @@ def test_a_growing_session_is_scored_as_the_forward_at_every_length(arch):
     for n in range(len(items) + 1):
         got = scorer.score(bundle.index_of(items[:n]), bundle.index_of(CANDIDATES), "cart", "tablet")
         np.testing.assert_allclose(got.scores, _forward(model, items[:n], CANDIDATES, "cart", "tablet"), atol=1e-5)
+
+
+def _per_layer_loop(model: SessionAwareRanker, rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The reference: torch's GRU one layer after the other, one item at a time, in plain float64 numpy, then
+    the attention and query -> (each layer's last state, attention, query)."""
+    p = {k: v.detach().numpy().astype(np.float64) for k, v in model.named_parameters()}
+    x, last, sig = p["item_emb.weight"][rows], [], lambda a: 1 / (1 + np.exp(-a))
+    for k in range(model.config.gru_layers):
+        w_ih, w_hh, b_ih, b_hh = (p[f"encoder.gru.{w}_l{k}"] for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        hidden = len(b_hh) // 3
+        h, seq = np.zeros(hidden), []
+        for xt in x:
+            gi, gh = np.split(w_ih @ xt + b_ih, 3), np.split(w_hh @ h + b_hh, 3)
+            r, z = sig(gi[0] + gh[0]), sig(gi[1] + gh[1])
+            n = np.tanh(gi[2] + r * gh[2])
+            h = n + z * (h - n)
+            seq.append(h)
+        x = np.array(seq)
+        last.append(h)
+    w1, b1, v = p["encoder.attention.0.weight"], p["encoder.attention.0.bias"], p["encoder.attention.2.weight"][0]
+    a = np.exp(np.tanh(x @ w1.T + b1) @ v)
+    a /= a.sum()
+    return last, a, np.concatenate([a @ x, x[-1]]) @ p["to_query.weight"].T + p["to_query.bias"]
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_the_encoding_equals_the_per_layer_loop_on_every_memo_path(layers):
+    """Encoded in full (lengths 1, 2, 7, 50), extended by one item from the remembered prefix, remembered."""
+    model = _model(4, gru_layers=layers)
+    rows = np.random.default_rng(layers).integers(1, N_ITEMS + 1, 50)
+    growing = FrozenScorer(model)
+    for n in range(1, len(rows) + 1):
+        want = _per_layer_loop(model, rows[:n])
+        paths = [growing._encoded(rows[:n]), growing._encoded(rows[:n])]  # encoded (n = 1) / extended, hit
+        paths += [FrozenScorer(model)._encoded(rows[:n])] if n in (1, 2, 7, 50) else []  # encoded
+        for enc in paths:
+            for got, ref in zip([*enc.last, enc.attention, enc.query], [*want[0], *want[1:]], strict=True):
+                np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+    assert growing.memo_counts == {"hit": 50, "extended": 49, "encoded": 1}
 
 
 def test_score_batch_shared_and_per_session_candidates_equal_the_forward():
