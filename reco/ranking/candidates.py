@@ -118,8 +118,8 @@ class EmbeddingIndex:
 
     #: Searches remembered per index (see `similar_rows`): ~6 KB each at the default k = 300, ~6 MB in all.
     MEMO = 1024
-    #: Bytes of per-session search state remembered (`_state`): 5 bytes an item, 8.4 KB a session at 1,682
-    #: items, 100 KB at 20,000 (~320 sessions).
+    #: Bytes of per-session search state remembered (`_best`): 4 bytes an item, 6.7 KB a session at 1,682
+    #: items, 80 KB at 20,000 (~400 sessions).
     STATE_BYTES = 32 << 20
 
     def __init__(self, item_ids: Sequence[str], embeddings: np.ndarray, *, ann_threshold: int | None = None) -> None:
@@ -137,7 +137,7 @@ class EmbeddingIndex:
         self.valid_rows.flags.writeable = False
         self._invalid_rows = np.flatnonzero(self._invalid)  # padding, rows without an embedding
         self._memo = functools.lru_cache(maxsize=self.MEMO)(self._similar_of_key)
-        self._states: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # LRU, see `_state`
+        self._states: OrderedDict[bytes, np.ndarray] = OrderedDict()  # LRU, see `_best`
         self._state_bytes = 0
         self._state_lock = threading.Lock()
         threshold = ANN_THRESHOLD if ann_threshold is None else ann_threshold
@@ -222,10 +222,10 @@ class EmbeddingIndex:
         Without `exclude_rows` (the request path) the answer is remembered per (query rows, k): a session
         asks the same question on every request until its next event (pages, carousels, refreshes), and
         the search over the catalogue is the costly part. The index never changes, so neither do answers.
-        Below `GROWING` query rows the exact search also remembers, per query rows, each item's best
-        similarity and the query row behind it (`_state`, 5 bytes an item): a browsing session's next query,
-        the same rows plus a new one, computes the new row's similarities only. An answer never depends on
-        what is remembered: the same, bit for bit, as that query searched in full.
+        Over a catalogue above `INCREMENTAL_ROWS` and below `GROWING` query rows, the exact search also
+        remembers, per query rows, each item's best similarity (`_best`, 4 bytes an item): a browsing
+        session's next query, the same rows plus a new one, computes the new row's similarities only; equal
+        to that query searched in full within float rounding.
         """
         q = np.asarray(query_rows, dtype=np.int64)
         if not len(exclude_rows):
@@ -243,12 +243,11 @@ class EmbeddingIndex:
             return RowList.of([]), np.zeros(0)
         if self.ann is not None:
             return self._ann_similar(q, k, exclude_rows)
-        if len(q) >= self.GROWING:  # a window that slides has no remembered prefix: one product, as ever
-            sims = self._unit[q] @ self._unit_t  # (n_query, n_items): row-major reductions over the queries
-            best, arg = sims.max(axis=0), None
-        else:
-            state, arg = self._state(q)
-            best = state.copy()
+        # Each item's best similarity over the query rows: one product, or, over a larger catalogue, the
+        # session's remembered best extended by its new rows (`_best`).
+        remembered = len(q) < self.GROWING and self.n_rows > self.INCREMENTAL_ROWS
+        sims = None if remembered else self._unit[q] @ self._unit_t  # (n_query, n_items)
+        best = self._best(q).copy() if remembered else sims.max(axis=0)
         best[self._invalid_rows] = -np.inf
         best[q] = -np.inf
         best[np.asarray(exclude_rows, dtype=np.int64)] = -np.inf
@@ -257,24 +256,28 @@ class EmbeddingIndex:
             return RowList.of([]), np.zeros(0)
         top = np.argpartition(-best, k - 1)[:k]
         top = top[np.argsort(-best[top], kind="stable")]
-        anchor = arg[top] if arg is not None else sims[:, top].argmax(axis=0)  # the query it is closest to
-        return RowList(top, q[anchor]), best[top]
+        # Anchor: the query row each found item is closest to (the first on a tie), for the k found only (an
+        # anchor per catalogue item, kept with the remembered best, cost a new session numpy's argmax over the
+        # rows of a (rows, catalogue) matrix: 80 us at 20 x 1,682).
+        near = sims[:, top] if sims is not None else self._unit[q] @ self._unit[top].T
+        return RowList(top, q[near.argmax(axis=0)]), best[top]
 
-    #: Queries of fewer rows are searched row by row and remembered (`_state`): a session growing to the
-    #: window the request path asks about (its last `recommend.MAX_SESSION` rows). Longer ones (the window,
-    #: sliding) with one matrix product: its 50 rows searched one by one cost 2.5-3.2x (a pass over the table each).
+    #: Queries of fewer rows are remembered (`_best`): a session growing to the window the request path asks
+    #: about (its last `recommend.MAX_SESSION` rows). Longer ones (the window, sliding) are searched in full.
     GROWING = 50
+    #: Catalogues above this many rows remember sessions' best similarities (`_best`); below it the search in
+    #: full is as cheap (selecting the k best dominates): a session growing 1 -> 20 views, median per search,
+    #: 235 vs 227 us at 1,683 rows, 937 vs 361 us at 20,000 (docs/benchmarks.md, "Serving on realistic traffic").
+    INCREMENTAL_ROWS = 5_000
     #: Query rows a remembered state may lack and still be extended (events between two requests).
     _EXTEND = 3
 
-    def _state(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per item, the best similarity over the query rows `q` and the index in `q` of the first row with
-        it (read-only arrays), remembered (LRU, `STATE_BYTES` in all). Extends a remembered state of `q` less
-        its last rows (up to `_EXTEND`) with their similarities only; else (a new session, a state forgotten)
-        computes all rows. One vector-matrix product per row, never a batch: BLAS rounds a row of a
-        matrix product differently with the batch's size and the row's place in it, so a batch would not
-        agree to the bit with a state grown one row at a time (nor make exact ties, duplicate embeddings,
-        resolve to the first row)."""
+    def _best(self, q: np.ndarray) -> np.ndarray:
+        """Per item, the best similarity over the query rows `q` (read-only), remembered (LRU, `STATE_BYTES` in
+        all). A remembered state of `q` less its last rows (up to `_EXTEND`) is extended with their
+        similarities only; else (a new session, a state forgotten) all rows are searched in one product. BLAS
+        rounds a row of a matrix product differently with the batch's size, so a state grown one row at a time
+        equals the one computed at once within float rounding (1e-6), not to the bit."""
         key = q.tobytes()
         with self._state_lock:
             for short in range(min(self._EXTEND, len(q) - 1) + 1):
@@ -284,27 +287,18 @@ class EmbeddingIndex:
                     break
         if found is not None and short == 0:
             return found
-        at = np.min_scalar_type(len(q) - 1)
         if found is None:
-            sims = np.empty((len(q), self.n_rows), dtype=np.float32)
-            for i, row in enumerate(q.tolist()):
-                np.matmul(self._unit[row], self._unit_t, out=sims[i])
-            best, arg = sims.max(axis=0), sims.argmax(axis=0).astype(at)  # argmax: the first row with the max
+            best = (self._unit[q] @ self._unit_t).max(axis=0)
         else:
-            best, arg = found[0], found[1].astype(at)  # a copy: the remembered arrays are shared
-            for i in range(len(q) - short, len(q)):
-                sims = self._unit[q[i]] @ self._unit_t
-                arg[sims > best] = i  # a tie keeps the earlier row, as argmax does
-                best = np.maximum(best, sims)  # a new array
-        best.flags.writeable = arg.flags.writeable = False
+            best = np.maximum(found, (self._unit[q[len(q) - short :]] @ self._unit_t).max(axis=0))  # a new array
+        best.flags.writeable = False
         with self._state_lock:
             if key not in self._states:
-                self._states[key] = (best, arg)
-                self._state_bytes += best.nbytes + arg.nbytes
+                self._states[key] = best
+                self._state_bytes += best.nbytes
                 while self._state_bytes > self.STATE_BYTES and len(self._states) > 1:
-                    _, (b, a) = self._states.popitem(last=False)
-                    self._state_bytes -= b.nbytes + a.nbytes
-        return best, arg
+                    self._state_bytes -= self._states.popitem(last=False)[1].nbytes
+        return best
 
     def query_rows(self, query: np.ndarray, k: int, exclude_rows: Sequence[int] = ()) -> RowList:
         """The `k` rows with the highest `<query, item>` (the model's retrieval score), best first, without
