@@ -28,7 +28,8 @@ sixth, "clients4", runs the browse protocol from 4 client threads (each its own 
 count (default 1 and 2 uvicorn workers). New sessions, browse and clients4 alternate users of both arms of the
 built-in experiment (control explores epsilon-greedy, treatment Thompson sampling: their costs differ), with
 per-arm p50s (`http_control`, `http_treatment`). The 4-client phase also reports the CPU per recommendation of
-the server (process tree), Redis (INFO cpu) and this client process (`cpu_ms_per_recommendation`).
+the server (process tree), Redis (INFO cpu) and this client process (`cpu_ms_per_recommendation`), and each
+client's p50 (`p50_ms_per_client`: alike when the server serves requests in the order it reads them).
 
 Every HTTP call here goes through `Client`, a minimal HTTP/1.1 keep-alive client (one send per request, the
 answer framed by Content-Length), not the stdlib's `http.client`, whose own CPU (~0.12 ms a call, header
@@ -382,6 +383,7 @@ def clients_phase(
 
     items = bundle.item_ids[1:]
     lat: list[float] = []
+    per_client: list[float] = [0.0] * n_clients  # each client's p50: the order of service (fair: all alike)
     errors: list[int] = []
     served_by: dict[bytes, int] = {}
     lock = threading.Lock()
@@ -409,6 +411,7 @@ def clients_phase(
         conn.close()
         with lock:
             lat.extend(mine)
+            per_client[k] = round(float(np.percentile(mine, 50)) * 1000, 3)
             for w, c in workers.items():
                 served_by[w] = served_by.get(w, 0) + c
 
@@ -434,6 +437,7 @@ def clients_phase(
         "clients": n_clients,
         "cpu_ms_per_recommendation": per,
         "requests_per_worker": sorted(served_by.values(), reverse=True),
+        "p50_ms_per_client": per_client,
         "note": "each request preceded by its view event (written by the client, inside the wall time)",
     }
 
