@@ -48,8 +48,8 @@ def freeze_imported_heap() -> int:
     """
     import torch  # noqa: F401 - the heavy imports a model load does, done now so that they are frozen too
 
-    import reco.artifacts.bundle  # noqa: F401
-    import reco.artifacts.registry  # noqa: F401 - mlflow
+    import reco.artifacts.bundle
+    import reco.artifacts.registry
     import reco.models.scorer  # noqa: F401
 
     gc.collect()
