@@ -35,6 +35,7 @@ from reco.state.redis_io import (
     round_trip,
     run_script,
     text,
+    texts,
 )
 from reco.state.scripts import IMPRESSIONS_LUA, INGEST_LUA
 
@@ -296,13 +297,13 @@ class RedisStore(OnlineStateOps):
         feats = {item: hash_fields(h) for item, h in zip(feature_ids, res[first_feature:end], strict=True)}
         decay = self._decay_factor(got("epoch", None), time.time())
         return RequestFeatures(
-            session_items=[text(v) for v in got("session")],
-            user_items=[text(v) for v in got("uitems")],
+            session_items=texts(got("session")),
+            user_items=texts(got("uitems")),
             user_profile=hash_fields(got("profile", {})),
             item_features={item: feats.get(item, {}) for item in item_ids},
             trending={item: number(v) * decay for item, v in zip(item_ids, got("scores"), strict=True)},
             thompson=self._decode_thompson(cats, got("ts")) if "ts" in at else {},
-            cart_items=[text(v) for v in got("cart")],
+            cart_items=texts(got("cart")),
             trending_top=[(text(m), float(sc) * decay) for m, sc in pairs(got("top"))],
         )
 
