@@ -330,3 +330,32 @@ def test_thompson_every_slot_equals_the_unshortcut_reference() -> None:
             got = ThompsonSampling(**kwargs).select(given_items, n, stats)
             assert [(s.item, s.is_exploration) for s in got] == [(e[0], e[1]) for e in expected], (trial, kwargs)
             assert [s.propensity for s in got] == pytest.approx([e[2] for e in expected], abs=1e-12), (trial, kwargs)
+
+
+def test_thompson_equals_the_reference_on_realistic_lists() -> None:
+    """Seeded regression for the request path's shortcuts (partial per-category orders, exploration flags
+    from the placed items' ranks, plain-list slot loop): ~300 random lists of 1-600 candidates (a few of
+    500 with 19 categories, as served), 1-25 categories, tied scores, caps None/1/3, weights 0/0.2/1,
+    K 1-100, plain items and integer codes: every pick, flag and propensity equals `_reference_thompson`."""
+    rng = np.random.default_rng(2024)
+    for trial in range(300):
+        realistic = trial % 25 == 0
+        size = 500 if realistic else int(np.exp(rng.uniform(0.0, np.log(600))))
+        n_cats = 19 if realistic else int(rng.integers(1, 26))
+        raw = rng.integers(0, 5, size) if trial % 3 == 0 else np.sort(rng.normal(size=size))[::-1]
+        if trial % 3 == 2:  # best-first with a locally reordered head, as the rules leave it
+            raw[: min(size, 20)] = rng.permutation(raw[: min(size, 20)])
+        cat_of = rng.integers(0, n_cats, size)
+        items = [ScoredItem(f"i{k}", float(s), f"c{c}") for k, (s, c) in enumerate(zip(raw, cat_of, strict=True))]
+        stats = {f"c{c}": (float(rng.integers(0, 51)), float(rng.integers(100, 2001))) for c in range(n_cats)}
+        kwargs = {"weight": [0.0, 0.2, 1.0][trial % 3 if not realistic else 1],
+                  "n_propensity_samples": 100 if realistic else int(rng.integers(1, 101)),
+                  "max_per_category": [None, 1, 3][(trial // 3) % 3] if not realistic else 3,
+                  "seed": 1000 + trial}  # fmt: skip
+        n = 20 if realistic else int(rng.integers(1, 26))
+        expected = _reference_thompson(ThompsonSampling(**kwargs), items, n, stats)
+        codes = [5 * int(c) + 1 for c in cat_of]
+        for given_items in (items, _Columns(items, codes)):
+            got = ThompsonSampling(**kwargs).select(given_items, n, stats)
+            assert [(s.item, s.is_exploration) for s in got] == [(e[0], e[1]) for e in expected], (trial, kwargs)
+            assert [s.propensity for s in got] == pytest.approx([e[2] for e in expected], abs=1e-12), (trial, kwargs)
