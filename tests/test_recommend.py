@@ -182,6 +182,37 @@ def test_impression_records_serialise_exactly_the_impression_events() -> None:
         ]
 
 
+def test_impression_records_equal_their_per_item_json_version() -> None:
+    """`impression_records` builds each record without `JSONEncoder.encode`, min/max or the NamedTuple's
+    __new__: the records must equal what the per-item `json` version built, clamping edges (NaN, 0, an int
+    1, > 1, negative, 1e-9) and item ids json escapes (quotes, backslash, non-ASCII, control) included."""
+    from reco.ranking.recommend import RecoItem, impression_records
+    from reco.state.records import ImpressionRecord
+
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    ts = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+    ids = ["i1", 'q"uote', "back\\slash", "caf\u00e9", "tab\tnl\n", "\U0001f600", "", "x" * 50]
+    props = [float("nan"), 0.0, 1, 1.5, -2.0, 1e-9, 5e-10, 0.123456789012345678, 1.0, True]
+    items = [
+        RecoItem(ids[k % len(ids)], 0.5, "r", "gru", k + 1, k % 2 == 0, p, f"c{k % 3}") for k, p in enumerate(props)
+    ]
+    req = RecoRequest("u1", session_id="s1", device="mobile", page_type="cart")
+    for phase in (None, 3):
+        records = impression_records(req, 'r"1', "control", "7", items, ts=ts, phase=phase)
+        head = records[0].payload[: records[0].payload.index(',"event_id":')]
+        eid, expected = dumps('r"1:')[:-1], []
+        for it in items:
+            propensity = min(1.0, max(it.propensity, 1e-9))
+            payload = (
+                f'{head},"event_id":{eid}{it.position}","item_id":{dumps(it.item_id)},'
+                f'"position":{it.position},"propensity":{float.__repr__(propensity)},'
+                f'"is_exploration":{"true" if it.is_exploration else "false"}}}'
+            )
+            expected.append(ImpressionRecord(f'r"1:{it.position}', it.item_id, payload, it.category))
+        assert records == expected
+        assert all(type(r) is ImpressionRecord for r in records)
+
+
 def test_async_impression_failures_reach_the_hook(model: ServedModel) -> None:
     from reco.state.store import RedisStore, connect
 

@@ -331,3 +331,99 @@ def test_the_users_history_keeps_the_last_user_items_max_items(redis_url: str, r
         assert store.request_context("u1", None, [], None, []).user_items == ["i2", "i3", "i4"]
     finally:
         client.close()
+
+
+# The request-impression script with HSETNX and HINCRBYFLOAT per item, before they were batched per request
+# (the reference for `test_the_request_impression_script_writes_what_its_per_item_version_wrote`).
+_PER_ITEM_IMPRESSIONS_LUA = """
+local stream = KEYS[1]
+local seen_ttl, maxlen, user_key, user_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local req_key, arm, feedback_ttl, ts_key = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local ts, item_prefix = ARGV[9], ARGV[10]
+local ctx_key, ctx_value, ctx_ttl = ARGV[11], ARGV[12], ARGV[13]
+local H, F = 13, 4
+
+if ctx_key ~= '' then
+  redis.call('SET', ctx_key, ctx_value, 'EX', ctx_ttl)
+end
+local accepted, duplicates = 0, 0
+for b = H, #ARGV - 1, F do
+  local seen_key, payload, item, category = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  if append(stream, maxlen, seen_key, seen_ttl, payload) then
+    accepted = accepted + 1
+    if req_key ~= '' and arm ~= '' then
+      record_served(req_key, item, arm, category, item_prefix, ts_key)
+    end
+  else
+    duplicates = duplicates + 1
+  end
+end
+if accepted > 0 then
+  redis.call('HINCRBY', user_key, 'n:impression', accepted)
+  redis.call('HSET', user_key, 'last_ts', ts)
+  redis.call('EXPIRE', user_key, user_ttl)
+  if req_key ~= '' and arm ~= '' then
+    redis.call('EXPIRE', req_key, feedback_ttl)
+  end
+end
+return {accepted, duplicates}
+"""
+
+
+@pytest.mark.parametrize("maxlen", [None, 1_000_000])
+def test_the_request_impression_script_writes_what_its_per_item_version_wrote(redis_url: str, maxlen) -> None:
+    """Every key `log_request` writes (stream entries, seen keys, user profile, served record, Thompson
+    stats, request context: values, hash field order and TTLs) and its results equal the per-item script's,
+    over repeated and looked-up categories, already served items, an item served twice, existing counts,
+    duplicates and no arm."""
+    import uuid
+
+    from reco.ranking.impressions import impression_records
+    from reco.ranking.request import RecoItem, RecoRequest
+    from reco.state.scripts import LUA_COMMON
+
+    ts = datetime(2026, 1, 1, 12, 30, 15, 250000, tzinfo=UTC)
+    cats = ["drama", "comedy", "drama", "", "drama", "comedy", "", "horror", "drama", "sci-fi"]
+    items = [RecoItem(f"i{p}", 0.5, "r", "gru", p, p % 3 == 0, 0.01 * p, c) for p, c in enumerate(cats, 1)]
+    items.append(RecoItem("i8", 0.5, "r", "gru", 11, False, 0.5, "drama"))  # served twice: recorded once
+    req = RecoRequest("u1", session_id="s1")
+    states = []
+    client = connect(redis_url)
+    for reference in (True, False):
+        store = RedisStore(client, f"test-{uuid.uuid4().hex[:8]}", stream_maxlen=maxlen)
+        if reference:
+            store._impressions = client.register_script(LUA_COMMON + _PER_ITEM_IMPRESSIONS_LUA)
+        try:
+            store.put_item_features({"i4": {"category": "horror"}})  # i7: no features -> 'unknown'
+            client.hset(store.key("ts", "control"), mapping={"comedy:b": "3", "drama:a": "2", "drama:b": "5"})
+            client.hset(store.key("req", "r1"), "i5", "treatment\tdrama")  # already served: no new failure
+
+            def log(rid: str, arm: str, served: list[RecoItem], store: RedisStore = store):
+                records = impression_records(req, rid, arm, "7", served, ts=ts, phase=2)
+                result = store.log_request(rid, "u1", arm, ts, records, ["a", rid])
+                return result.accepted, result.duplicates
+
+            results = [log("r1", "control", items[:6]), log("r1", "control", items), log("r2", "", items[:3])]
+            state = {}
+            for key in sorted(client.scan_iter(match=f"{store.prefix}:*")):
+                kind, name = client.type(key).decode(), key.decode().removeprefix(store.prefix)
+                value = {
+                    "string": lambda k: client.get(k),
+                    "hash": lambda k: list(client.hgetall(k).items()),  # field order included
+                    "stream": lambda k: [fields for _, fields in client.xrange(k)],  # ids are clock-made
+                }[kind](key)
+                state[name] = (kind, value, client.ttl(key))
+            states.append((results, state))
+        finally:
+            for key in client.scan_iter(match=f"{store.prefix}:*"):
+                client.delete(key)
+    client.close()
+    (ref_results, ref_state), (results, state) = states
+    assert results == ref_results == [(6, 0), (5, 6), (3, 0)]
+    assert state.keys() == ref_state.keys()
+    for name, (kind, value, ttl) in state.items():
+        ref_kind, ref_value, ref_ttl = ref_state[name]
+        assert (kind, value) == (ref_kind, ref_value), name
+        assert abs(ttl - ref_ttl) <= 1 and (ttl > 0) == (ref_ttl > 0), name  # a second may tick in between
+    assert state[":ts:control"][1] == [(b"comedy:b", b"5"), (b"drama:a", b"2"), (b"drama:b", b"8"),
+                                        (b"horror:b", b"2"), (b"unknown:b", b"1"), (b"sci-fi:b", b"1")]  # fmt: skip

@@ -118,10 +118,14 @@ return {accepted, duplicates}
 # One request's impressions (the API's own log): the per-event steps `INGEST_LUA` runs for an impression
 # (dedup, XADD, the served-item record and the arm's Thompson failure count), with what is the same for
 # every impression of a request (user counters, last_ts, TTLs, the learner's request context) done once.
-# 4 arguments per event instead of 13, ~4 Redis calls per event instead of ~9.
-IMPRESSIONS_LUA = (
-    LUA_COMMON
-    + """
+# 4 arguments per event instead of 13. Per accepted event only SET NX and XADD; the served records are
+# one HMGET (which are already there) and one HSET of the new ones in served order, as HSETNX per item
+# left them; the failures are counted per category and added with one HINCRBYFLOAT each (first-served
+# order, so new hash fields are created in the same order: the counts are whole numbers, so adding n at
+# once leaves the value n additions of 1 leave). 20 items in 5 categories: 85 Redis calls -> 52, the
+# script's Redis time 1.2-1.3x less.
+IMPRESSIONS_LUA = """
+local call = redis.call
 local stream = KEYS[1]
 local seen_ttl, maxlen, user_key, user_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local req_key, arm, feedback_ttl, ts_key = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -130,31 +134,62 @@ local ctx_key, ctx_value, ctx_ttl = ARGV[11], ARGV[12], ARGV[13]
 local H, F = 13, 4
 
 if ctx_key ~= '' then
-  redis.call('SET', ctx_key, ctx_value, 'EX', ctx_ttl)
+  call('SET', ctx_key, ctx_value, 'EX', ctx_ttl)
 end
-local accepted, duplicates = 0, 0
+local accepted, duplicates, items, cats = 0, 0, {}, {}
 for b = H, #ARGV - 1, F do
-  local seen_key, payload, item, category = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-  if append(stream, maxlen, seen_key, seen_ttl, payload) then
-    accepted = accepted + 1
-    if req_key ~= '' and arm ~= '' then
-      record_served(req_key, item, arm, category, item_prefix, ts_key)
+  if call('SET', ARGV[b + 1], '1', 'NX', 'EX', seen_ttl) then
+    if maxlen == '' then
+      call('XADD', stream, '*', 'e', ARGV[b + 2])
+    else
+      call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', ARGV[b + 2])
     end
+    accepted = accepted + 1
+    items[accepted], cats[accepted] = ARGV[b + 3], ARGV[b + 4]
   else
     duplicates = duplicates + 1
   end
 end
-if accepted > 0 then
-  redis.call('HINCRBY', user_key, 'n:impression', accepted)
-  redis.call('HSET', user_key, 'last_ts', ts)
-  redis.call('EXPIRE', user_key, user_ttl)
-  if req_key ~= '' and arm ~= '' then
-    redis.call('EXPIRE', req_key, feedback_ttl)
+if accepted == 0 then
+  return {accepted, duplicates}
+end
+local record = req_key ~= '' and arm ~= ''
+if record then
+  local known = call('HMGET', req_key, unpack(items))
+  local fields, new, failures, categories = {}, {}, {}, {}
+  for i = 1, accepted do
+    local item, category = items[i], cats[i]
+    if not known[i] and not new[item] then
+      new[item] = true
+      if category == '' then
+        category = call('HGET', item_prefix .. item, 'category') or 'unknown'
+      end
+      local n = #fields
+      fields[n + 1], fields[n + 2] = item, arm .. '\\t' .. category
+      local count = failures[category]
+      if count then
+        failures[category] = count + 1
+      else
+        failures[category] = 1
+        categories[#categories + 1] = category
+      end
+    end
   end
+  if #fields > 0 then
+    call('HSET', req_key, unpack(fields))
+  end
+  for _, category in ipairs(categories) do
+    call('HINCRBYFLOAT', ts_key, category .. ':b', failures[category])
+  end
+end
+call('HINCRBY', user_key, 'n:impression', accepted)
+call('HSET', user_key, 'last_ts', ts)
+call('EXPIRE', user_key, user_ttl)
+if record then
+  call('EXPIRE', req_key, feedback_ttl)
 end
 return {accepted, duplicates}
 """
-)
 
 # Atomic read of the latest weights snapshot: version, blob, meta.
 LATEST_WEIGHTS_LUA = """
