@@ -12,12 +12,12 @@ from reco.ranking.candidates import (
     SOURCES,
     CandidateConfig,
     EmbeddingIndex,
-    PopularIndex,
     RowList,
     Source,
     gather,
     merge,
 )
+from reco.ranking.popular import PopularIndex
 
 
 @pytest.fixture

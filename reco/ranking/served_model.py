@@ -9,12 +9,9 @@ from typing import Any
 import numpy as np
 
 from reco.data.catalog import UNKNOWN_CATEGORY, ItemRecord
-from reco.ranking.candidates import (
-    EmbeddingIndex,
-    PopularIndex,
-    RowList,
-)
+from reco.ranking.candidates import EmbeddingIndex, RowList
 from reco.ranking.cold_start import ColdItems, ContentFit, extend_bundle
+from reco.ranking.popular import PopularIndex
 
 
 @dataclass(frozen=True)
