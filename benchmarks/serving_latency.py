@@ -23,13 +23,15 @@ times the bare forward on that session and its candidates (`p50_ratio_new_sessio
 is the realistic steady state: each request follows one more view of its session (written untimed just
 before; a session ends after 20 views and the next one starts), and the bare forward runs on that session and
 its candidates (`p50_ratio_browse`); the server's CPU over this phase is `server_per_browse_recommendation`. A
-sixth, "clients4", runs the browse protocol from 4 client threads (each its own connection and sessions) for
+sixth, "clients4", runs the browse protocol from 4 clients (each its own connection and sessions) for
 `--requests` requests in all: p50/p99 and recommendations/s, against one server per `--clients-workers`
-count (default 1 and 2 uvicorn workers). New sessions, browse and clients4 alternate users of both arms of the
-built-in experiment (control explores epsilon-greedy, treatment Thompson sampling: their costs differ), with
-per-arm p50s (`http_control`, `http_treatment`). The 4-client phase also reports the CPU per recommendation of
-the server (process tree), Redis (INFO cpu) and this client process (`cpu_ms_per_recommendation`), and each
-client's p50 (`p50_ms_per_client`: alike when the server serves requests in the order it reads them).
+count (default 1 and 2 uvicorn workers), with the clients as threads of this process (`workers_<n>`, the
+protocol of the earlier figures) and as 4 processes (`workers_<n>_processes`: no shared GIL;
+`--client-modes`). New sessions, browse and clients4 alternate users of both arms of the built-in experiment
+(control explores epsilon-greedy, treatment Thompson sampling: their costs differ), with per-arm p50s
+(`http_control`, `http_treatment`). The 4-client phase also reports the CPU per recommendation of the server
+(process tree), Redis (INFO cpu) and the clients (`cpu_ms_per_recommendation`), and each client's p50
+(`p50_ms_per_client`: alike when the server serves requests in the order it reads them).
 
 Every HTTP call here goes through `Client`, a minimal HTTP/1.1 keep-alive client (one send per request, the
 answer framed by Content-Length), not the stdlib's `http.client`, whose own CPU (~0.12 ms a call, header
@@ -37,6 +39,7 @@ parsing through `email.parser`) was inside every timed latency and on the cores 
 requests on the wire are the same.
 
     .venv/bin/python benchmarks/serving_latency.py [--requests 400] [--workers 1] [--clients-workers 1,2]
+        [--client-modes threads,processes]
 
 Prints one JSON line (with `uptime`) on stdout and the issue's three bars in words on stderr (`targets`):
 p50 <= 1.0x the bare forward (browse and new sessions), p99 <= 2x p50 with 4 clients, >= 300
@@ -367,11 +370,25 @@ def place_connections(port: int, n_clients: int, workers: int, timeout_s: float 
 
 
 def clients_phase(
-    store, bundle, port: int, body, headers, n: int, n_clients: int, server_pid: int | None = None, workers: int = 1
+    store,
+    bundle,
+    port: int,
+    body,
+    headers,
+    n: int,
+    n_clients: int,
+    server_pid: int | None = None,
+    workers: int = 1,
+    processes: bool = False,
 ) -> dict:
-    """The browse protocol from `n_clients` threads at once (each its own keep-alive connection and sessions),
+    """The browse protocol from `n_clients` clients at once (each its own keep-alive connection and sessions),
     with the CPU per recommendation of each party on the shared cores: the server (process tree, when
-    `server_pid` is given), Redis, and this client process (its 4 threads: view writes, requests).
+    `server_pid` is given), Redis, and the clients (view writes, requests).
+
+    The clients are threads of this process, or with `processes` one forked process each: threads share this
+    process's GIL, so a response that arrives while another client thread runs Python (its view write, its
+    next body) is timed only once that thread lets go; processes time their own responses, as separate
+    users do. The requests on the wire are the same.
 
     Which uvicorn worker serves a client is fixed when its connection is accepted: the connections are
     placed evenly over the `workers` first (`place_connections`), and `requests_per_worker` reports the
@@ -379,67 +396,85 @@ def clients_phase(
     visit) spread them too, but at 1 worker the first request of each session then took ~13 ms longer (p50
     23.7 against 10.3 ms; the cause not pinned down), all requests' p50 7.6 -> 10.5 ms and p99 19 -> 33 ms
     (docs/benchmarks.md): one connection per client it stays."""
+    import multiprocessing
     import threading
-
-    items = bundle.item_ids[1:]
-    lat: list[float] = []
-    per_client: list[float] = [0.0] * n_clients  # each client's p50: the order of service (fair: all alike)
-    errors: list[int] = []
-    served_by: dict[bytes, int] = {}
-    lock = threading.Lock()
 
     users = arm_users(f"bench-c{port}-", (n_clients + 1) // 2)
     conns = place_connections(port, n_clients, workers)
-
-    def client(k: int) -> None:
-        rng = np.random.default_rng(100 + k)
-        conn = conns[k]
-        mine = []
-        workers: dict[bytes, int] = {}
-        user = users[k]
-        for i in range(n // n_clients):
-            sid = f"{user}-s{i // 20}"
-            _view(store, sid, user, pick(rng, items), i)
-            payload = json.dumps({**body, "user_id": user, "session_id": sid}).encode()
-            t0 = time.perf_counter()
-            status, raw = post(conn, "/v1/recommendations", payload, headers)
-            mine.append(time.perf_counter() - t0)
-            if status != 200:
-                errors.append(status)
-            at = raw.find(b'"request_id":"') + 14
-            workers[raw[at : at + 16]] = workers.get(raw[at : at + 16], 0) + 1
-        conn.close()
-        with lock:
-            lat.extend(mine)
-            per_client[k] = round(float(np.percentile(mine, 50)) * 1000, 3)
-            for w, c in workers.items():
-                served_by[w] = served_by.get(w, 0) + c
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(n_clients)]
+    args = [(store, bundle.item_ids[1:], conns[k], users[k], 100 + k, n // n_clients, body, headers)
+            for k in range(n_clients)]  # fmt: skip
     cpu0 = (tree_cpu_s(server_pid) if server_pid else 0.0, redis_cpu_s(store), time.process_time())
     start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    if processes:
+        ctx = multiprocessing.get_context("fork")  # the children inherit the placed connections
+        done = ctx.Queue()
+        procs = [ctx.Process(target=_client_process, args=(done, *a)) for a in args]
+        for proc in procs:
+            proc.start()
+        results = [done.get() for _ in procs]
+        for proc in procs:
+            proc.join()
+    else:
+        results = [None] * n_clients
+
+        def run(k: int) -> None:
+            results[k] = _client(*args[k])
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(n_clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     wall = time.perf_counter() - start
     cpu1 = (tree_cpu_s(server_pid) if server_pid else 0.0, redis_cpu_s(store), time.process_time())
+    lat = [x for r in results for x in r["latencies"]]
+    served_by: dict[bytes, int] = {}
+    for r in results:
+        for w, c in r["workers"].items():
+            served_by[w] = served_by.get(w, 0) + c
+    client_cpu = sum(r["cpu_s"] for r in results) if processes else cpu1[2] - cpu0[2]
     per = {
-        name: round((b - a) / max(len(lat), 1) * 1000, 3)
-        for name, a, b in zip(("server", "redis", "client"), cpu0, cpu1, strict=True)
+        name: round(used / max(len(lat), 1) * 1000, 3)
+        for name, used in (("server", cpu1[0] - cpu0[0]), ("redis", cpu1[1] - cpu0[1]), ("client", client_cpu))
     }
     if not server_pid:
         del per["server"]
     return {
         **percentiles(lat),
         "rec_per_s": round(len(lat) / wall, 1),
-        "errors": len(errors),
+        "errors": sum(r["errors"] for r in results),
         "clients": n_clients,
+        "client_processes": processes,
         "cpu_ms_per_recommendation": per,
         "requests_per_worker": sorted(served_by.values(), reverse=True),
-        "p50_ms_per_client": per_client,
+        # Each client's p50: alike when the server serves requests in the order it reads them.
+        "p50_ms_per_client": [round(float(np.percentile(r["latencies"], 50)) * 1000, 3) for r in results],
         "note": "each request preceded by its view event (written by the client, inside the wall time)",
     }
+
+
+def _client(store, items, conn, user, seed, n, body, headers) -> dict:
+    """One client of `clients_phase`: `n` browse requests on its connection, each after one more view."""
+    rng = np.random.default_rng(seed)
+    latencies, workers, errors = [], {}, 0
+    cpu = time.process_time()
+    for i in range(n):
+        sid = f"{user}-s{i // 20}"
+        _view(store, sid, user, pick(rng, items), i)
+        payload = json.dumps({**body, "user_id": user, "session_id": sid}).encode()
+        t0 = time.perf_counter()
+        status, raw = post(conn, "/v1/recommendations", payload, headers)
+        latencies.append(time.perf_counter() - t0)
+        errors += status != 200
+        at = raw.find(b'"request_id":"') + 14
+        workers[raw[at : at + 16]] = workers.get(raw[at : at + 16], 0) + 1
+    conn.close()
+    return {"latencies": latencies, "workers": workers, "errors": errors, "cpu_s": time.process_time() - cpu}
+
+
+def _client_process(done, *args) -> None:
+    """`_client` in a forked process (redis-py opens its own connections after a fork), its result queued."""
+    done.put(_client(*args))
 
 
 def request_candidates_for(store, served, user: str, session_id: str) -> list[str]:
@@ -544,10 +579,27 @@ def main() -> None:
         default="1,2",
         help="uvicorn workers of the servers the 4-client phase runs against (one server each)",
     )
+    ap.add_argument(
+        "--client-modes",
+        default="threads,processes",
+        help="the 4 clients as threads of this process and/or as processes of their own (clients_phase)",
+    )
     args = ap.parse_args()
     if args.requests < 100:  # the short phases (requests / 4, split over both arms) need samples of each arm
         ap.error("--requests must be at least 100")
     clients_workers = [int(w) for w in args.clients_workers.split(",") if w]
+    modes = [m for m in args.client_modes.split(",") if m]
+    if not set(modes) <= {"threads", "processes"}:
+        ap.error("--client-modes takes threads and/or processes")
+
+    def four_clients(port: int, pid: int, workers: int) -> dict:
+        """The 4-client phase against one server, once per client mode (key `workers_<n>[_processes]`)."""
+        return {
+            f"workers_{workers}{'_processes' if mode == 'processes' else ''}": clients_phase(
+                store, bundle, port, body, headers, args.requests, 4, pid, workers, processes=mode == "processes"
+            )
+            for mode in modes
+        }
 
     import torch
 
@@ -691,22 +743,16 @@ def main() -> None:
             cpu[name] = (time.thread_time() - c0) / n_cpu
         conn.close()
         # Last on this server: the 4-client phase leaves the timed connection idle past uvicorn's keep-alive.
-        clients4 = {}
-        if args.workers in clients_workers:
-            clients4[args.workers] = clients_phase(
-                store, bundle, port, body, headers, args.requests, 4, server.pid, args.workers
-            )
+        clients4 = four_clients(port, server.pid, args.workers) if args.workers in clients_workers else {}
     finally:
         stop_server(server)
     try:  # the 4-client phase against servers with the other worker counts
         for workers in clients_workers:
-            if workers not in clients4:
+            if workers != args.workers:
                 other, other_port = start_server(env, workers)
                 try:
                     wait_ready(other, other_port)
-                    clients4[workers] = clients_phase(
-                        store, bundle, other_port, body, headers, args.requests, 4, other.pid, workers
-                    )
+                    clients4.update(four_clients(other_port, other.pid, workers))
                 finally:
                     stop_server(other)
     finally:
@@ -732,7 +778,7 @@ def main() -> None:
         ),
         "browse": {k: percentiles(v) for k, v in browse.items()},
         "p50_ratio_browse": round(np.percentile(browse["http"], 50) / np.percentile(browse["bare_forward"], 50), 3),
-        "clients4": {f"workers_{w}": c for w, c in sorted(clients4.items())}, "workers": args.workers,
+        "clients4": dict(sorted(clients4.items())), "workers": args.workers,
         "empty_endpoint_async": fixed_p, "empty_endpoint_sync": p["empty_sync"],
         "p50_ratio": round(http_p["p50_ms"] / bare_p["p50_ms"], 3),
         "p50_ratio_net_of_fixed_http": round((http_p["p50_ms"] - fixed_p["p50_ms"]) / bare_p["p50_ms"], 3),
