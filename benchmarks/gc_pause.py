@@ -1,6 +1,6 @@
 """What a full garbage collection costs a serving process, with and without the start-up heap frozen.
 
-The API's own start-up (`serving.app._start`: models from a local cache, Redis at `--redis-url` under a
+The API's own start-up (`serving.app.start_services`: models from a local cache, Redis at `--redis-url` under a
 fresh key prefix, deleted afterwards) serves `--requests` browse requests in process (one more view before
 each, sessions of 20 views, both arms of the built-in experiment), then times a full collection
 (`gc.collect()`) twice: with the start-up heap frozen as the app does (`serving.runtime.freeze_imported_heap`),
@@ -44,10 +44,10 @@ def main() -> None:
     os.environ.update({"RECO_HOME": str(tmp / "home"), "RECO_REDIS_URL": args.redis_url, "RECO_REDIS_PREFIX": prefix,
                        "RECO_MLFLOW_TRACKING_URI": "http://127.0.0.1:1", "RECO_MODEL_CACHE_DIR": str(tmp / "cache"),
                        "RECO_MODEL_POLL_S": "3600"})  # fmt: skip
-    from serving.app import _start
+    from serving.app import start_services
     from serving.settings import Settings
 
-    services, closers = _start(Settings(), None)  # freezes the start-up heap, then loads the models
+    services, closers = start_services(Settings(), None)  # freezes the start-up heap, then loads the models
     store, rec = services.store, services.recommender
     try:
         rng = np.random.default_rng(11)

@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, *, model_source: ModelSource | 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services, closers = _start(settings, model_source)
+        services, closers = start_services(settings, model_source)
         app.state.services = services
         try:
             yield
@@ -94,7 +94,9 @@ def create_app(settings: Settings | None = None, *, model_source: ModelSource | 
 # --- start-up ----------------------------------------------------------------------------------------
 
 
-def _start(settings: Settings, model_source: ModelSource | None) -> tuple[Services, list]:
+def start_services(settings: Settings, model_source: ModelSource | None) -> tuple[Services, list]:
+    """One worker's services (store, models, pipeline, metrics) and the closers that stop them, last first:
+    what the app's lifespan runs (benchmarks/gc_pause.py drives the pipeline through it without HTTP)."""
     import reco.online.control  # noqa: F401 - imported now, not by the first request's impression log
     from reco.experiments.assignment import assign, load_config
 
