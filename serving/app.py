@@ -203,5 +203,7 @@ def _open_store(settings: Settings, closers: list) -> tuple[Any, Any]:
     history = settings.user_items_max  # the writes trim the user's history to it; the reads drop it (rules)
     return (
         RedisStore(client, settings.redis_prefix, user_items_max=history),
-        RedisStore(reads, settings.redis_prefix, user_items_max=history),
+        RedisStore(
+            reads, settings.redis_prefix, user_items_max=history, recent_items_users=settings.recent_items_users
+        ),
     )

@@ -37,6 +37,13 @@ class Settings(RecoSettings):
     drop_history: bool = Field(
         True, description="the served list drops the user's history (RECO_USER_ITEMS_MAX items), not only the session"
     )
+    recent_items_users: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description="users whose history each worker remembers and reads by its new items only (~4 KB a user at "
+        "500 items); 0 = read the whole history on every request",
+    )
     max_items_per_batch: int = Field(1000, ge=1, le=100_000, description="largest PUT /v1/items batch")
     ann_threshold: int = Field(20_000, ge=0, description="items above which similarity sources use the ANN index")
     cold_start_bonus: float = Field(

@@ -1,7 +1,7 @@
 """The Lua scripts `RedisStore` runs: each is one atomic call and one round trip (`reco.state.keys` names
 the keys they touch)."""
 
-__all__ = ["FIELDS", "IMPRESSIONS_LUA", "INGEST_LUA", "LATEST_WEIGHTS_LUA", "LUA_COMMON"]
+__all__ = ["FIELDS", "IMPRESSIONS_LUA", "INGEST_LUA", "LATEST_WEIGHTS_LUA", "LUA_COMMON", "RECENT_ITEMS_LUA"]
 
 # Lua shared by both ingest scripts: dedup + append to the stream, and one served impression's record
 # (the item -> "<arm>\\t<category>" field of P:req, and one Thompson failure when the record is new).
@@ -195,4 +195,13 @@ local v = redis.call('GET', KEYS[1])
 if not v then return false end
 local h = redis.call('HMGET', KEYS[1] .. ':' .. v, 'blob', 'meta')
 return {v, h[1], h[2]}
+"""
+
+# Atomic read of a user's recent items from ARGV[1] (0: whole, -k: the last k) with what `RecentItems` needs to
+# tell what was pushed since it last read: the pushes counted so far (one per accepted view or click, counted by
+# INGEST_LUA in the same call as the push) and the list's length. KEYS: P:uitems:<user>, P:user:<user>.
+RECENT_ITEMS_LUA = """
+local counts = redis.call('HMGET', KEYS[2], 'n:view', 'n:click')
+local pushes = (tonumber(counts[1]) or 0) + (tonumber(counts[2]) or 0)
+return {pushes, redis.call('LLEN', KEYS[1]), redis.call('LRANGE', KEYS[1], ARGV[1], -1)}
 """

@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from reco.data.events import FEEDBACK_TYPES, Event, EventType
+from reco.state.history import RecentItems
 from reco.state.keys import REQUEST_CONTEXT_TTL_S, request_context_key
 from reco.state.online import OnlineStateOps
 from reco.state.records import ImpressionRecord, IngestResult, RequestFeatures, StreamEntry, WeightsSnapshot
@@ -37,7 +38,7 @@ from reco.state.redis_io import (
     text,
     texts,
 )
-from reco.state.scripts import IMPRESSIONS_LUA, INGEST_LUA
+from reco.state.scripts import IMPRESSIONS_LUA, INGEST_LUA, RECENT_ITEMS_LUA
 
 __all__ = [
     "ImpressionRecord",
@@ -84,6 +85,7 @@ class RedisStore(OnlineStateOps):
         trending_max: int = 10_000,
         keep_weights: int = 3,
         cart_max: int = 100,
+        recent_items_users: int = 0,
     ) -> None:
         if not prefix or any(c.isspace() for c in prefix):
             raise ValueError(f"invalid redis prefix {prefix!r}")
@@ -100,6 +102,9 @@ class RedisStore(OnlineStateOps):
         self.trending_max = trending_max
         self.keep_weights = keep_weights
         self.cart_max = cart_max
+        # Users whose recent items this process remembers and reads by their new tail (0: read whole each time).
+        self._recent_script = client.register_script(RECENT_ITEMS_LUA)
+        self._recent = RecentItems(recent_items_users, self._recent_script.sha) if recent_items_users else None
         self._ingest = client.register_script(INGEST_LUA)
         self._impressions = client.register_script(IMPRESSIONS_LUA)
 
@@ -275,7 +280,11 @@ class RedisStore(OnlineStateOps):
         if session_id:
             read("session", "LRANGE", self.key("session", session_id), 0, -1)
             read("cart", "ZRANGE", self.key("cart", session_id), 0, -1)
-        read("uitems", "LRANGE", self.key("uitems", user_id), 0, -1)
+        uitems, user = self.key("uitems", user_id), self.key("user", user_id)
+        if self._recent is None:
+            read("uitems", "LRANGE", uitems, 0, -1)
+        else:
+            read("uitems", *self._recent.command(user_id, uitems, user))
         if profile:
             read("profile", "HGETALL", self.key("user", user_id))
         if trending_k > 0:
@@ -288,7 +297,7 @@ class RedisStore(OnlineStateOps):
             read("epoch", "GET", self.key("trending", "epoch"))
         if arm and cats:
             read("ts", "HMGET", self.key("ts", arm), *[f"{c}:{ab}" for c in cats for ab in "ab"])
-        res = round_trip(self.client, commands)
+        res = self._reads(commands)
 
         def got(part: str, default: Any = ()) -> Any:
             return res[at[part]] if part in at else default
@@ -298,7 +307,7 @@ class RedisStore(OnlineStateOps):
         decay = self._decay_factor(got("epoch", None), time.time())
         return RequestFeatures(
             session_items=texts(got("session")),
-            user_items=texts(got("uitems")),
+            user_items=self._user_items(user_id, got("uitems")),
             user_profile=hash_fields(got("profile", {})),
             item_features={item: feats.get(item, {}) for item in item_ids},
             trending={item: number(v) * decay for item, v in zip(item_ids, got("scores"), strict=True)},
@@ -306,6 +315,25 @@ class RedisStore(OnlineStateOps):
             cart_items=texts(got("cart")),
             trending_top=[(text(m), float(sc) * decay) for m, sc in pairs(got("top"))],
         )
+
+    def _user_items(self, user_id: str, reply: Any) -> list[str]:
+        """The user's recent items from the request read's reply (`RecentItems`: its tail, or a second round trip
+        for the whole list when the tail does not do)."""
+        if self._recent is None:
+            return texts(reply)
+        items = self._recent.decode(user_id, reply)
+        if items is None:
+            whole = self._recent.command(user_id, self.key("uitems", user_id), self.key("user", user_id), whole=True)
+            items = self._recent.decode(user_id, self._reads([whole])[0])
+        return items or []
+
+    def _reads(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """`round_trip`, with the recent-items script loaded when Redis lost it (a restart, SCRIPT FLUSH)."""
+        try:
+            return round_trip(self.client, commands)
+        except redis.exceptions.NoScriptError:
+            self.client.script_load(RECENT_ITEMS_LUA)
+            return round_trip(self.client, commands)
 
     @guard
     def cart_items(self, session_id: str) -> list[str]:
