@@ -18,6 +18,7 @@ from reco.ranking.candidates import (
     merge,
 )
 from reco.ranking.popular import PopularIndex
+from reco.ranking.rules import rule_positions
 
 
 @pytest.fixture
@@ -53,6 +54,19 @@ def test_similarity_matrix_zeroes_unknown_ids(index: EmbeddingIndex) -> None:
 def test_similarity_by_rows_is_similarity_by_ids(index: EmbeddingIndex) -> None:
     by_rows = index.similarity_rows([*index.rows(["1", "3"]), 0], index.rows(["5", "2"]))
     np.testing.assert_allclose(by_rows, index.similarity(["1", "3", "x"], ["5", "2"]), atol=1e-6)
+
+
+def test_row_array_is_rows_with_unknown_ids_at_padding(index: EmbeddingIndex) -> None:
+    assert index.row_array(["3", "x", "1"]).tolist() == [*index.rows(["3"]), 0, *index.rows(["1"])]
+    assert index.row_array(set()).dtype == np.int64 and len(index.row_array(set())) == 0
+
+
+def test_rule_positions_drop_the_same_rows_as_an_array_or_a_collection(index: EmbeddingIndex) -> None:
+    keys, codes = np.array([3, 1, 5, 2, 4]), np.array([0, 0, 1, 1, 0])
+    dropped = {"1", "nope", "4"}
+    as_array = rule_positions(keys, codes, drop=index.row_array(dropped), window=3)
+    assert as_array.tolist() == rule_positions(keys, codes, drop=index.rows(dropped), window=3).tolist()
+    assert keys[as_array].tolist() == [3, 5, 2]
 
 
 def test_embedding_shape_mismatch_is_a_clear_error() -> None:

@@ -362,7 +362,7 @@ class Recommender:
         keep = rule_positions(
             rows,
             model.row_category_code[rows],
-            drop=model.index.rows(dropped),
+            drop=model.index.row_array(dropped),
             window=req.limit,
             config=self.config.rules,
         )
