@@ -22,7 +22,8 @@ another 20-item session written just before (untimed), so the server has nothing
 times the bare forward on that session and its candidates (`p50_ratio_new_sessions`). A fifth, "browse",
 is the realistic steady state: each request follows one more view of its session (written untimed just
 before; a session ends after 20 views and the next one starts), and the bare forward runs on that session and
-its candidates (`p50_ratio_browse`); the server's CPU over this phase is `server_per_browse_recommendation`. A
+its candidates (`p50_ratio_browse`); the server's CPU over this phase is `server_per_browse_recommendation`.
+New sessions and browse also report the pipeline's own time inside the server (`server_pipeline`: the answers' `latency_ms`). A
 sixth, "clients4", runs the browse protocol from 4 clients (each its own connection and sessions) for
 `--requests` requests in all: p50/p99 and recommendations/s, against one server per `--clients-workers`
 count (default 1 and 2 uvicorn workers), with the clients as threads of this process (`workers_<n>`, the
@@ -227,14 +228,16 @@ def post(conn: Any, path: str, body: bytes, headers: dict[str, str]) -> tuple[in
     return resp.status, resp.read()
 
 
-def timed_recommend(conn: Client, payload: bytes, headers: dict[str, str]) -> float:
-    """POST /v1/recommendations: its wall seconds (an answer other than 200 stops the run)."""
+def timed_recommend(conn: Client, payload: bytes, headers: dict[str, str]) -> tuple[float, float]:
+    """POST /v1/recommendations: its wall seconds, and the seconds of the pipeline inside the server (the answer's
+    `latency_ms`); an answer other than 200 stops the run."""
     t0 = time.perf_counter()
     status, raw = post(conn, "/v1/recommendations", payload, headers)
     seconds = time.perf_counter() - t0
     if status != 200:
         raise RuntimeError(f"/v1/recommendations answered {status}: {raw[:300]!r}")
-    return seconds
+    start = raw.index(b'"latency_ms":') + len(b'"latency_ms":')
+    return seconds, float(raw[start : raw.index(b",", start)]) / 1000
 
 
 def process_cpu_s(pid: int) -> float:
@@ -307,7 +310,8 @@ def browse_phase(store, served, bundle, model, tensors, conn, body, headers, n: 
     rng = np.random.default_rng(11)
     items = bundle.item_ids[1:]
     users = arm_users("bench-b", 1)
-    out: dict[str, list[float]] = {"http": [], "bare_forward": [], **{f"http_{arm_of(u)}": [] for u in users}}
+    out: dict[str, list[float]] = {"http": [], "server_pipeline": [], "bare_forward": [],
+                                   **{f"http_{arm_of(u)}": [] for u in users}}  # fmt: skip
     session: list[str] = []
     sid = user = ""
     for i in range(n):
@@ -318,8 +322,10 @@ def browse_phase(store, served, bundle, model, tensors, conn, body, headers, n: 
         _view(store, sid, user, session[-1], i)
         cands = request_candidates_for(store, served, user, sid)
         payload = json.dumps({**body, "user_id": user, "session_id": sid}).encode()
-        out["http"].append(timed_recommend(conn, payload, headers))
-        out[f"http_{arm_of(user)}"].append(out["http"][-1])
+        wall, pipeline = timed_recommend(conn, payload, headers)
+        out["http"].append(wall)
+        out["server_pipeline"].append(pipeline)
+        out[f"http_{arm_of(user)}"].append(wall)
         fresh = (rows_tensor(bundle, session), rows_tensor(bundle, cands), *tensors[2:])
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -704,7 +710,7 @@ def main() -> None:
         # New sessions: each recommendation is for another 20-item session (written untimed just before),
         # as when every request follows an event, so the server remembers nothing of it (no encoding, no
         # session-similar search); the bare forward then runs on that session and its 500 candidates.
-        new_sessions: dict[str, list[float]] = {name: [] for name in ("http", "bare_forward")}
+        new_sessions: dict[str, list[float]] = {name: [] for name in ("http", "server_pipeline", "bare_forward")}
         new_users = arm_users("bench-n", 1)
         new_sessions.update({f"http_{arm_of(u)}": [] for u in new_users})
         for i in range(args.requests // 4):
@@ -713,8 +719,10 @@ def main() -> None:
             fresh_cands = request_candidates(store, served, sid, user)
             fresh_tensors = (rows_tensor(bundle, fresh), rows_tensor(bundle, fresh_cands), *tensors[2:])
             fresh_payload = json.dumps({**body, "user_id": user, "session_id": sid}).encode()
-            new_sessions["http"].append(timed_recommend(conn, fresh_payload, headers))
-            new_sessions[f"http_{arm_of(user)}"].append(new_sessions["http"][-1])
+            wall, pipeline = timed_recommend(conn, fresh_payload, headers)
+            new_sessions["http"].append(wall)
+            new_sessions["server_pipeline"].append(pipeline)
+            new_sessions[f"http_{arm_of(user)}"].append(wall)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 model(*fresh_tensors)
