@@ -23,16 +23,16 @@ times the bare forward on that session and its candidates (`p50_ratio_new_sessio
 is the realistic steady state: each request follows one more view of its session (written untimed just
 before; a session ends after 20 views and the next one starts), and the bare forward runs on that session and
 its candidates (`p50_ratio_browse`); the server's CPU over this phase is `server_per_browse_recommendation`.
-New sessions and browse also report the pipeline's own time inside the server (`server_pipeline`: the answers' `latency_ms`). A
-sixth, "clients4", runs the browse protocol from 4 clients (each its own connection and sessions) for
-`--requests` requests in all: p50/p99 and recommendations/s, against one server per `--clients-workers`
-count (default 1 and 2 uvicorn workers), with the clients as threads of this process (`workers_<n>`, the
-protocol of the earlier figures) and as 4 processes (`workers_<n>_processes`: no shared GIL;
-`--client-modes`). New sessions, browse and clients4 alternate users of both arms of the built-in experiment
-(control explores epsilon-greedy, treatment Thompson sampling: their costs differ), with per-arm p50s
-(`http_control`, `http_treatment`). The 4-client phase also reports the CPU per recommendation of the server
-(process tree), Redis (INFO cpu) and the clients (`cpu_ms_per_recommendation`), and each client's p50
-(`p50_ms_per_client`: alike when the server serves requests in the order it reads them).
+New sessions and browse also report the pipeline's own time inside the server (`server_pipeline`: the answers'
+`latency_ms`). A sixth, "clients4", runs the browse protocol from 4 clients (each its own connection and sessions)
+for `--requests` requests in all: p50/p99 and recommendations/s, against one server per `--clients-workers` count
+(default 1 and 2 uvicorn workers), with the clients as threads of this process (`workers_<n>`, the protocol of the
+earlier figures) and as 4 processes (`workers_<n>_processes`: no shared GIL; `--client-modes`). New sessions, browse
+and clients4 alternate users of both arms of the built-in experiment (control explores epsilon-greedy, treatment
+Thompson sampling: their costs differ), with per-arm p50s (`http_control`, `http_treatment`). The 4-client phase
+also reports the CPU per recommendation of the server (process tree), Redis (INFO cpu) and the clients
+(`cpu_ms_per_recommendation`), and each client's p50 (`p50_ms_per_client`: alike when the server serves requests in
+the order it reads them).
 
 Every HTTP call here goes through `Client`, a minimal HTTP/1.1 keep-alive client (one send per request, the
 answer framed by Content-Length), not the stdlib's `http.client`, whose own CPU (~0.12 ms a call, header
