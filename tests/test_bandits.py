@@ -359,3 +359,21 @@ def test_thompson_equals_the_reference_on_realistic_lists() -> None:
             got = ThompsonSampling(**kwargs).select(given_items, n, stats)
             assert [(s.item, s.is_exploration) for s in got] == [(e[0], e[1]) for e in expected], (trial, kwargs)
             assert [s.propensity for s in got] == pytest.approx([e[2] for e in expected], abs=1e-12), (trial, kwargs)
+
+
+def test_thompson_reads_any_integer_codes_as_the_category_names() -> None:
+    """The integer-code path gives the plain items' selections whatever the codes: negative codes and two
+    codes naming one category (read by name instead), codes beyond 16 bits (the per-category sort on wide
+    integers)."""
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        size, n_cats = int(rng.integers(1, 60)), int(rng.integers(1, 6))
+        cat_of = rng.integers(0, n_cats, size).tolist()
+        scores = rng.normal(size=size).tolist()
+        items = [ScoredItem(f"i{k}", s, f"c{c}") for k, (s, c) in enumerate(zip(scores, cat_of, strict=True))]
+        stats = {f"c{c}": (float(rng.integers(0, 10)), float(rng.integers(0, 100))) for c in range(n_cats)}
+        kwargs = {"weight": 0.5, "n_propensity_samples": 30, "max_per_category": [None, 1, 2][trial % 3], "seed": trial}
+        expected = ThompsonSampling(**kwargs).select(items, 10, stats)
+        for codes in ([c - 3 for c in cat_of], [c + 10 * (k % 2) for k, c in enumerate(cat_of)],
+                      [32_760 + 3 * c for c in cat_of]):  # fmt: skip
+            assert ThompsonSampling(**kwargs).select(_Columns(items, codes), 10, stats) == expected, (trial, codes)

@@ -37,9 +37,11 @@ and `seed` feeds the instance's own random generator (never the global one).
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
+import math
 import random
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
@@ -292,7 +294,8 @@ class ThompsonSampling:
     heads is estimable; with weight 0 the policy is the greedy order with certainty. An item is exploration
     when it lands above its greedy (score) rank. Cost: the K x categories draws per request, then per slot K x
     the heads that can still win a draw (a head whose greatest value under the draws is below another's least
-    cannot; with one such head left the slot costs no array work), with the same counts as comparing all.
+    cannot; with one such head left, the usual slot, it costs two maxima over the eligible heads' bounds, kept
+    up to date per slot, and no array work), with the same counts as comparing all.
 
     >>> ts = ThompsonSampling(weight=0.3, n_propensity_samples=50, seed=1)
     >>> items = [ScoredItem("a", 3.0, "drama"), ScoredItem("b", 2.0, "comedy"), ScoredItem("c", 1.0, "drama")]
@@ -349,40 +352,25 @@ class ThompsonSampling:
         # A sequence that carries its columns (`scores`, `categories`) is read without touching its items.
         scores = getattr(ranked_items, "scores", None)
         scores = np.asarray([it.score for it in ranked_items] if scores is None else scores, dtype=np.float64)
-        if not np.isfinite(scores).all():
-            raise ValueError("scores must be finite")
         lo, hi = scores.min(), scores.max()
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # min and max propagate NaN: all finite iff both are
+            raise ValueError("scores must be finite")
         norm = (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
 
-        cats, item_cat = _category_index(ranked_items)
+        cats, codes, cat_codes, counts = _category_index(ranked_items)
         prior_a, prior_b, no_evidence = self.prior_alpha, self.prior_beta, (0.0, 0.0)
         evidence = [stats.get(c) or no_evidence for c in cats]  # `posterior`, inlined (~20 categories)
         theta = self._rng.beta(np.array([prior_a + max(float(s), 0.0) for s, _ in evidence]),
                                np.array([prior_b + max(float(f), 0.0) for _, f in evidence]),
                                size=(self.n_propensity_samples, len(cats)))  # fmt: skip
         mix = self.uniform_mix if self.weight > 0.0 else 0.0
-        # The blended value of every category's head under every draw, (K, categories), kept up to date:
-        # taking a head changes one column (its category's next item), so a slot gathers only the columns that
-        # can win (`_Heads.distribution`) instead of rebuilding the matrix. The sums are the same floats as
-        # term by term (weight * theta + (1 - weight) * norm of the head).
-        base = (1.0 - self.weight) * norm
-        blend = self.weight * theta
-        heads = _Heads(norm, item_cat, len(cats), n, self.max_per_category, base.tolist(), blend)
-        rand = self._rng.random
-        placed, logged = [], []
-        for _ in range(n):
-            elig = heads.eligible()
-            probs = heads.distribution(elig, mix)
-            # Inverse CDF in plain floats (20 slots a request: numpy calls on ~20 numbers cost more).
-            cum = list(itertools.accumulate(probs))
-            k = min(bisect.bisect_right(cum, rand() * cum[-1]), len(probs) - 1)
-            while probs[k] == 0.0:  # float edge of the cumulative sum: step back to a possible head
-                k -= 1
-            placed.append(heads.take(elig[k]))
-            logged.append(probs[k])
+        # weight * theta, one row per category: the same products, laid out for `_Heads`' per-category reads.
+        blend = np.multiply(theta.T, self.weight, order="C")
+        heads = _Heads(norm, codes, cat_codes, counts, self.max_per_category, (1.0 - self.weight) * norm, blend)
+        placed, logged = heads.fill(n, mix, self._rng.random)
         # Exploration: placed below its greedy (score, then position) rank. Ranks of the placed items only.
-        greedy_rank = np.empty(len(scores), dtype=np.int64)
-        greedy_rank[np.argsort(-scores, kind="stable")] = np.arange(len(scores))
+        greedy_rank = np.empty(len(scores), dtype=np.intp)
+        greedy_rank[(-scores).argsort(kind="stable")] = np.arange(len(scores))
         ranks = greedy_rank[placed].tolist()
         return [Selection(ranked_items[pos], rank > slot, p)
                 for slot, (pos, rank, p) in enumerate(zip(placed, ranks, logged, strict=True))]  # fmt: skip
@@ -390,116 +378,161 @@ class ThompsonSampling:
 
 class _Heads:
     """Each category's best remaining item (by normalised score, then position), the categories whose head
-    may fill the next slot under the cap, the slot's distribution over them, and taking a head (the
-    category's next item becomes its head). Per-category state is kept in plain lists, updated for the one
-    category a slot takes: a slot touches ~20 of them, where numpy calls cost more.
+    may fill the next slot under the cap (`elig`), the slot's distribution over them, and taking a head (the
+    category's next item becomes its head). State is kept in plain lists, updated for the one category a
+    slot takes: a slot touches ~20 of them, where numpy calls cost more.
 
-    `vals` (K, categories) holds each head's blended value under each draw (columns: a slot's argmax runs
-    along the contiguous rows); `low` and `high` each head's least and greatest of them, as floats: base +
-    least and base + greatest of the category's weight * theta (float addition is monotone, so they bound the
-    very sums in `vals`). A taken category's column is refreshed only when a slot next gathers it (`stale`):
-    most are not compared again before their next take (6 of 20 refreshed on a served 500-candidate list).
-    A category with no item left keeps a stale column and bounds: it is never eligible again."""
+    `blend` (categories, K) holds each category's weight * theta (a category's draws contiguous); `rows[c]`
+    its head's blended value under each draw, blend[c] + base of the head (the same floats as the terms
+    summed item by item), computed only when a slot compares that head draw by draw (most never are) and
+    dropped when the head is taken. `lows` and `highs`, aligned with `elig`, are each eligible head's least
+    and greatest blended value, as floats: base + least and base + greatest of its blend row (float addition
+    is monotone, so they bound the very sums in `rows`).
 
-    def __init__(self, norm: np.ndarray, item_cat: np.ndarray, n_cats: int, n: int, cap: int | None,
-                 base: list[float], blend: np.ndarray) -> None:  # fmt: skip
-        # Per category, its items by (-score, position); only the first n can ever be placed. Two stable
-        # sorts, the second on 16-bit codes (a radix sort), cost less than a three-key lexsort.
-        order = np.argsort(-norm, kind="stable")
-        small = item_cat.astype(np.int16 if n_cats < 2**15 else np.int64)[order]
-        order = order[np.argsort(small, kind="stable")].tolist()
-        self.members, start = [], 0
-        for size in np.bincount(item_cat, minlength=n_cats).tolist():
-            self.members.append(order[start : start + min(size, n)])
-            start += size
-        self.next = [0] * n_cats  # index of each category's head in members, = items placed
-        self.pos = [m[0] if m else -1 for m in self.members]  # each category's head (-1: none left)
-        self.cap = cap
-        self.live = [c for c, p in enumerate(self.pos) if p >= 0]  # ascending
-        self.under = list(self.live)  # live and under the cap, ascending
-        self.base, self.blend, self.draws = base, blend, blend.shape[0]
-        self.least, self.greatest = np.minimum.reduce(blend).tolist(), np.maximum.reduce(blend).tolist()
-        head_base = [base[p] for p in self.pos]  # (a category with no item reads base[-1]: never eligible)
-        self.vals = blend + np.array(head_base)
-        self.low = [b + lo for b, lo in zip(head_base, self.least, strict=True)]
-        self.high = [b + hi for b, hi in zip(head_base, self.greatest, strict=True)]
-        self.stale = [False] * n_cats
+    `elig` is the categories with a head under the cap, ascending; when none is left (or with no cap), every
+    category with a head (`capped` False from then on: no category gets back under the cap)."""
 
-    def eligible(self) -> list[int]:
-        """The categories whose head may fill the next slot, ascending."""
-        return self.under if self.cap is not None and self.under else self.live
+    def __init__(self, norm: np.ndarray, codes: np.ndarray, cat_codes: list[int], counts: np.ndarray,
+                 cap: int | None, base: np.ndarray, blend: np.ndarray) -> None:  # fmt: skip
+        # The items by (category code, -score, position): each category's items best first, from `first[c]`.
+        # Two stable sorts, the second on 16-bit codes (a radix sort), cost less than a three-key lexsort.
+        # Only the heads are read out here, and one item per slot in `take`: not the ~500 positions.
+        order = (-norm).argsort(kind="stable")
+        small = codes.astype(np.int16) if len(counts) <= 2**15 else codes
+        self.order = order[small[order].argsort(kind="stable")]
+        sizes = counts.tolist()
+        starts = list(itertools.accumulate(sizes, initial=0))
+        self.first = [starts[k] for k in cat_codes]
+        self.sizes = [sizes[k] for k in cat_codes]
+        n_cats = len(cat_codes)
+        self.next = [0] * n_cats  # index of each category's head from its first, = items placed
+        heads = self.order[self.first]
+        self.pos = heads.tolist()  # each category's head (-1: none left); all have one at first
+        self.cap, self.capped = cap, cap is not None
+        self.base, self.blend, self.draws = base, blend, blend.shape[1]
+        least, greatest = np.minimum.reduce(blend, axis=1), np.maximum.reduce(blend, axis=1)
+        self.least, self.greatest = least.tolist(), greatest.tolist()
+        self.elig = list(range(n_cats))
+        head_base = base[heads]
+        self.lows, self.highs = (head_base + least).tolist(), (head_base + greatest).tolist()
+        self.rows: list[np.ndarray | None] = [None] * n_cats
 
-    def distribution(self, elig: list[int], mix: float) -> list[float]:
-        """P(each eligible category's head at this slot | slots above, the draws), summing to 1.
+    def fill(self, n: int, mix: float, rand: Callable[[], float]) -> tuple[list[int], list[float]]:
+        """Fill n slots, each sampled by inverse CDF from its distribution with one `rand()`: (the positions
+        placed, the logged propensities). Plain floats: numpy calls on ~20 numbers cost more.
 
         Only contenders are compared draw by draw: a head whose greatest value is below another head's least
-        wins no draw. With one contender left, it wins every draw, with no array work; a concentrated posterior
-        (much evidence) against the score gaps between heads makes that the usual case. The counts are those
-        of comparing every eligible head, so the distribution, and the logged propensity, are unchanged."""
-        if len(elig) == 1:
-            return [1.0]
-        low, high = self.low, self.high
-        floor = max(map(low.__getitem__, elig))
-        contenders = [i for i, c in enumerate(elig) if high[c] >= floor]  # indices into elig
+        (the floor) wins no draw. With one contender (`_one_winner`: the others' greatest values are all
+        below the floor) no draw is compared; a concentrated posterior (much evidence) against the score gaps
+        between heads makes that the usual slot. The counts are those of comparing every eligible head, so
+        the distribution, and the logged propensity, are unchanged."""
+        lows, highs, bisect_right = self.lows, self.highs, bisect.bisect_right  # (`take` updates both in place)
+        placed, logged = [], []
+        for _ in range(n):
+            m = len(lows)
+            if m == 1:
+                probs = cum = (1.0,)
+            else:
+                floor = max(lows)
+                j = lows.index(floor)
+                high, highs[j] = highs[j], -math.inf  # the greatest of the others' greatest values
+                second = max(highs)
+                highs[j] = high
+                if second < floor:
+                    probs, cum = _one_winner(m, j, mix)
+                else:
+                    probs = self.distribution([i for i, h in enumerate(highs) if h >= floor], mix)
+                    cum = list(itertools.accumulate(probs))
+            k = min(bisect_right(cum, rand() * cum[-1]), m - 1)
+            while probs[k] == 0.0:  # float edge of the cumulative sum: step back to a possible head
+                k -= 1
+            placed.append(self.take(k))
+            logged.append(probs[k])
+        return placed, logged
+
+    def distribution(self, contenders: list[int], mix: float) -> list[float]:
+        """P(each eligible category's head at this slot | slots above, the draws), summing to 1, with two or
+        more contenders (indices into `elig`): their heads compared under every draw."""
+        elig = self.elig
         share = mix / len(elig)
         probs = [share] * len(elig)
-        if len(contenders) == 1:
-            probs[contenders[0]] = (1.0 - mix) + share
-            return probs
-        # Rows in head-position order, so that argmax's first maximum is the better-ranked head on ties
-        # (weight 0, equal scores), as in the greedy order.
-        pos, vals, stale = self.pos, self.vals, self.stale
+        # Rows in head-position order, so that the first maximum is the better-ranked head on ties (weight 0,
+        # equal scores), as in the greedy order.
+        pos, rows = self.pos, self.rows
         contenders.sort(key=lambda i: pos[elig[i]])
         cols = [elig[i] for i in contenders]
         for c in cols:
-            if stale[c]:
-                np.add(self.blend[:, c], self.base[pos[c]], out=vals[:, c])
-                stale[c] = False
-        won = np.bincount(vals.take(cols, axis=1).argmax(axis=1), minlength=len(cols)).tolist()
+            if rows[c] is None:
+                rows[c] = self.blend[c] + self.base.item(pos[c])
+        if len(cols) == 2:  # (the usual comparison) the first wins its ties, as argmax's first maximum
+            first = int(np.count_nonzero(rows[cols[0]] >= rows[cols[1]]))
+            won = [first, self.draws - first]
+        else:
+            won = np.bincount(np.array([rows[c] for c in cols]).argmax(axis=0), minlength=len(cols)).tolist()
         draws, keep = self.draws, 1.0 - mix
         for i, w in zip(contenders, won, strict=True):
             probs[i] = keep * (w / draws) + share
         return probs
 
-    def take(self, c: int) -> int:
-        pos = self.pos
+    def take(self, k: int) -> int:
+        """Place the head of the k-th eligible category: its position."""
+        elig, pos = self.elig, self.pos
+        c = elig[k]
         taken = pos[c]
-        k = self.next[c] = self.next[c] + 1  # also the category's count on the page
-        m = self.members[c]
-        if k < len(m):
-            b = self.base[m[k]]
-            pos[c] = m[k]
-            self.stale[c] = True
-            self.low[c], self.high[c] = b + self.least[c], b + self.greatest[c]
-            if k == self.cap:  # (it was under the cap until now)
-                self.under.remove(c)
+        count = self.next[c] = self.next[c] + 1  # also the category's count on the page
+        if count < self.sizes[c]:
+            p = pos[c] = self.order.item(self.first[c] + count)
+            b = self.base.item(p)
+            self.rows[c] = None
+            if not (self.capped and count == self.cap):  # still eligible, with its next item's bounds
+                self.lows[k], self.highs[k] = b + self.least[c], b + self.greatest[c]
+                return taken
         else:
             pos[c] = -1
-            self.live.remove(c)
-            if c in self.under:
-                self.under.remove(c)
+        del elig[k], self.lows[k], self.highs[k]
+        if not elig and self.capped:  # every category with a head is at the cap: all of them are eligible
+            self.capped = False
+            elig[:] = [c for c, p in enumerate(pos) if p >= 0]
+            self.lows[:] = [self.base.item(pos[c]) + self.least[c] for c in elig]
+            self.highs[:] = [self.base.item(pos[c]) + self.greatest[c] for c in elig]
         return taken
 
 
-def _category_index(ranked_items: Sequence[Any]) -> tuple[list[str], np.ndarray]:
-    """(the categories present, sorted; each item's index into them). A sequence with `category_codes` and
-    `category_names_at` (`RankedList`) is read through its integer codes: no string per candidate."""
+@functools.lru_cache(maxsize=4096)
+def _one_winner(n_eligible: int, winner: int, mix: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A slot's distribution when one eligible head wins every draw (the usual slot), and its cumulative
+    sums: the floats `_Heads.distribution`'s formula gives, built once per (n_eligible, winner, mix)."""
+    share = mix / n_eligible
+    probs = [share] * n_eligible
+    probs[winner] = (1.0 - mix) + share
+    return tuple(probs), tuple(itertools.accumulate(probs))
+
+
+def _category_index(ranked_items: Sequence[Any]) -> tuple[list[str], np.ndarray, list[int], np.ndarray]:
+    """(the categories present, sorted; each item's integer code; each category's code; the number of items
+    of each code). A sequence with `category_codes` and `category_names_at` (`RankedList`) is read through
+    its integer codes: no string per candidate. Otherwise a category's code is its index."""
     codes = getattr(ranked_items, "category_codes", None)
     names_at = getattr(ranked_items, "category_names_at", None)
-    codes = None if codes is None else np.asarray(codes, dtype=np.int64)
-    if codes is not None and names_at is not None and len(codes) and codes.min() >= 0:
-        # Linear in the list (no sort of ~500 codes): the codes present, one position of each for its name.
-        present = np.flatnonzero(np.bincount(codes))
-        where = np.empty(int(present[-1]) + 1, dtype=np.int64)
-        where[codes] = np.arange(len(codes))
-        names = names_at(where[present].tolist())
-        if len(set(names)) == len(names):  # one name per code (else merge them by name, below)
-            order = sorted(range(len(names)), key=names.__getitem__)
-            rank = np.empty(len(where), dtype=np.int64)
-            rank[present[order]] = np.arange(len(order))
-            return [names[i] for i in order], rank[codes]
+    if codes is not None and names_at is not None and len(codes):
+        codes = np.asarray(codes, dtype=np.int64)
+        try:
+            counts = np.bincount(codes)
+        except ValueError:  # negative codes: by name, below
+            counts = None
+        if counts is not None:
+            # Linear in the list (no sort of ~500 codes): the codes present, one position of each for its name.
+            present = counts.nonzero()[0]
+            where = np.empty(len(counts), dtype=np.int64)
+            where[codes] = np.arange(len(codes))
+            names = names_at(where[present].tolist())
+            if len(set(names)) == len(names):  # one name per code (else merge them by name, below)
+                order = sorted(range(len(names)), key=names.__getitem__)
+                present = present.tolist()
+                return [names[i] for i in order], codes, [present[i] for i in order], counts
     categories = getattr(ranked_items, "categories", None)
     categories = [it.category for it in ranked_items] if categories is None else categories
     cats = sorted(set(categories))
     cat_index = {c: i for i, c in enumerate(cats)}
-    return cats, np.fromiter((cat_index[c] for c in categories), dtype=np.int64, count=len(categories))
+    codes = np.fromiter((cat_index[c] for c in categories), dtype=np.int64, count=len(categories))
+    return cats, codes, list(range(len(cats))), np.bincount(codes, minlength=len(cats))
