@@ -32,14 +32,19 @@ async def require_api_key(services: ServicesDep, x_api_key: Annotated[str | None
 ApiKey = Annotated[None, Depends(require_api_key)]
 
 
+#: The scope key under which `BodyLimit` leaves the body it read, so that the layer behind it
+#: (`RecommendFastPath`) need not read it again through the replaying `receive`.
+BODY = "reco.body"
+
+
 class BodyLimit:
     """Pure ASGI middleware: 413 for bodies over `max_bytes`.
 
     A declared Content-Length over the limit is refused before anything is read. Otherwise the body is
     read here, at most `max_bytes` plus one chunk: over the limit -> the 413 is sent from here (an error
     raised inside the app's `receive` would be turned into FastAPI's 400 "error parsing the body"); within
-    it -> the app gets the buffered body as one message. The app reads whole JSON bodies anyway, so
-    buffering costs no extra memory.
+    it -> the app gets the buffered body as one message, and the body itself in `scope[BODY]`. The app
+    reads whole JSON bodies anyway, so buffering costs no extra memory.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -73,7 +78,8 @@ class BodyLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        await self.app(scope, replay_body(b"".join(chunks), receive), send)
+        body = scope[BODY] = b"".join(chunks)
+        await self.app(scope, replay_body(body, receive), send)
 
     async def _reject(self, send: Send) -> None:
         resp = JSONResponse({"detail": f"request body exceeds {self.max_bytes} bytes"}, status_code=413)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reco.ranking.request import new_request_id
 from reco.telemetry.logs import request_id
 
 access = logging.getLogger("reco.access")
@@ -53,7 +53,9 @@ def incoming_request_id(scope: Scope) -> str:
             if _SAFE_ID.match(text):
                 return text
             break
-    return uuid.uuid4().hex
+    # The pipeline's ids (a per-process random prefix and a counter): as unique as a uuid4 and in the same
+    # 32-hex form, without uuid4's os.urandom call and UUID object (~3 us) per request.
+    return new_request_id()
 
 
 class HttpObservability:

@@ -18,11 +18,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 
-from reco.ranking.recommend import NoModelAvailable, RecoRequest
 from serving.errors import ApiError
 from serving.items import category_of_upserted
 from serving.middleware import ApiKey
-from serving.render import response_json
+from serving.render import recommendation
 from serving.schemas import (
     ErrorBody,
     EventBatch,
@@ -152,32 +151,15 @@ def event_time(value: str) -> datetime:
 def recommend_response(
     services: Services, body: RecommendationRequest, ts: datetime | None, *, log_now: bool = False
 ) -> Response:
-    """Run the pipeline for one validated request: the response, with the impression write as its
-    background task (the route and `RecommendFastPath` both answer through here). `log_now` (simulated
-    time): the impression write starts before the response (and lands before it without a log executor)."""
-    req = RecoRequest(
-        user_id=body.user_id,
-        page_type=body.page_type,
-        context_item_id=body.context_item_id,
-        session_id=body.session_id,
-        device=body.device,
-        limit=body.limit,
-        ts=ts,
-    )
-    # On the event loop, not the thread pool: the pipeline holds the GIL nearly all the way (numpy scoring,
-    # Python rules), so pool threads could not overlap it anyway, and the hop to a pool thread and back
-    # cost ~0.5 ms a request (docs/benchmarks.md, "Serving"); throughput at 1-8 clients was the same or
-    # better. Its one wait, the features read, is bounded by the features budget, and a Redis that
-    # hangs is skipped for `features_cooldown_s` after one slow failure. Scale out with --workers.
-    try:
-        result = services.recommender.recommend(req, defer_log=not log_now)
-    except NoModelAvailable as exc:
-        raise ApiError(503, f"not ready: {exc}", {"Retry-After": "5"}) from None
+    """Run the pipeline for one validated request (`serving.render.recommendation`): the response, with the
+    impression write as its background task. `log_now` (simulated time): the impression write starts before
+    the response (and lands before it without a log executor)."""
+    content, result = recommendation(services, body, ts, log_now=log_now)
     services.metrics.observe(result)
     # The impression write starts once the response is sent (the log thread would otherwise take the
     # GIL from the serialisation and the send).
     background = None if result.start_log is None else BackgroundTask(run_now, result.start_log)
-    return Response(response_json(result), media_type="application/json", background=background)
+    return Response(content, media_type="application/json", background=background)
 
 
 def _add_admin_routes(app: FastAPI) -> None:

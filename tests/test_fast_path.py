@@ -107,10 +107,11 @@ def test_a_request_waits_one_turn_of_the_loop_before_its_pipeline(monkeypatch) -
 
     def pipeline(services, request, ts):
         order.append(f"pipeline {request.user_id}")
-        return fast_path.Response(b"{}", media_type="application/json")
+        return b"{}", SimpleNamespace(start_log=lambda: order.append("impressions"))
 
-    monkeypatch.setattr(fast_path, "recommend_response", pipeline)
-    services = SimpleNamespace(settings=SimpleNamespace(honour_event_time_header=False))
+    monkeypatch.setattr(fast_path, "recommendation", pipeline)
+    services = SimpleNamespace(settings=SimpleNamespace(honour_event_time_header=False),
+                               metrics=SimpleNamespace(observe=lambda result: order.append("metrics")))  # fmt: skip
     scope = {"type": "http", "path": RECO, "method": "POST", "headers": [(b"content-type", b"application/json")],
              "app": SimpleNamespace(state=SimpleNamespace(services=services))}  # fmt: skip
     sent: list[dict] = []
@@ -127,5 +128,46 @@ def test_a_request_waits_one_turn_of_the_loop_before_its_pipeline(monkeypatch) -
         await app(scope, receive, send)
 
     asyncio.run(main())
-    assert order == ["queued before", "pipeline late"]
+    assert order == ["queued before", "pipeline late", "metrics", "impressions"]
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+
+
+def test_behind_the_body_limit_the_body_is_read_once(monkeypatch) -> None:
+    """BodyLimit reads the body and leaves it in the scope: the fast path answers from it without reading
+    again, and a body it does not take reaches the app behind it through the replaying `receive`."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import serving.fast_path as fast_path
+    from serving.middleware import BodyLimit
+
+    monkeypatch.setattr(
+        fast_path, "recommendation", lambda services, request, ts: (b"{}", SimpleNamespace(start_log=None))
+    )
+    services = SimpleNamespace(settings=SimpleNamespace(honour_event_time_header=False),
+                               metrics=SimpleNamespace(observe=lambda result: None))  # fmt: skip
+    behind: list[bytes] = []
+
+    async def route(scope, receive, send) -> None:
+        behind.append((await receive())["body"])
+
+    def answer(body: bytes) -> tuple[int, list[dict]]:
+        scope = {"type": "http", "path": RECO, "method": "POST", "headers": [(b"content-type", b"application/json")],
+                 "app": SimpleNamespace(state=SimpleNamespace(services=services))}  # fmt: skip
+        reads, sent = [], []
+
+        async def receive() -> dict:
+            reads.append(body)
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        asyncio.run(BodyLimit(RecommendFastPath(route), max_bytes=1024)(scope, receive, send))
+        return len(reads), sent
+
+    reads, sent = answer(b'{"user_id": "u"}')
+    assert reads == 1 and [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"{}"
+    assert sent[0]["headers"] == [(b"content-length", b"2"), (b"content-type", b"application/json")]
+    assert answer(b'{"user_id": ""}') == (1, []) and behind == [b'{"user_id": ""}']  # invalid: to the route

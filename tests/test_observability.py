@@ -76,6 +76,13 @@ def test_http_metrics_per_route_and_status_and_request_id(tmp_path, redis_url, r
     assert healthz["request_id"] == "req-42" and healthz["status"] == 200 and healthz["method"] == "GET"
 
 
+def test_generated_request_ids_are_unique_tokens() -> None:
+    from serving.observability import incoming_request_id
+
+    ids = {incoming_request_id({"headers": [(b"x-request-id", b"not a token")]}) for _ in range(1000)}
+    assert len(ids) == 1000 and all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in ids)
+
+
 def test_access_log_is_off_by_default(tmp_path, redis_url, redis_prefix) -> None:
     from fastapi.testclient import TestClient
 
