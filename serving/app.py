@@ -75,15 +75,16 @@ def create_app(settings: Settings | None = None, *, model_source: ModelSource | 
         lifespan=lifespan,
         description="Session-aware recommendations with exploration and explanations. See docs/api.md.",
     )
-    if settings.cors_origins:
+    # Middleware added last runs first: HttpObservability > BodyLimit > CORS > RecommendFastPath > the app.
+    if settings.fast_path and not settings.simulated_clock:  # simulated time: every request through the route
+        app.add_middleware(RecommendFastPath)  # inside BodyLimit: it gets bodies already held to the limit
+    if settings.cors_origins:  # outside the fast path, so that its answers carry the CORS headers too
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "X-API-Key"],
         )
-    if settings.fast_path and not settings.simulated_clock:  # simulated time: every request through the route
-        app.add_middleware(RecommendFastPath)  # inside BodyLimit: it gets bodies already held to the limit
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HttpObservability, access_log=settings.access_log)  # outermost: sees every answer
     install_error_handlers(app)

@@ -161,6 +161,9 @@ def test_cors_closed_by_default_and_allow_list_only_when_configured(
         assert good.headers.get("access-control-allow-origin") == "https://shop.example"
         other = c.options("/v1/events", headers=pre)
         assert "access-control-allow-origin" not in {h.lower() for h in other.headers}
+        # The fast path's answers too (it sits inside CORS): a browser on the shop reads its recommendations.
+        served = c.post("/v1/recommendations", json={"user_id": "u"}, headers={"Origin": "https://shop.example"})
+        assert served.headers.get("access-control-allow-origin") == "https://shop.example"
 
 
 # --------------------------------------------------------------------------- no unpickling
