@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reco.ranking.request import new_request_id
 from reco.telemetry.logs import request_id
+from serving.errors import unexpected_error_response
 
 access = logging.getLogger("reco.access")
 
@@ -69,7 +70,7 @@ class HttpObservability:
             return
         rid = incoming_request_id(scope)
         token = request_id.set(rid)
-        status = 500  # what the client sees when the app dies before answering
+        status = 0  # the answer's, once it starts
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
@@ -81,7 +82,15 @@ class HttpObservability:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if status:  # the answer has started: nothing else can be sent
+                raise
+            # An error no handler took: the documented 500, answered here so that it carries the request id (its
+            # header, and the log line with the traceback); Starlette's last-resort layer, outside, would not.
+            error = unexpected_error_response(scope.get("method", ""), scope.get("path", ""))
+            await error(scope, receive, send_with_id)
         finally:
+            status = status or 500  # the app died before answering, and so did the 500
             elapsed = time.perf_counter() - started
             route, method = route_of(scope), scope.get("method", "")
             services = getattr(getattr(scope.get("app"), "state", None), "services", None)

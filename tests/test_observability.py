@@ -76,6 +76,42 @@ def test_http_metrics_per_route_and_status_and_request_id(tmp_path, redis_url, r
     assert healthz["request_id"] == "req-42" and healthz["status"] == 200 and healthz["method"] == "GET"
 
 
+def test_an_unhandled_error_answers_the_documented_500_with_the_request_id(tmp_path, redis_url, redis_prefix) -> None:
+    """An exception no handler takes: 500 {"detail": "internal error"}, the X-Request-ID header, the traceback's log
+    line under the request id, and the 500 counted for its route."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from tests.serving_helpers import serving_settings
+
+    app = create_app(serving_settings(tmp_path, redis_url=redis_url, redis_prefix=redis_prefix))
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("kaboom")
+
+    logged: list[tuple[str, str | None, bool]] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append((record.getMessage(), logs.request_id.get(), record.exc_info is not None))
+
+    grab = Grab()
+    logging.getLogger("serving.errors").addHandler(grab)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            r = client.get("/boom", headers={"X-Request-ID": "req-500"})
+            body = client.get("/metrics").text
+    finally:
+        logging.getLogger("serving.errors").removeHandler(grab)
+    assert r.status_code == 500 and r.json() == {"detail": "internal error"}
+    assert r.headers["x-request-id"] == "req-500"
+    assert ("unhandled error on GET /boom", "req-500", True) in logged
+    counts = {(s.labels["route"], s.labels["status"]): s.value for s in _families(body)["reco_http_requests"]
+              if s.name == "reco_http_requests_total"}  # fmt: skip
+    assert counts[("/boom", "500")] == 1
+
+
 def test_generated_request_ids_are_unique_tokens() -> None:
     from serving.observability import incoming_request_id
 
