@@ -1,6 +1,6 @@
 """The API's routes: recommendations, events, the admin learning switches and the ops endpoints.
 
-The recommendation endpoint is `async def` and runs the pipeline on the event loop (see `recommend_response`);
+The recommendation endpoint is `async def` and runs the pipeline on the event loop (`render.recommendation`);
 `/v1/events` and the admin routes stay plain `def` (thread pool): they wait on Redis.
 """
 
