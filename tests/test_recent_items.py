@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+import reco.state.store
 from reco.data.events import Event
 from reco.state.history import RecentItems
 from reco.state.store import RedisStore, connect
@@ -40,7 +41,7 @@ def test_remembered_histories_read_as_the_whole_list_through_pushes_trims_duplic
     for step in range(400):
         user = rng.choice(users)
         batch = []
-        for _ in range(rng.choice([0, 1, 1, 1, 2, 3, 20])):  # 20: more than the tail, the list read whole again
+        for _ in range(rng.choice([0, 1, 1, 1, 2, 3, 20, 40])):
             n += 1
             event_id = f"e{rng.randrange(n)}" if rng.random() < 0.1 else f"e{n}"  # some duplicates: not pushed
             batch.append(Event(event_id=event_id, ts=datetime.now(UTC), user_id=user, event_type=rng.choice(TYPES),
@@ -53,6 +54,28 @@ def test_remembered_histories_read_as_the_whole_list_through_pushes_trims_duplic
         assert _read(reader, user) == writer.user_items(user), f"step {step}"
     counts = reader._recent.counts if reader._recent else {}
     assert counts["tail"] > 100 and counts["whole"] > 20  # both ways were taken
+
+
+def test_the_pushes_since_are_read_in_the_request_round_trip_however_many(stores, monkeypatch) -> None:
+    writer, reader = stores
+    views = [Event(event_id=f"e{i}", ts=datetime.now(UTC), user_id="u", event_type="view", item_id=f"i{i}")
+             for i in range(60)]  # fmt: skip
+    writer.ingest(views[:25])
+    assert _read(reader, "u") == [f"i{i}" for i in range(25)]
+    trips = []
+    real = reco.state.store.round_trip
+    monkeypatch.setattr(
+        reco.state.store, "round_trip", lambda client, commands: trips.append(commands) or real(client, commands)
+    )
+    writer.ingest(views[25:])  # 35 pushes, more than the list holds (30): read whole, by the same call
+    assert _read(reader, "u") == [f"i{i}" for i in range(30, 60)]
+    writer.ingest([Event(event_id="x", ts=datetime.now(UTC), user_id="u", event_type="click", item_id="i7")])
+    assert _read(reader, "u") == [*[f"i{i}" for i in range(31, 60)], "i7"]
+    more = [Event(event_id=f"m{i}", ts=datetime.now(UTC), user_id="u", event_type="view", item_id=f"m{i}")
+            for i in range(20)]  # fmt: skip
+    writer.ingest(more)  # 20 pushes: the tail holds them and 4 the copy has
+    assert _read(reader, "u") == [*[f"i{i}" for i in range(51, 60)], "i7", *[f"m{i}" for i in range(20)]]
+    assert len(trips) == 3 and reader._recent is not None and reader._recent.counts["tail"] == 2
 
 
 def test_a_tail_that_does_not_overlap_the_remembered_list_is_read_whole(stores) -> None:

@@ -8,11 +8,12 @@ needs only what was pushed since.
 
 Redis's count of the user's pushes says how many that is: the ingest script pushes one item per accepted view
 or click and counts it in the same call (`n:view`, `n:click` of `P:user:<user>`). One script
-(`RECENT_ITEMS_LUA`) reads that count, the list's length and its last `TAIL` items at once. The list is always
-the last `length` items pushed (pushes append; the trim and the expiry drop from the front), so the remembered
-copy plus the pushes since, cut to `length`, is the list, given that the tail overlaps the remembered copy's end
-where it must (checked, item by item). Anything else (more than `TAIL` pushes since, a count that went back, an
-overlap that differs) is answered by a second round trip that reads the whole list, as before.
+(`RECENT_ITEMS_LUA`), given the count the remembered copy was read at, returns the count now, the list's length
+and the pushes since plus `OVERLAP` items the copy already ends with, all at once. The list is always the last
+`length` items pushed (pushes append; the trim and the expiry drop from the front), so the remembered copy plus
+the pushes since, cut to `length`, is the list, given that the overlap matches the copy's end (checked, item by
+item). A user not remembered, or a list that changed otherwise (a count that went back, an overlap that differs),
+is read whole: by the same call, or, for a mismatch, by a second round trip.
 """
 
 from __future__ import annotations
@@ -33,13 +34,12 @@ class RecentItems:
     interned, so users share their strings), each with the push count it was read at.
 
     The store adds `command` (an EVALSHA of `RECENT_ITEMS_LUA`, whose SHA1 is `sha`) to its round trip and gives
-    its reply to `decode`: the list, or None when the tail did not do and the whole list must be read
-    (`command(..., whole=True)`, then `decode` again).
+    its reply to `decode`: the list, or None when the tail does not fit the remembered copy and the whole list
+    must be read (`command(..., whole=True)`, then `decode` again).
     """
 
-    #: Items read from the list's end per request: pushes between two requests of a user to this process (with
-    #: several workers each sees a share of the user's requests) beyond this cost a second round trip.
-    TAIL = 16
+    #: Items the tail repeats from the remembered copy's end, checked against it.
+    OVERLAP = 4
 
     def __init__(self, users: int, sha: str) -> None:
         if users < 1:
@@ -52,8 +52,8 @@ class RecentItems:
 
     def command(self, user_id: str, list_key: str, user_key: str, *, whole: bool = False) -> tuple[Any, ...]:
         """The script call that reads this user's push count, list length and list (the tail when remembered)."""
-        start = 0 if whole or user_id not in self._lists else -self.TAIL
-        return ("EVALSHA", self.sha, 2, list_key, user_key, start)
+        found = None if whole else self._lists.get(user_id)
+        return ("EVALSHA", self.sha, 2, list_key, user_key, -1 if found is None else found[0], self.OVERLAP)
 
     def decode(self, user_id: str, reply: Sequence[Any]) -> list[str] | None:
         """The user's list from the script's reply, oldest first; None: read it whole."""

@@ -197,11 +197,19 @@ local h = redis.call('HMGET', KEYS[1] .. ':' .. v, 'blob', 'meta')
 return {v, h[1], h[2]}
 """
 
-# Atomic read of a user's recent items from ARGV[1] (0: whole, -k: the last k) with what `RecentItems` needs to
-# tell what was pushed since it last read: the pushes counted so far (one per accepted view or click, counted by
-# INGEST_LUA in the same call as the push) and the list's length. KEYS: P:uitems:<user>, P:user:<user>.
+# Atomic read of a user's recent items for `RecentItems`: the pushes counted so far (one per accepted view or
+# click, counted by INGEST_LUA in the same call as the push), the list's length and the list; only its last
+# new + ARGV[2] items when the caller remembers the list as of ARGV[1] pushes (-1: it does not) and that many are
+# fewer than the list holds (the pushes since, and a few it already has, to check the overlap).
+# KEYS: P:uitems:<user>, P:user:<user>.
 RECENT_ITEMS_LUA = """
 local counts = redis.call('HMGET', KEYS[2], 'n:view', 'n:click')
 local pushes = (tonumber(counts[1]) or 0) + (tonumber(counts[2]) or 0)
-return {pushes, redis.call('LLEN', KEYS[1]), redis.call('LRANGE', KEYS[1], ARGV[1], -1)}
+local length = redis.call('LLEN', KEYS[1])
+local known, overlap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local start = 0
+if known >= 0 and pushes >= known and pushes - known + overlap < length then
+  start = known - pushes - overlap
+end
+return {pushes, length, redis.call('LRANGE', KEYS[1], start, -1)}
 """
