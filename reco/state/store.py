@@ -286,7 +286,7 @@ class RedisStore(OnlineStateOps):
         else:
             read("uitems", *self._recent.command(user_id, uitems, user))
         if profile:
-            read("profile", "HGETALL", self.key("user", user_id))
+            read("profile", "HGETALL", user)
         if trending_k > 0:
             read("top", "ZREVRANGE", self.key("trending"), 0, trending_k - 1, "WITHSCORES")
         first_feature = len(commands)
