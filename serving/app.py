@@ -45,6 +45,7 @@ from serving.routes import add_routes
 from serving.runtime import freeze_imported_heap, tune_runtime
 from serving.services import Services
 from serving.settings import Settings
+from serving.warm_up import warm_up
 
 # Re-exported: the app's parts are reachable from here.
 __all__ = ["ApiError", "BodyLimit", "RecommendFastPath", "Services", "create_app"]
@@ -163,6 +164,8 @@ def start_services(settings: Settings, model_source: ModelSource | None) -> tupl
         on_log_error=lambda exc: metrics.impression_log_failures.inc(),
         phase_of=manager.phase_of,
     )
+    # Before the worker accepts a connection: its first requests would otherwise cost ~10x the steady state.
+    warm_up(recommender, experiment, executor=pool, max_per_category=settings.max_per_category, log_executor=log_pool)
     return Services(settings, store, manager, recommender, metrics, items), closers
 
 
