@@ -41,7 +41,7 @@ import functools
 import itertools
 import math
 import random
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
@@ -91,46 +91,74 @@ def category_codes(ranked_items: Sequence[Any]) -> np.ndarray:
 
 
 class _Page:
-    """What is placed so far, for epsilon-greedy: the remaining positions in ranked order, per-category
+    """What is placed so far, for epsilon-greedy: the placed positions (the remaining ones, in ranked order, are
+    the others: read by rank without a list of all ~500 positions, and the placed are ~20), per-category
     counts on the page and among the remaining, and the number of eligible items (remaining, category under
     the cap), kept up to date per placement so that no slot scans the list. When no remaining item is under
-    the cap, every remaining item is eligible (`capped` False)."""
+    the cap, every remaining item is eligible (`capped` False). Category codes are read per item (`.item`):
+    a page reads a few dozen of the ~500, where converting them all to a list costs more."""
 
     def __init__(self, size: int, codes: np.ndarray | None, cap: int | None) -> None:
-        self.remaining = list(range(size))
+        self.size = size
+        self.taken: list[int] = []  # placed positions, ascending
+        self.taken_set: set[int] = set()
+        self.prefix = 0  # positions below it are all placed (the greedy scan starts there)
         self.cap = cap if codes is not None else None
-        self.codes: list[int] = codes.tolist() if codes is not None and cap is not None else []
-        n_cats = int(codes.max(initial=-1)) + 1 if self.cap is not None else 0
-        self.placed = [0] * n_cats
-        self.left = np.bincount(codes, minlength=n_cats).tolist() if self.cap is not None else []
+        self.codes = codes if self.cap is not None else None
+        self.left = np.bincount(codes).tolist() if self.cap is not None else []  # type: ignore[arg-type]
+        self.placed = [0] * len(self.left)
         self.under = size  # remaining items whose category is under the cap
+        self.capped = self.cap is not None and size > 0  # = cap set and under > 0 (`place` keeps it)
 
     @property
-    def capped(self) -> bool:
-        return self.cap is not None and self.under > 0
+    def n_remaining(self) -> int:
+        return self.size - len(self.taken)
+
+    def position(self, k: int) -> int:
+        """The k-th remaining position (in ranked order)."""
+        for t in self.taken:
+            if t > k:
+                break
+            k += 1
+        return k
+
+    def index(self, pos: int) -> int:
+        """The rank of a remaining position among the remaining (`position`'s inverse)."""
+        return pos - bisect.bisect_left(self.taken, pos)
 
     def eligible(self, pos: int) -> bool:
-        return not self.capped or self.placed[self.codes[pos]] < self.cap  # type: ignore[operator]
+        return not self.capped or self.placed[self.codes.item(pos)] < self.cap  # type: ignore[union-attr,operator]
 
-    def greedy(self) -> int:
-        """Index into `remaining` of the first eligible item."""
+    def greedy(self) -> tuple[int, int]:
+        """(index among the remaining, position) of the first eligible item."""
+        pos = self.prefix
         if not self.capped:
-            return 0
-        return next(k for k, pos in enumerate(self.remaining) if self.placed[self.codes[pos]] < self.cap)  # type: ignore[operator]
+            return 0, pos
+        taken, codes, placed, cap, k = self.taken_set, self.codes, self.placed, self.cap, 0
+        while pos in taken or placed[codes.item(pos)] >= cap:  # type: ignore[union-attr,operator]
+            k += pos not in taken
+            pos += 1
+        return k, pos
 
     def n_eligible(self) -> int:
-        return self.under if self.capped else len(self.remaining)
+        return self.under if self.capped else self.n_remaining
 
-    def place(self, k: int) -> int:
-        pos = self.remaining.pop(k)
+    def place(self, pos: int) -> int:
+        bisect.insort(self.taken, pos)
+        taken, prefix = self.taken_set, self.prefix
+        taken.add(pos)
+        while prefix in taken:
+            prefix += 1
+        self.prefix = prefix
         if self.cap is not None:
-            c = self.codes[pos]
+            c = self.codes.item(pos)  # type: ignore[union-attr]
             self.left[c] -= 1
             if self.placed[c] < self.cap:
                 self.under -= 1
             self.placed[c] += 1
             if self.placed[c] == self.cap:
                 self.under -= self.left[c]  # the category's other items leave the eligible set
+            self.capped = self.under > 0
         return pos
 
 
@@ -234,17 +262,17 @@ class EpsilonGreedy:
         out: list[Selection[T]] = []
         # Positions, not items: only the chosen items are read from `ranked_items` (a lazy sequence stays lazy).
         for slot in range(min(n, len(ranked_items))):
-            greedy = page.greedy()
+            greedy, greedy_pos = page.greedy()
             p_greedy, p_other = self._options(slot, page.n_eligible(), eps)
             if p_other > 0.0 and self._rng.random() < eps:
                 while True:  # uniform over the other remaining items, kept when eligible: uniform over the pool
-                    k = self._rng.randrange(len(page.remaining) - 1)
-                    k += k >= greedy
-                    if page.eligible(page.remaining[k]):
+                    k = self._rng.randrange(page.n_remaining - 1)
+                    pos = page.position(k + (k >= greedy))
+                    if page.eligible(pos):
                         break
-                out.append(Selection(ranked_items[page.place(k)], True, p_other))
+                out.append(Selection(ranked_items[page.place(pos)], True, p_other))
             else:
-                out.append(Selection(ranked_items[page.place(greedy)], False, p_greedy))
+                out.append(Selection(ranked_items[page.place(greedy_pos)], False, p_greedy))
         return out
 
     def slate_propensities(self, ranked_items: Sequence[Any], positions: Sequence[int]) -> np.ndarray:
@@ -259,13 +287,12 @@ class EpsilonGreedy:
         page = self._page(ranked_items)
         out = np.zeros(len(positions))
         for slot, pos in enumerate(positions):
-            if pos not in page.remaining or not page.eligible(pos):
+            if pos not in range(page.size) or pos in page.taken_set or not page.eligible(pos):
                 return out  # impossible here: this and every later slot has probability 0
-            greedy = page.greedy()
+            greedy, _ = page.greedy()
             p_greedy, p_other = self._options(slot, page.n_eligible(), eps)
-            k = page.remaining.index(pos)
-            out[slot] = p_greedy if k == greedy else p_other
-            page.place(k)
+            out[slot] = p_greedy if page.index(pos) == greedy else p_other
+            page.place(pos)
         return out
 
 
@@ -367,13 +394,15 @@ class ThompsonSampling:
         # weight * theta, one row per category: the same products, laid out for `_Heads`' per-category reads.
         blend = np.multiply(theta.T, self.weight, order="C")
         heads = _Heads(norm, codes, cat_codes, counts, self.max_per_category, (1.0 - self.weight) * norm, blend)
-        placed, logged = heads.fill(n, mix, self._rng.random)
-        # Exploration: placed below its greedy (score, then position) rank. Ranks of the placed items only.
-        greedy_rank = np.empty(len(scores), dtype=np.intp)
-        greedy_rank[(-scores).argsort(kind="stable")] = np.arange(len(scores))
-        ranks = greedy_rank[placed].tolist()
-        return [Selection(ranked_items[pos], rank > slot, p)
-                for slot, (pos, rank, p) in enumerate(zip(placed, ranks, logged, strict=True))]  # fmt: skip
+        # The slots' uniforms in one call: the same numbers, and the same generator state after, as one
+        # `random()` per slot (each slot draws exactly one).
+        placed, logged = heads.fill(n, mix, self._rng.random(n).tolist())
+        # Exploration: placed below its greedy (score, then position) rank, i.e. not among the greedy order's
+        # first slot + 1 items: only the greedy order's first n are looked up (an item not among them has rank
+        # >= n > slot), not the ranks of all ~500 candidates.
+        top = dict(zip((-scores).argsort(kind="stable")[:n].tolist(), range(n), strict=True))
+        return [Selection(ranked_items[pos], top.get(pos, n) > slot, p)
+                for slot, (pos, p) in enumerate(zip(placed, logged, strict=True))]  # fmt: skip
 
 
 class _Heads:
@@ -415,11 +444,16 @@ class _Heads:
         self.elig = list(range(n_cats))
         head_base = base[heads]
         self.lows, self.highs = (head_base + least).tolist(), (head_base + greatest).tolist()
-        self.rows: list[np.ndarray | None] = [None] * n_cats
+        # Column c of `vals` (draws, categories) holds the blended values of the head at position `at[c]`
+        # (stale once the head is taken): the contenders' columns are compared with one `take` and one argmax
+        # along contiguous rows, cheaper than stacking per-category rows and reducing across them.
+        self.vals = np.empty((self.draws, n_cats))
+        self.at = [-1] * n_cats
 
-    def fill(self, n: int, mix: float, rand: Callable[[], float]) -> tuple[list[int], list[float]]:
-        """Fill n slots, each sampled by inverse CDF from its distribution with one `rand()`: (the positions
-        placed, the logged propensities). Plain floats: numpy calls on ~20 numbers cost more.
+    def fill(self, n: int, mix: float, uniforms: list[float]) -> tuple[list[int], list[float]]:
+        """Fill n slots, each sampled by inverse CDF from its distribution with one of `uniforms` (in [0, 1),
+        one per slot, in order): (the positions placed, the logged propensities). Plain floats: numpy calls on
+        ~20 numbers cost more.
 
         Only contenders are compared draw by draw: a head whose greatest value is below another head's least
         (the floor) wins no draw. With one contender (`_one_winner`: the others' greatest values are all
@@ -428,22 +462,19 @@ class _Heads:
         the distribution, and the logged propensity, are unchanged."""
         lows, highs, bisect_right = self.lows, self.highs, bisect.bisect_right  # (`take` updates both in place)
         placed, logged = [], []
-        for _ in range(n):
+        for u in uniforms[:n]:
             m = len(lows)
             if m == 1:
                 probs = cum = (1.0,)
             else:
-                floor = max(lows)
-                j = lows.index(floor)
-                high, highs[j] = highs[j], -math.inf  # the greatest of the others' greatest values
-                second = max(highs)
-                highs[j] = high
-                if second < floor:
-                    probs, cum = _one_winner(m, j, mix)
+                floor = max(lows)  # the head with the greatest least value is a contender (its high >= floor)
+                contenders = [i for i, h in enumerate(highs) if h >= floor]
+                if len(contenders) == 1:
+                    probs, cum = _one_winner(m, contenders[0], mix)
                 else:
-                    probs = self.distribution([i for i, h in enumerate(highs) if h >= floor], mix)
+                    probs = self.distribution(contenders, mix)
                     cum = list(itertools.accumulate(probs))
-            k = min(bisect_right(cum, rand() * cum[-1]), m - 1)
+            k = min(bisect_right(cum, u * cum[-1]), m - 1)
             while probs[k] == 0.0:  # float edge of the cumulative sum: step back to a possible head
                 k -= 1
             placed.append(self.take(k))
@@ -453,24 +484,26 @@ class _Heads:
     def distribution(self, contenders: list[int], mix: float) -> list[float]:
         """P(each eligible category's head at this slot | slots above, the draws), summing to 1, with two or
         more contenders (indices into `elig`): their heads compared under every draw."""
-        elig = self.elig
+        elig, pos, at, vals = self.elig, self.pos, self.at, self.vals
         share = mix / len(elig)
         probs = [share] * len(elig)
-        # Rows in head-position order, so that the first maximum is the better-ranked head on ties (weight 0,
+        # Columns in head-position order, so that the first maximum is the better-ranked head on ties (weight 0,
         # equal scores), as in the greedy order.
-        pos, rows = self.pos, self.rows
-        contenders.sort(key=lambda i: pos[elig[i]])
-        cols = [elig[i] for i in contenders]
-        for c in cols:
-            if rows[c] is None:
-                rows[c] = self.blend[c] + self.base.item(pos[c])
+        heads = sorted([(pos[elig[i]], i) for i in contenders])
+        cols = []
+        for p, i in heads:
+            c = elig[i]
+            cols.append(c)
+            if at[c] != p:
+                at[c] = p
+                np.add(self.blend[c], self.base.item(p), out=vals[:, c])
         if len(cols) == 2:  # (the usual comparison) the first wins its ties, as argmax's first maximum
-            first = int(np.count_nonzero(rows[cols[0]] >= rows[cols[1]]))
+            first = int(np.count_nonzero(vals[:, cols[0]] >= vals[:, cols[1]]))
             won = [first, self.draws - first]
         else:
-            won = np.bincount(np.array([rows[c] for c in cols]).argmax(axis=0), minlength=len(cols)).tolist()
+            won = np.bincount(vals.take(cols, axis=1).argmax(axis=1), minlength=len(cols)).tolist()
         draws, keep = self.draws, 1.0 - mix
-        for i, w in zip(contenders, won, strict=True):
+        for (_, i), w in zip(heads, won, strict=True):
             probs[i] = keep * (w / draws) + share
         return probs
 
@@ -483,7 +516,6 @@ class _Heads:
         if count < self.sizes[c]:
             p = pos[c] = self.order.item(self.first[c] + count)
             b = self.base.item(p)
-            self.rows[c] = None
             if not (self.capped and count == self.cap):  # still eligible, with its next item's bounds
                 self.lows[k], self.highs[k] = b + self.least[c], b + self.greatest[c]
                 return taken
