@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from reco.state.redis_io import number
+from reco.state.redis_io import number, texts
 
 __all__ = ["RecentItems"]
 
@@ -58,7 +58,7 @@ class RecentItems:
     def decode(self, user_id: str, reply: Sequence[Any]) -> list[str] | None:
         """The user's list from the script's reply, oldest first; None: read it whole."""
         pushes, length, tail = int(number(reply[0])), int(reply[1]), reply[2]
-        tail = tuple(sys.intern(t.decode() if isinstance(t, bytes) else t) for t in tail)
+        tail = tuple(map(sys.intern, texts(tail)))
         if len(tail) == length:  # the whole list (read whole, or no longer than the tail)
             items = tail
             self.counts["whole"] += 1
