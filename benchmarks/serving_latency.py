@@ -359,9 +359,10 @@ def place_connections(port: int, n_clients: int, workers: int, timeout_s: float 
 
     The connections come back grouped by worker (stable): `clients_phase` hands the users out in arm order
     (control, treatment, ...), so each worker serves as many users of each arm as the split allows, as a worker
-    does under real traffic (users hash to the arms 50/50). In accept order, 1 run in 3 or so gave both Thompson
-    users (the dearer arm) to one worker and both epsilon-greedy users to the other: that worker's queue set the
-    4-client p99 (2 workers: p99/p50 1.85-3.4 over 10 runs)."""
+    does under real traffic (users hash to the arms 50/50). In accept order, 2 of the 6 ways the 4 connections can
+    land 2 + 2 give both Thompson users (the dearer arm) to one worker and both epsilon-greedy users to the other,
+    whose queue then sets the 4-client p99 (2 workers, 8 runs each: p99/p50 1.67-3.98 in accept order, 1.82-2.36
+    grouped; docs/benchmarks.md, fifth pass)."""
     cap = -(-n_clients // max(workers, 1))
     held: dict[bytes, int] = {}
     conns: list[tuple[bytes, Client]] = []
