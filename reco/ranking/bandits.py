@@ -396,7 +396,7 @@ class ThompsonSampling:
         heads = _Heads(norm, codes, cat_codes, counts, self.max_per_category, (1.0 - self.weight) * norm, blend)
         # The slots' uniforms in one call: the same numbers, and the same generator state after, as one
         # `random()` per slot (each slot draws exactly one).
-        placed, logged = heads.fill(n, mix, self._rng.random(n).tolist())
+        placed, logged = heads.fill(mix, self._rng.random(n).tolist())
         # Exploration: placed below its greedy (score, then position) rank, i.e. not among the greedy order's
         # first slot + 1 items: only the greedy order's first n are looked up (an item not among them has rank
         # >= n > slot), not the ranks of all ~500 candidates.
@@ -450,9 +450,9 @@ class _Heads:
         self.vals = np.empty((self.draws, n_cats))
         self.at = [-1] * n_cats
 
-    def fill(self, n: int, mix: float, uniforms: list[float]) -> tuple[list[int], list[float]]:
-        """Fill n slots, each sampled by inverse CDF from its distribution with one of `uniforms` (in [0, 1),
-        one per slot, in order): (the positions placed, the logged propensities). Plain floats: numpy calls on
+    def fill(self, mix: float, uniforms: list[float]) -> tuple[list[int], list[float]]:
+        """Fill one slot per number of `uniforms` (in [0, 1), in order), each sampled by inverse CDF from its
+        distribution with its number: (the positions placed, the logged propensities). Plain floats: numpy calls on
         ~20 numbers cost more.
 
         Only contenders are compared draw by draw: a head whose greatest value is below another head's least
@@ -462,7 +462,7 @@ class _Heads:
         the distribution, and the logged propensity, are unchanged."""
         lows, highs, bisect_right = self.lows, self.highs, bisect.bisect_right  # (`take` updates both in place)
         placed, logged = [], []
-        for u in uniforms[:n]:
+        for u in uniforms:
             m = len(lows)
             if m == 1:
                 probs = cum = (1.0,)

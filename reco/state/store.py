@@ -11,6 +11,7 @@ contexts, pause/resume, counters, its stream reads) are `reco.state.online.Onlin
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -107,7 +108,6 @@ class RedisStore(OnlineStateOps):
         self._recent = RecentItems(recent_items_users, self._recent_script.sha) if recent_items_users else None
         self._ingest = client.register_script(INGEST_LUA)
         self._impressions = client.register_script(IMPRESSIONS_LUA)
-        self._thompson_reads: dict[tuple[str, tuple[str, ...]], tuple[list[str], tuple[str, ...]]] = {}
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -295,9 +295,9 @@ class RedisStore(OnlineStateOps):
             read("scores", "ZMSCORE", self.key("trending"), *item_ids)
         if item_ids or trending_k > 0:  # the decay epoch scales trending scores; nothing else needs it
             read("epoch", "GET", self.key("trending", "epoch"))
-        if arm and categories:
-            cats, command = self._thompson_read(arm, categories)
-            read("ts", *command)
+        cats, fields = _evidence_fields(tuple(categories)) if arm else ((), ())
+        if cats:
+            read("ts", "HMGET", self.key("ts", arm), *fields)
         res = self._reads(commands)
 
         def got(part: str, default: Any = ()) -> Any:
@@ -316,21 +316,6 @@ class RedisStore(OnlineStateOps):
             cart_items=texts(got("cart")),
             trending_top=[(text(m), float(sc) * decay) for m, sc in pairs(got("top"))],
         )
-
-    def _thompson_read(self, arm: str, categories: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
-        """The categories without repeats and the HMGET of the arm's evidence for them: remembered per arm and
-        tuple of categories (a served model's, the same every request), not built again (38 fields for 19
-        categories, ~2.5 us a request)."""
-        key = (arm, categories) if isinstance(categories, tuple) else None
-        found = self._thompson_reads.get(key) if key is not None else None
-        if found is None:
-            cats = list(dict.fromkeys(categories))
-            found = cats, ("HMGET", self.key("ts", arm), *[f"{c}:{ab}" for c in cats for ab in "ab"])
-            if key is not None:
-                if len(self._thompson_reads) >= 64:  # arms x models are a handful; never grow without bound
-                    self._thompson_reads.clear()
-                self._thompson_reads[key] = found
-        return found
 
     def _user_items(self, user_id: str, reply: Any) -> list[str]:
         """The user's recent items from the request read's reply (`RecentItems`: its tail, or a second round trip
@@ -445,11 +430,10 @@ class RedisStore(OnlineStateOps):
     @guard
     def thompson_stats(self, arm: str, categories: Sequence[str]) -> dict[str, tuple[float, float]]:
         """category -> (successes, failures) evidence for the arm (no prior added; failures floored at 0)."""
-        cats = list(dict.fromkeys(categories))
+        cats, fields = _evidence_fields(tuple(categories))
         if not cats:
             return {}
-        values = self.client.hmget(self.key("ts", arm), [f"{c}:{ab}" for c in cats for ab in "ab"])
-        return self._decode_thompson(cats, values)
+        return self._decode_thompson(cats, self.client.hmget(self.key("ts", arm), fields))
 
     @guard
     def interactions(self, arm: str) -> int:
@@ -529,3 +513,12 @@ class RedisStore(OnlineStateOps):
     @guard
     def stream_length(self) -> int:
         return int(self.client.xlen(self.stream_key))
+
+
+@functools.lru_cache(maxsize=64)
+def _evidence_fields(categories: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The categories without repeats and the hash fields of their Thompson evidence ("<category>:a", ":b"), in
+    that order. Remembered: a served model asks for the same categories on every request (38 fields for 19
+    categories, ~2.5 us to build), and models and their category sets are a handful."""
+    cats = tuple(dict.fromkeys(categories))
+    return cats, tuple(f"{c}:{ab}" for c in cats for ab in "ab")
