@@ -79,3 +79,15 @@ def test_alias_history_holds_over_a_thousand_promotions(client) -> None:
     back = registry.rollback(client, name, "champion", who="t", reason="regression")
     assert back.version == v1 and str(registry.alias_version(client, name, "champion").version) == v1
     assert len(registry.alias_history(client, name, "champion")) == 1203
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_training_dataset_is_built_without_mlflows_noise_and_keeps_its_source_and_schema(tmp_path) -> None:
+    # Integer ids from a local lake folder: MLflow warns twice about such a dataset (an ambiguous local source, the
+    # integer-column hint), and neither says anything about the run; any other warning a user would see (a
+    # UserWarning: deprecations are hidden outside tests) still fails this test.
+    frame = pd.DataFrame({"user_row": [1, 2, 3], "item_row": [4, 5, 6], "ts": [10, 11, 12]})
+    entity = registry._dataset_entity(registry.TrainingData(frame, source=str(tmp_path), name="lake 2026-01-01"))
+    assert entity.name == "lake 2026-01-01" and json.loads(entity.source) == {"uri": str(tmp_path)}
+    assert [c["name"] for c in json.loads(entity.schema)["mlflow_colspec"]] == list(frame.columns)
+    assert json.loads(entity.profile) == {"num_rows": 3, "num_elements": 9}

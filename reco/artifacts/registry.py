@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -331,12 +333,31 @@ def _log_run(
     for i in range(0, max(len(params), len(metrics)), 500):  # log_batch takes at most 1,000 entities
         client.log_batch(run_id, metrics=metrics[i : i + 500], params=params[i : i + 500])
     if data is not None:
-        import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = mlflow.data.from_pandas(data.frame, source=data.source, name=data.name)
         tags = [InputTag(key="mlflow.data.context", value="training")]
-        client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+        client.log_inputs(run_id, datasets=[DatasetInput(_dataset_entity(data), tags=tags)])
+
+
+#: What MLflow 3 warns while it builds a dataset input from a local path and a frame of integer ids, neither of
+#: which says anything about this run: a local path resolves to one of two identical classes (the local artifact
+#: repository is registered under two schemes), and the inferred schema's integer columns cannot hold missing
+#: values (the hint is about pyfunc inputs at inference; the version's signature is explicit, `_signature`).
+_DATASET_NOISE = (
+    "The specified dataset source can be interpreted in multiple ways",
+    "Hint: Inferred schema contains integer",
+)
+
+
+def _dataset_entity(data: TrainingData) -> Any:
+    """`data` as an MLflow dataset entity (source, schema, profile, digest), without the two warnings of
+    `_DATASET_NOISE` in every training run's log. The entity is built here too: MLflow infers the schema then."""
+    import mlflow.data
+
+    with warnings.catch_warnings():
+        for text in _DATASET_NOISE:
+            warnings.filterwarnings("ignore", message=re.escape(text), category=UserWarning)
+        return mlflow.data.from_pandas(data.frame, source=data.source, name=data.name)._to_mlflow_entity()
 
 
 def log_bundle(
