@@ -115,16 +115,17 @@ def main() -> None:
     invalid = index._invalid.copy()
 
     def encode_numpy(rows):
-        return second.run(first.run(scorer._gi0[rows]) @ second.w_ih_t + second.b_in)
+        return second.run(first.run(scorer._projected(rows)) @ second.w_ih_t + second.b_in)
 
     def encode_numba(rows):
-        return gru_run(gru_run(scorer._gi0[rows], first.w_hh, zero) @ second.w_ih_t + second.b_in, second.w_hh, zero)
+        gi = gru_run(scorer._projected(rows), first.w_hh, zero) @ second.w_ih_t + second.b_in
+        return gru_run(gi, second.w_hh, zero)
 
     def step_numpy(rows):
-        return second.run(first.run(scorer._gi0[rows[-1:]], h0=zero) @ second.w_ih_t + second.b_in, h0=zero)
+        return second.run(first.run(scorer._projected(rows[-1:]), h0=zero) @ second.w_ih_t + second.b_in, h0=zero)
 
     def step_numba(rows):
-        gi = gru_run(scorer._gi0[rows[-1:]], first.w_hh, zero) @ second.w_ih_t + second.b_in
+        gi = gru_run(scorer._projected(rows[-1:]), first.w_hh, zero) @ second.w_ih_t + second.b_in
         return gru_run(gi, second.w_hh, zero)
 
     def search_numpy(rows):

@@ -219,3 +219,18 @@ def test_training_marks_seen_exactly_the_items_earlier_in_the_users_history():
     for m, (u, pos) in enumerate(zip(users, positions, strict=True)):
         before = set(ex.sequences[u][: pos + 1].tolist())
         assert got[m].tolist() == [c > 0 and c in before for c in cands[m].tolist()]
+
+
+def test_a_served_item_costs_the_scorer_one_row_of_its_item_table():
+    # Memory per item is what bounds a worker at a million items: one row of [embedding | 1 | seen | MLP item
+    # part] (d + 2 + m floats), no per-item table more (the GRU's input projection, 3H floats an item, was one).
+    def table_bytes(n_items: int) -> int:
+        torch.manual_seed(0)
+        scorer = FrozenScorer(SessionAwareRanker(RankerConfig(n_items=n_items, n_categories=4)))
+        arrays = [a for a in vars(scorer).values() if isinstance(a, np.ndarray)]
+        arrays += [a for layer in scorer._layers for a in vars(layer).values()]
+        arrays += [a for pair in scorer._mlp for a in pair] + list(scorer._item_weights)
+        return sum(a.nbytes for a in arrays)
+
+    c = RankerConfig(n_items=1, n_categories=4)
+    assert (table_bytes(2001) - table_bytes(1001)) / 1000 == (c.item_dim + 2 + c.mlp_dims[0]) * 4

@@ -3,10 +3,13 @@
 A served model's weights never change (a new version or online snapshot is a new model object), so
 everything that depends on items only is computed once, when the model is loaded:
 
-- the GRU's first-layer input projection of every item, `item_emb @ W_ih + b_ih` (n_items, 3H): a
-  request gathers its session's rows instead of multiplying;
 - the item-only part of the MLP's first layer, `mlp_item([item_emb, cat_emb, pop_emb])` (n_items, m);
 - the page and device contributions to the MLP's first layer (one row per page type / device).
+
+Not the GRU's first-layer input projection of every item (`item_emb @ W_ih + b_ih`, (n_items, 3H)): at 3H = 384
+floats an item it was the largest table (1.5 GB at a million items, a third of an API worker's memory, copied
+again by every catalogue update), and a request needs it for its new session rows only, one product of
+their table rows: +1.6 us for a browsing session's one new item, +9 us for a new session's 20.
 
 What is left per request is the recurrence over the session (remembered, or one step of it, for a
 session seen before: `FrozenScorer`), the attention and a few (500, 64) products. numpy on one thread
@@ -47,7 +50,7 @@ class _GruLayer:
     folded into the input projection (`b_in`); the n gate's (which r multiplies) is the last row of
     `w_hh`, which the loop multiplies by the state followed by a constant 1."""
 
-    w_ih_t: np.ndarray  # (in, 3H); unused for layer 0 (its input projection is the item table)
+    w_ih_t: np.ndarray  # (in, 3H); layer 0 projects through `FrozenScorer._in0` (this with the bias as a row)
     b_in: np.ndarray  # (3H,): b_ih + [b_hr, b_hz, 0]
     w_hh: np.ndarray  # (H + 1, 3H): [W_hh^T; 0, 0, b_hn]
 
@@ -182,7 +185,9 @@ class FrozenScorer:
         with torch.inference_mode():
             emb = model.item_emb.weight
             self._layers = [_GruLayer.of(gru, k) for k in range(c.gru_layers)]
-            self._gi0 = _np(emb) @ self._layers[0].w_ih_t + self._layers[0].b_in  # (N, 3H)
+            # The first layer's input projection with its bias as a last row: [embedding | 1] @ it, the item
+            # table's first d + 1 columns (`_projected`).
+            self._in0 = np.vstack([self._layers[0].w_ih_t, self._layers[0].b_in[None]])  # (d + 1, 3H)
             item_part = _np(model.item_features(torch.arange(c.n_items)))  # (N, m)
             attn1, attn2 = model.encoder.attention[0], model.encoder.attention[2]
             self._attn_w, self._attn_b, self._attn_v = _np(attn1.weight).T, _np(attn1.bias), _np(attn2.weight)[0]
@@ -218,13 +223,12 @@ class FrozenScorer:
         `FrozenScorer` recomputes every item's rows. The session memo is kept when no row is replaced."""
         rows = np.asarray(rows, dtype=np.int64)
         emb = np.asarray(embeddings, dtype=np.float32)
-        n = len(self._gi0)
+        n = len(self._item_table)
         n_new = max(n, int(rows.max()) + 1) if len(rows) else n
         cat_w, pop_w, w, b = self._item_weights
         pops = np.zeros(len(rows), dtype=np.int64)
         item_part = np.concatenate([emb, cat_w[np.asarray(categories, dtype=np.int64)], pop_w[pops]], axis=1) @ w + b
         out = copy.copy(self)
-        out._gi0 = _grown(self._gi0, n_new, rows, emb @ self._layers[0].w_ih_t + self._layers[0].b_in)
         out._item_table = _grown(self._item_table, n_new, rows, _item_rows(item_part, emb))
         out._item_table[len(self._item_table) :, emb.shape[1]] = 1.0  # rows between: zero, as the others' tables
         out.config = replace(self.config, n_items=n_new)
@@ -252,11 +256,15 @@ class FrozenScorer:
         self._memo.put(key, found)
         return found
 
+    def _projected(self, rows: np.ndarray) -> np.ndarray:
+        """The first GRU layer's input projections (L, 3H) of item `rows` (L,): `item_emb @ W_ih + b_ih`."""
+        return self._item_table.take(rows, axis=0)[:, : self.config.item_dim + 1] @ self._in0
+
     def _encode_all(self, rows: np.ndarray) -> _Encoding:
         """Known item rows (L,), oldest first, encoded in full; no rows: the cold-start query of the module
         (one step over the padding row, no attention)."""
         cold = len(rows) == 0
-        h_seq = self._layers[0].run(self._gi0[rows if not cold else np.zeros(1, dtype=np.int64)])
+        h_seq = self._layers[0].run(self._projected(rows if not cold else np.zeros(1, dtype=np.int64)))
         last = [h_seq[-1].copy()]  # copies: the memo keeps these, not the whole sequence
         for layer in self._layers[1:]:
             h_seq = layer.run(h_seq @ layer.w_ih_t + layer.b_in)
@@ -271,7 +279,7 @@ class FrozenScorer:
     def _extend(self, prefix: _Encoding, row: int) -> _Encoding:
         """`prefix`'s session plus one item: one step per layer, then the online softmax update."""
         last: list[np.ndarray] = []
-        gi = self._gi0[row]
+        gi = self._projected(np.array([row]))[0]
         for layer, h in zip(self._layers, prefix.last, strict=True):
             if last:
                 gi = last[-1] @ layer.w_ih_t + layer.b_in
