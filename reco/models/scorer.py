@@ -257,7 +257,8 @@ class FrozenScorer:
         return found
 
     def _projected(self, rows: np.ndarray) -> np.ndarray:
-        """The first GRU layer's input projections (L, 3H) of item `rows` (L,): `item_emb @ W_ih + b_ih`."""
+        """The first GRU layer's input projections (L, 3H) of item `rows` (L,): `item_emb @ W_ih^T + b_in` (the
+        layer's `b_in`: b_ih with the r and z gates' hidden biases folded in)."""
         return self._item_table.take(rows, axis=0)[:, : self.config.item_dim + 1] @ self._in0
 
     def _encode_all(self, rows: np.ndarray) -> _Encoding:
