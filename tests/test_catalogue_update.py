@@ -8,6 +8,7 @@ import numpy as np
 from serving_helpers import tiny_bundle
 
 from reco.data.catalog import ItemRecord
+from reco.ranking.candidates import EmbeddingIndex
 from reco.ranking.recommend import ServedModel
 
 
@@ -101,3 +102,17 @@ def test_the_api_builder_updates_the_model_it_made_and_builds_anew_at_a_swap() -
     _assert_same(second, ServedModel.build(bundle, "1", items=follower.records, catalog_version=2))
     swapped = build(tiny_bundle(n_items=40, seed=0, version="2"), "2")  # a new version: a full build
     assert swapped.popular_rows is not second.popular_rows and "n2" in swapped.index
+
+
+def test_a_served_model_keeps_one_copy_of_the_item_embeddings_above_the_ann_threshold() -> None:
+    # At a million items every copy of the embeddings is 256 MB: the ANN index reads the scorer's item table;
+    # the exact index keeps its own contiguous rows (its session-query search reads all of them each request).
+    bundle = tiny_bundle(n_items=300, seed=1)
+    want = bundle.item_embeddings()
+    for threshold, shared in ((10, True), (20_000, False)):
+        model = ServedModel.build(bundle, "1", ann_threshold=threshold)
+        emb = model.index._emb
+        assert np.array_equal(emb, want) and np.shares_memory(emb, model.scorer._item_table) is shared
+        assert emb.flags.c_contiguous is not shared
+        alone = EmbeddingIndex(bundle.item_ids, want, ann_threshold=threshold)
+        assert model.index.query_rows(want[7], 5).rows.tolist() == alone.query_rows(want[7], 5).rows.tolist()

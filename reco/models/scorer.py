@@ -21,8 +21,9 @@ offline evaluation (which scores through the forward) measures the served rankin
 
 API (stable; serving, retrieval and cold-start code call only this): `FrozenScorer(model)`,
 `score(session_rows, candidate_rows, page_type, device) -> ScoreResult`, `session_query(session_rows)`
-(the session's query vector) and `retrieval_scores(session_rows, pool_rows, page_type, device)` (`score`'s
-logits for a retrieval pool, remembered for `score` to gather), rows as in `ModelBundle.index_of`.
+(the session's query vector), `retrieval_scores(session_rows, pool_rows, page_type, device)` (`score`'s
+logits for a retrieval pool, remembered for `score` to gather) and `item_embeddings()` (a read-only view), rows as
+in `ModelBundle.index_of`.
 """
 
 from __future__ import annotations
@@ -214,6 +215,13 @@ class FrozenScorer:
         self._memo = _Memo(self.MEMO)
         self._pools = _Memo(self.POOLS)  # (session, context) -> (pool rows sorted, their logits)
         self.memo_counts = {"hit": 0, "extended": 0, "encoded": 0}
+
+    def item_embeddings(self) -> np.ndarray:
+        """The item embeddings (n_items, d), a read-only view of the item table (rows as in `ModelBundle.index_of`):
+        the retrieval index reads these instead of a copy of its own (256 MB at a million items)."""
+        view = self._item_table[:, : self.config.item_dim]
+        view.flags.writeable = False
+        return view
 
     def with_items(self, rows: np.ndarray, embeddings: np.ndarray, categories: np.ndarray) -> FrozenScorer:
         """A scorer of the same weights whose item `rows` hold these item embeddings (k, d) and category rows

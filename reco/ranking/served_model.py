@@ -60,9 +60,9 @@ class ServedModel:
         are loaded into it), the tables served are the extended ones.
         """
         served, cold = extend_bundle(bundle, items) if items else (bundle, None)
-        emb = served.item_embeddings()
-        emb = emb.detach().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
-        index = EmbeddingIndex(list(served.item_ids), emb, ann_threshold=ann_threshold)
+        scorer = served.frozen_scorer()
+        # The scorer's item table holds the embeddings already: the index reads them there (a view, no copy).
+        index = EmbeddingIndex(list(served.item_ids), scorer.item_embeddings(), ann_threshold=ann_threshold)
         catalog = served.catalog
         counts = popularity or (getattr(bundle, "meta", None) or {}).get("popularity")
         if not counts:
@@ -80,7 +80,7 @@ class ServedModel:
             blocked = np.zeros(index.n_rows, dtype=bool)
             blocked[index.rows(iid for iid, r in items.items() if not r.available)] = True
         return cls(
-            bundle, str(version), index, served.frozen_scorer(), index.row_list(popular.item_ids),
+            bundle, str(version), index, scorer, index.row_list(popular.item_ids),
             online_snapshot, tuple(catalog.categories), titles, row_category,
             np.array([codes[c] for c in row_category], dtype=np.int32), blocked, cold, catalog_version, items or {},
         )  # fmt: skip
