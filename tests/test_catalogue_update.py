@@ -116,3 +116,7 @@ def test_a_served_model_keeps_one_copy_of_the_item_embeddings_above_the_ann_thre
         assert emb.flags.c_contiguous is not shared
         alone = EmbeddingIndex(bundle.item_ids, want, ann_threshold=threshold)
         assert model.index.query_rows(want[7], 5).rows.tolist() == alone.query_rows(want[7], 5).rows.tolist()
+        # ... and so does the model a catalogue update makes (its tables grown by the new item)
+        grown = model.updated({"n1": _rec("n1", "Movie new", "Drama")}, catalog_version=1)
+        assert grown.index.n_rows == 302 and np.array_equal(grown.index._emb, grown.scorer.item_embeddings())
+        assert np.shares_memory(grown.index._emb, grown.scorer._item_table) is shared

@@ -161,11 +161,15 @@ class EmbeddingIndex:
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._row
 
-    def with_rows(self, item_ids: Sequence[str], rows: np.ndarray, embeddings: np.ndarray) -> EmbeddingIndex:
+    def with_rows(
+        self, item_ids: Sequence[str], rows: np.ndarray, embeddings: np.ndarray, table: np.ndarray | None = None
+    ) -> EmbeddingIndex:
         """A new index with item `rows` set to these embeddings (k, d): rows past the end append (contiguously,
         `item_ids` naming them), others are replaced (their ids unchanged). This index is unchanged (it may be
         serving). Same kind as this one: the exact matrix grows; the ANN keeps its trained cells and gets the
         new vectors added (`AnnIndex.with_rows`, no k-means), where a full build (at a model swap) trains anew.
+        `table`, when given, is the whole updated embedding matrix already held elsewhere (the updated scorer's
+        `item_embeddings()`): an ANN index keeps it as its raw rows instead of a copy, as `__init__` does.
         Cost: copies of the tables, O(catalogue) memory, no search structure rebuilt."""
         rows = np.asarray(rows, dtype=np.int64)
         n = len(self.ids)
@@ -175,11 +179,14 @@ class EmbeddingIndex:
         if len(rows) and rows.max() >= len(ids):
             raise ValueError("appended rows must follow the table contiguously")
         emb[rows] = embeddings
+        if table is not None and not np.array_equal(table, emb):
+            raise ValueError("table does not hold this index's embeddings with the rows set")
         out = EmbeddingIndex(ids, emb, ann_threshold=len(ids) + 1)  # the exact tables; the ANN is extended below
         if self.ann is not None:
             out.ann = self.ann.with_rows(out._unit, add=rows[~out._invalid[rows]], remove=rows[rows < n])
             out._row_memo = functools.lru_cache(maxsize=16 * self.MEMO)(out._ann_row)
             out._unit_t = np.zeros((emb.shape[1], 0), dtype=np.float32)
+            out._emb = emb if table is None else table
         return out
 
     def __len__(self) -> int:

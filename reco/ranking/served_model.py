@@ -109,8 +109,8 @@ class ServedModel:
             emb, raw, cat_rows = fit.rows(scored)
             rows = np.array(index.rows(r.item_id for r in renewed) + list(range(index.n_rows, index.n_rows + len(new))),
                             dtype=np.int64)  # fmt: skip
-            index = index.with_rows([r.item_id for r in new], rows, emb)  # appended ids: `new`, in order
             scorer = self.scorer.with_items(rows, emb, cat_rows)
+            index = index.with_rows([r.item_id for r in new], rows, emb, scorer.item_embeddings())  # ids: `new`
             old_rows = cold.rows if cold is not None else np.zeros(0, dtype=np.int64)
             old_raw = cold.raw_uncertainty if cold is not None else np.zeros(0)
             raw_of = dict(zip(old_rows.tolist(), np.asarray(old_raw).tolist(), strict=True))
