@@ -130,7 +130,6 @@ class EmbeddingIndex:
             raise ValueError(f"embeddings shape {emb.shape} does not match {len(item_ids)} item ids")
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         self._unit = np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)
-        self._emb = emb  # the raw rows: `query_rows` ranks by the model's own dot product (exact search only)
         self.ids: list[str] = list(item_ids)  # row -> item id
         self._row = {iid: i for i, iid in enumerate(self.ids) if iid != PAD}
         # Rows that must never be returned: padding and items without an embedding.
@@ -153,10 +152,10 @@ class EmbeddingIndex:
             self._unit_t = np.zeros((emb.shape[1], 0), dtype=np.float32)  # not needed: saves a copy of the table
         else:
             self._unit_t = np.ascontiguousarray(self._unit.T)
-            # Rows read in full by every exact session-query search: contiguous (a strided view of the scorer's
-            # item table took 393 vs 319 us at 20,000 items). Above the threshold, where the ANN answers those
-            # searches, a view is kept as given: no copy (256 MB at a million items).
-            self._emb = np.ascontiguousarray(emb)
+        # The raw rows: `query_rows` ranks by the model's own dot product. The exact search reads them all on every
+        # request: contiguous (a strided view of the scorer's item table took 393 vs 319 us at 20,000 items). Above
+        # the threshold, where the ANN answers those searches, a view is kept as given: no copy (256 MB at 10^6).
+        self._emb = emb if self.ann is not None else np.ascontiguousarray(emb)
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._row
@@ -168,25 +167,26 @@ class EmbeddingIndex:
         `item_ids` naming them), others are replaced (their ids unchanged). This index is unchanged (it may be
         serving). Same kind as this one: the exact matrix grows; the ANN keeps its trained cells and gets the
         new vectors added (`AnnIndex.with_rows`, no k-means), where a full build (at a model swap) trains anew.
-        `table`, when given, is the whole updated embedding matrix already held elsewhere (the updated scorer's
-        `item_embeddings()`): an ANN index keeps it as its raw rows instead of a copy, as `__init__` does.
+        `table`, when given, is that whole updated embedding matrix, already held elsewhere (the updated scorer's
+        `item_embeddings()`): read instead of built, and an ANN index keeps it as its raw rows, as `__init__` does.
         Cost: copies of the tables, O(catalogue) memory, no search structure rebuilt."""
         rows = np.asarray(rows, dtype=np.int64)
         n = len(self.ids)
         ids = [*self.ids, *item_ids]
-        emb = np.zeros((len(ids), self._emb.shape[1]), dtype=np.float32)
-        emb[:n] = self._emb
         if len(rows) and rows.max() >= len(ids):
             raise ValueError("appended rows must follow the table contiguously")
-        emb[rows] = embeddings
-        if table is not None and not np.array_equal(table, emb):
-            raise ValueError("table does not hold this index's embeddings with the rows set")
+        if table is None:
+            emb = np.zeros((len(ids), self._emb.shape[1]), dtype=np.float32)
+            emb[:n] = self._emb
+            emb[rows] = embeddings
+        else:
+            emb = table
         out = EmbeddingIndex(ids, emb, ann_threshold=len(ids) + 1)  # the exact tables; the ANN is extended below
         if self.ann is not None:
             out.ann = self.ann.with_rows(out._unit, add=rows[~out._invalid[rows]], remove=rows[rows < n])
             out._row_memo = functools.lru_cache(maxsize=16 * self.MEMO)(out._ann_row)
             out._unit_t = np.zeros((emb.shape[1], 0), dtype=np.float32)
-            out._emb = emb if table is None else table
+            out._emb = emb
         return out
 
     def __len__(self) -> int:
